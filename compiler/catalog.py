@@ -1,0 +1,110 @@
+"""What the language knows by name: layer kinds and ops, their arguments and parameter slots.
+
+One row per layer kind (`LAYERS`) and per op (`OP_SIGNATURES`). A row's arguments say how a call
+binds: positional order, keyword names (the spec's short names, and PyTorch's where they differ),
+defaults and the kind of value each takes. Shapes live in `shapes.SHAPE_RULES`, code in the
+backends' tables; adding a layer or op adds one row to each.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+REQUIRED = object()
+
+
+@dataclass(frozen=True)
+class Arg:
+    name: str  # the spec's name for it
+    kind: str  # tensor | tensors | int | float | bool | pair | str | dims | opt_pair | opt_float
+    default: Any = REQUIRED
+    key: str = ""  # config / attrs key; defaults to `name`
+    aliases: tuple[str, ...] = ()
+    choices: tuple[str, ...] = ()
+
+    @property
+    def target(self) -> str:
+        return self.key or self.name
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    args: tuple[Arg, ...]
+    slots: Callable[[Mapping[str, Any]], list[tuple[str, tuple[int, ...]]]]  # config → (slot, shape)
+
+
+def _linear(c):
+    out = [("weight", (c["out_features"], c["in_features"]))]
+    return out + ([("bias", (c["out_features"],))] if c["bias"] else [])
+
+
+def _conv2d(c):
+    kh, kw = c["kernel_size"]
+    out = [("weight", (c["out_channels"], c["in_channels"], kh, kw))]
+    return out + ([("bias", (c["out_channels"],))] if c["bias"] else [])
+
+
+def _attention(c):
+    d = c["embed_dim"]
+    out = [("in_proj_weight", (3 * d, d))] + ([("in_proj_bias", (3 * d,))] if c["bias"] else [])
+    out += [("out_proj.weight", (d, d))] + ([("out_proj.bias", (d,))] if c["bias"] else [])
+    return out
+
+
+LAYERS: dict[str, LayerSpec] = {
+    "Linear": LayerSpec(
+        (Arg("in", "int", key="in_features", aliases=("in_features",)),
+         Arg("out", "int", key="out_features", aliases=("out_features",)),
+         Arg("bias", "bool", True)),
+        _linear),  # y = x Wᵀ + b
+    "Conv2d": LayerSpec(
+        (Arg("in", "int", key="in_channels", aliases=("in_channels",)),
+         Arg("out", "int", key="out_channels", aliases=("out_channels",)),
+         Arg("kernel", "pair", key="kernel_size", aliases=("kernel_size",)),
+         Arg("stride", "pair", (1, 1)), Arg("padding", "pair", (0, 0)), Arg("bias", "bool", True)),
+        _conv2d),  # y = W ⋆ x + b
+    "Embedding": LayerSpec(
+        (Arg("num", "int", key="num_embeddings", aliases=("num_embeddings",)),
+         Arg("dim", "int", key="embedding_dim", aliases=("embedding_dim",))),
+        lambda c: [("weight", (c["num_embeddings"], c["embedding_dim"]))]),  # y = W[i]
+    "LayerNorm": LayerSpec(
+        (Arg("d", "int", key="normalized_shape", aliases=("normalized_shape",)), Arg("eps", "float", 1e-5)),
+        lambda c: [("weight", (c["normalized_shape"],)), ("bias", (c["normalized_shape"],))]),
+    "RMSNorm": LayerSpec(
+        (Arg("d", "int", key="normalized_shape", aliases=("normalized_shape",)), Arg("eps", "float", 1e-6)),
+        lambda c: [("weight", (c["normalized_shape"],))]),
+    "SelfAttention": LayerSpec(
+        (Arg("d", "int", key="embed_dim", aliases=("embed_dim",)),
+         Arg("heads", "int", key="num_heads", aliases=("num_heads",)),
+         Arg("causal", "bool", False), Arg("bias", "bool", True)),
+        _attention),
+    "Dropout": LayerSpec((Arg("p", "float", 0.5),), lambda c: []),
+}
+
+_X = Arg("x", "tensor")
+_UNARY = (_X,)
+
+OP_SIGNATURES: dict[str, tuple[Arg, ...]] = {
+    "relu": _UNARY,
+    "tanh": _UNARY,
+    "sigmoid": _UNARY,
+    "silu": _UNARY,
+    "gelu": (_X, Arg("approximate", "str", "none", choices=("none", "tanh"))),
+    "softmax": (_X, Arg("dim", "int")),
+    "log_softmax": (_X, Arg("dim", "int")),
+    "flatten": (_X, Arg("start_dim", "int", 1), Arg("end_dim", "int", -1)),
+    "reshape": (_X, Arg("shape", "dims")),
+    "transpose": (_X, Arg("dim0", "int"), Arg("dim1", "int")),
+    "max_pool2d": (_X, Arg("kernel", "pair", aliases=("kernel_size",)), Arg("stride", "opt_pair", None),
+                   Arg("padding", "pair", (0, 0))),
+    "avg_pool2d": (_X, Arg("kernel", "pair", aliases=("kernel_size",)), Arg("stride", "opt_pair", None),
+                   Arg("padding", "pair", (0, 0))),
+    "mean": (_X, Arg("dim", "int"), Arg("keepdim", "bool", False)),
+    "concat": (Arg("tensors", "tensors"), Arg("dim", "int", 0)),
+    "cosine_similarity": (Arg("x1", "tensor", aliases=("a",)), Arg("x2", "tensor", aliases=("b",)),
+                          Arg("dim", "int", 1), Arg("eps", "float", 1e-8)),
+    "positions": _UNARY,
+}
+
+# Python-operator ops built from expression syntax rather than calls.
+BINARY_OPS = {"+": "add", "-": "sub", "*": "mul", "/": "div", "@": "matmul"}

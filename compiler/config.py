@@ -1,0 +1,108 @@
+"""Configuration values: the numbers that size layers, count repeats and set options.
+
+Rule: a config expression is integer/float arithmetic (`+ - * / //`, unary `-`) over literals,
+`true`/`false`, strings and the enclosing model's or block's parameters. Each value remembers a
+Python rendering over the model's parameters (`4 * d`) and which model parameters it depends on,
+so emitted code can stay parameterised and the compiler knows what shapes the unrolled graph.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from tiec.dsl import ast
+from tiec.dsl.diagnostics import Span, TieError, did_you_mean
+
+_PREC = {"+": 1, "-": 1, "*": 2, "/": 2, "//": 2}
+
+
+@dataclass(frozen=True)
+class CVal:
+    value: Any
+    src: str  # Python source over the model's parameters
+    deps: frozenset = frozenset()  # model parameters it depends on
+    prec: int = 9  # precedence of `src`'s outermost operator, for parenthesising
+
+    @staticmethod
+    def literal(value: Any) -> "CVal":
+        return CVal(value, _py_literal(value))
+
+
+def _py_literal(value: Any) -> str:
+    if isinstance(value, bool):
+        return "True" if value else "False"
+    if isinstance(value, tuple):
+        return "(" + ", ".join(_py_literal(v) for v in value) + ("," if len(value) == 1 else "") + ")"
+    return repr(value)
+
+
+def _wrap(v: CVal, prec: int, right: bool = False) -> str:
+    return f"({v.src})" if v.prec < prec or (right and v.prec == prec) else v.src
+
+
+def _arith(op: str, a: Any, b: Any, span: Span) -> Any:
+    if isinstance(a, (str, bool)) or isinstance(b, (str, bool)) or not isinstance(a, (int, float)) \
+            or not isinstance(b, (int, float)):
+        raise TieError(f"'{op}' needs numbers here", span)
+    if op in ("/", "//") and b == 0:
+        raise TieError("division by zero", span)
+    return {"+": lambda: a + b, "-": lambda: a - b, "*": lambda: a * b, "/": lambda: a / b,
+            "//": lambda: a // b}[op]()
+
+
+def evaluate(expr: ast.Expr, env: Mapping[str, CVal], what: str = "a configuration value") -> CVal:
+    """Evaluate a config expression; names come from `env` (parameters in scope)."""
+    if isinstance(expr, ast.Num):
+        return CVal.literal(expr.value)
+    if isinstance(expr, ast.Str):
+        return CVal.literal(expr.value)
+    if isinstance(expr, ast.Name):
+        if expr.id in env:
+            return env[expr.id]
+        if expr.id in ("true", "false"):
+            return CVal.literal(expr.id == "true")
+        raise TieError(f"unknown name '{expr.id}' in {what}", expr.span,
+                       hint=did_you_mean(expr.id, env) or "only literals and parameters can appear here")
+    if isinstance(expr, ast.Neg):
+        v = evaluate(expr.operand, env, what)
+        return CVal(-_arith("-", 0, v.value, expr.span), f"-{_wrap(v, 3)}", v.deps, 3)
+    if isinstance(expr, ast.BinOp) and expr.op in _PREC:
+        a, b = evaluate(expr.left, env, what), evaluate(expr.right, env, what)
+        prec = _PREC[expr.op]
+        value = _arith(expr.op, a.value, b.value, expr.span)
+        return CVal(value, f"{_wrap(a, prec)} {expr.op} {_wrap(b, prec, right=True)}", a.deps | b.deps, prec)
+    if isinstance(expr, ast.ListExpr):
+        items = [evaluate(i, env, what) for i in expr.items]
+        deps = frozenset().union(*(i.deps for i in items)) if items else frozenset()
+        return CVal(tuple(i.value for i in items), "(" + ", ".join(i.src for i in items) + ",)", deps)
+    raise TieError(f"expected {what}: a number or arithmetic over parameters", expr.span)
+
+
+def coerce(v: CVal, kind: str, span: Span, name: str) -> CVal:
+    """Check a config value against an argument kind (int, float, bool, pair, str…)."""
+    val = v.value
+    if kind == "int":
+        if isinstance(val, float) and val.is_integer() and not isinstance(val, bool):
+            return CVal(int(val), f"int({v.src})" if v.deps else str(int(val)), v.deps)
+        if not isinstance(val, int) or isinstance(val, bool):
+            raise TieError(f"'{name}' must be an integer, got {val!r}", span)
+        return v
+    if kind in ("float", "opt_float"):
+        if isinstance(val, bool) or not isinstance(val, (int, float)):
+            raise TieError(f"'{name}' must be a number, got {val!r}", span)
+        return v
+    if kind == "bool":
+        if not isinstance(val, bool):
+            raise TieError(f"'{name}' must be true or false, got {val!r}", span)
+        return v
+    if kind in ("pair", "opt_pair"):
+        if isinstance(val, int) and not isinstance(val, bool):
+            return CVal((val, val), f"({v.src}, {v.src})" if v.deps else _py_literal((val, val)), v.deps)
+        if isinstance(val, tuple) and len(val) == 2 and all(isinstance(x, int) for x in val):
+            return v
+        raise TieError(f"'{name}' must be an integer or a pair [a, b], got {val!r}", span)
+    if kind == "str":
+        if not isinstance(val, str):
+            raise TieError(f"'{name}' must be a string, got {val!r}", span)
+        return v
+    raise AssertionError(kind)

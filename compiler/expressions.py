@@ -1,0 +1,267 @@
+"""Expressions → IR nodes: op and layer calls, arithmetic, parameter references.
+
+Rule: an expression is a tensor computation unless every name in it is a configuration value,
+in which case it is config arithmetic. Literal numbers next to tensors become `const` nodes.
+Each call binds its arguments against the signature in `catalog` (positional, then keywords,
+then defaults); a config argument's dependence on model parameters marks them structural.
+"""
+from __future__ import annotations
+
+from tiec.dsl import ast
+from tiec.dsl.diagnostics import Span, TieError, did_you_mean
+
+from . import ir
+from .catalog import BINARY_OPS, LAYERS, OP_SIGNATURES, REQUIRED, Arg
+from .config import CVal, _arith, coerce, evaluate
+from .refs import Copies, Instance, module_path
+
+_RESERVED = {"self", "F", "nn", "torch", "math"}
+
+
+class GraphBuilder:
+    """Accumulates nodes with unique value names."""
+
+    def __init__(self, model: str):
+        self.model = model
+        self.nodes: list[ir.Node] = []
+        self.names: set[str] = set()
+        self.counts: dict[str, int] = {}
+
+    def fresh(self, base: str) -> str:
+        base = base if base.isidentifier() else "v"
+        n = self.counts.get(base, 0)
+        name = base if n == 0 else f"{base}_{n}"
+        while name in self.names:
+            n += 1
+            name = f"{base}_{n}"
+        self.counts[base] = n + 1
+        self.names.add(name)
+        return name
+
+    def add(self, op: str, base: str, inputs: tuple[str, ...], attrs: dict, span: Span) -> str:
+        name = self.fresh(base)
+        self.nodes.append(ir.Node(op, name, inputs, ir.frozen(attrs), span))
+        return name
+
+    def rename(self, value: str, user_name: str) -> str:
+        """Give the node that defined `value` the user's name (SSA: h, h_1, …), if it is the last."""
+        last = self.nodes[-1] if self.nodes else None
+        if last is None or last.name != value or not user_name.isidentifier():
+            return value
+        new = self.fresh(user_name)
+        self.nodes[-1] = ir.Node(last.op, new, last.inputs, last.attrs, last.span)
+        self.names.discard(value)
+        return new
+
+
+class Binder:
+    """Expression evaluation for a model elaborator (see `elaborate.ModelElaborator`)."""
+
+    call_span: Span | None = None
+
+    def __init__(self, graph: GraphBuilder):
+        self.g = graph
+
+    # subclass hooks
+    def call_block(self, inst: Instance, call: ast.Call, scope: dict) -> str: ...
+    def target(self, ref: ast.Ref, scope: dict): ...
+
+    def tensor(self, e: ast.Expr, scope: dict) -> str:
+        v = self.operand(e, scope)
+        if isinstance(v, CVal):
+            raise TieError("expected a tensor here, got a number", e.span)
+        return v
+
+    def operand(self, e: ast.Expr, scope: dict):
+        """A tensor value name, or a CVal for config arithmetic."""
+        if isinstance(e, (ast.Num, ast.Str)):
+            return CVal.literal(e.value)
+        if isinstance(e, ast.Name):
+            return self.name(e, scope)
+        if isinstance(e, ast.Neg):
+            v = self.operand(e.operand, scope)
+            if isinstance(v, CVal):
+                return CVal(-_arith("-", 0, v.value, e.span), f"-{v.src}", v.deps, 3)
+            return self.g.add("neg", "neg", (v,), {}, e.span)
+        if isinstance(e, ast.BinOp):
+            return self.binop(e, scope)
+        if isinstance(e, ast.Call):
+            return self.call(e, scope)
+        if isinstance(e, (ast.Attr, ast.Index)):
+            return self.param_ref(e, scope)
+        raise TieError("a list is only allowed as an argument (concat, reshape)", e.span)
+
+    def name(self, e: ast.Name, scope: dict):
+        v = scope.get(e.id)
+        if isinstance(v, (str, CVal)):
+            return v
+        if isinstance(v, (Instance, Copies)):
+            raise TieError(f"'{e.id}' is a layer, not a value", e.span, hint=f"call it: {e.id}(x)")
+        if e.id in ("true", "false"):
+            return CVal.literal(e.id == "true")
+        values = [k for k, x in scope.items() if isinstance(x, (str, CVal))]
+        raise TieError(f"unknown name '{e.id}'", e.span, hint=did_you_mean(e.id, values))
+
+    def binop(self, e: ast.BinOp, scope: dict):
+        a, b = self.operand(e.left, scope), self.operand(e.right, scope)
+        if isinstance(a, CVal) and isinstance(b, CVal):
+            if e.op == "@":
+                raise TieError("'@' multiplies tensors, not numbers", e.span)
+            return evaluate(e, {k: v for k, v in scope.items() if isinstance(v, CVal)})
+        if e.op == "//":
+            raise TieError("'//' is integer division of configuration values, not of tensors", e.span,
+                           hint="use '/' for tensors")
+        if e.op == "@" and (isinstance(a, CVal) or isinstance(b, CVal)):
+            raise TieError("'@' needs a tensor on both sides", e.span)
+        a, b = (self.const(x, e.span) if isinstance(x, CVal) else x for x in (a, b))
+        op = BINARY_OPS[e.op]
+        return self.g.add(op, op, (a, b), {}, e.span)
+
+    def const(self, v: CVal, span: Span) -> str:
+        if isinstance(v.value, (str, bool, tuple)):
+            raise TieError(f"{v.value!r} cannot be used in tensor arithmetic", span)
+        return self.g.add("const", "const", (), {"value": v.value}, span)
+
+    def param_ref(self, e: ast.Expr, scope: dict) -> str:
+        ref = _as_ref(e)
+        if ref is None:
+            raise TieError("expected a parameter reference such as embed.weight or enc.weight.T", e.span)
+        head = scope.get(ref.parts[0]) if isinstance(ref.parts[0], str) else None
+        if isinstance(head, str):
+            raise TieError(f"'{ref.parts[0]}' is a tensor value; attributes apply to layers", e.span,
+                           hint="use transpose(x, 0, 1) to transpose a value")
+        t = self.target(ref, scope)
+        if "" not in t.params:
+            raise TieError(f"'{t.label}' is a layer; name one of its parameters", e.span,
+                           hint=f"for example {t.label}.{next(iter(t.params))}")
+        name = t.params[""]
+        base = name.replace(".", "_") + ("_T" if t.transposed else "")
+        return self.g.add("param", base, (), {"param": name, "transposed": t.transposed}, e.span)
+
+    # ------------------------------------------------------------------ calls
+    def call(self, e: ast.Call, scope: dict):
+        func = e.func
+        if isinstance(func, ast.Name):
+            bound = scope.get(func.id)
+            if isinstance(bound, Instance):
+                return self.call_instance(bound, e, scope)
+            if isinstance(bound, Copies):
+                raise TieError(f"'{func.id}' has {bound.count} copies; call one: {func.id}[0](x)", e.span)
+            if func.id in OP_SIGNATURES:
+                return self.op_call(func.id, e, scope)
+            if func.id in LAYERS or func.id in getattr(self, "blocks", {}):
+                raise TieError(f"'{func.id}(…)' declares a layer; give it a name first", e.span,
+                               hint=f"layer = {func.id}(…), then call layer(x)")
+            known = list(OP_SIGNATURES) + [k for k, v in scope.items() if isinstance(v, Instance)]
+            raise TieError(f"unknown function or layer '{func.id}'", func.span,
+                           hint=did_you_mean(func.id, known))
+        ref = _as_ref(func)
+        if ref is not None and isinstance(scope.get(ref.parts[0]), (Instance, Copies)):
+            config = {k: v for k, v in scope.items() if isinstance(v, CVal)}
+            path, _ = module_path(ref, scope, config)
+            inst = self.instances.get(path)
+            if inst is not None:
+                return self.call_instance(inst, e, scope)
+        raise TieError("only layers, blocks and ops can be called", e.span)
+
+    def call_instance(self, inst: Instance, e: ast.Call, scope: dict) -> str:
+        if inst.kind.startswith("block:"):
+            return self.call_block(inst, e, scope)
+        if len(e.args) != 1 or e.kwargs:
+            raise TieError(f"a {inst.kind} layer takes one input, got {len(e.args) + len(e.kwargs)}", e.span)
+        x = self.tensor(e.args[0], scope)
+        base = inst.path.rsplit(".", 1)[-1]
+        base = base if not base.isdigit() else inst.path.replace(".", "_")
+        return self.g.add(inst.kind, base, (x,), {"layer": inst.path}, e.span)
+
+    def op_call(self, op: str, e: ast.Call, scope: dict) -> str:
+        sig = OP_SIGNATURES[op]
+        exprs = bind_args(sig, e, op)
+        inputs, attrs = [], {}
+        config = {k: v for k, v in scope.items() if isinstance(v, CVal)}
+        for arg in sig:
+            x = exprs[arg.name]
+            if arg.kind == "tensor":
+                inputs.append(self.tensor(x, scope))
+            elif arg.kind == "tensors":
+                if not isinstance(x, ast.ListExpr) or not x.items:
+                    raise TieError(f"{op} takes a list of tensors: {op}([a, b], dim)", x.span)
+                inputs.extend(self.tensor(i, scope) for i in x.items)
+            elif arg.kind == "dims":
+                attrs[arg.target] = self.dims(x, config)
+            elif x is None:
+                attrs[arg.target] = None
+            elif isinstance(x, CVal):
+                attrs[arg.target] = x.value
+            else:
+                v = coerce(evaluate(x, config, f"'{arg.name}'"), arg.kind, x.span, arg.name)
+                if arg.choices and v.value not in arg.choices:
+                    raise TieError(f"{op}: '{arg.name}' must be one of {', '.join(map(repr, arg.choices))}", x.span)
+                self.structural |= v.deps
+                attrs[arg.target] = v.value
+        if op in ("max_pool2d", "avg_pool2d") and attrs.get("stride") is None:
+            attrs["stride"] = attrs["kernel"]
+        return self.g.add(op, op, tuple(inputs), attrs, e.span)
+
+    def dims(self, x: ast.Expr, config: dict) -> tuple:
+        if not isinstance(x, ast.ListExpr):
+            raise TieError("expected a list of dimensions such as [B, -1, 64]", x.span)
+        out = []
+        for d in x.items:
+            if isinstance(d, ast.Name) and d.id not in config:
+                out.append(d.id)
+            else:
+                v = coerce(evaluate(d, config, "a dimension"), "int", d.span, "dimension")
+                self.structural |= v.deps
+                out.append(v.value)
+        return tuple(out)
+
+    def bind_config(self, args: tuple[Arg, ...], call: ast.Call, config: dict, what: str) -> dict[str, CVal]:
+        exprs = bind_args(args, call, what)
+        out = {}
+        for arg in args:
+            x = exprs[arg.name]
+            v = x if isinstance(x, CVal) else evaluate(x, config, f"argument '{arg.name}' of {what}")
+            out[arg.target] = coerce(v, arg.kind, getattr(x, "span", call.span), arg.name)
+        return out
+
+
+def bind_args(sig: tuple[Arg, ...], call: ast.Call, what: str) -> dict:
+    """Match a call's arguments to a signature → arg name → expression (or CVal default)."""
+    if len(call.args) > len(sig):
+        raise TieError(f"{what} takes at most {len(sig)} argument(s), got {len(call.args)}", call.args[len(sig)].span,
+                       hint=f"{what}({', '.join(a.name for a in sig)})")
+    out: dict = {a.name: x for a, x in zip(sig, call.args)}
+    by_key = {n: a for a in sig for n in (a.name, *a.aliases)}
+    for kw in call.kwargs:
+        arg = by_key.get(kw.name)
+        if arg is None:
+            raise TieError(f"{what} has no argument '{kw.name}'", kw.span,
+                           hint=did_you_mean(kw.name, by_key) or f"{what}({', '.join(a.name for a in sig)})")
+        if arg.name in out:
+            raise TieError(f"argument '{arg.name}' of {what} is given twice", kw.span)
+        out[arg.name] = kw.value
+    for arg in sig:
+        if arg.name not in out:
+            if arg.default is REQUIRED:
+                raise TieError(f"{what} is missing argument '{arg.name}'", call.span,
+                               hint=f"{what}({', '.join(a.name for a in sig)})")
+            out[arg.name] = None if arg.default is None else CVal.literal(arg.default)
+    return out
+
+
+def _as_ref(e: ast.Expr) -> ast.Ref | None:
+    parts: list = []
+    while True:
+        if isinstance(e, ast.Attr):
+            parts.append(e.name)
+            e = e.value
+        elif isinstance(e, ast.Index):
+            parts.append(e.index)
+            e = e.value
+        elif isinstance(e, ast.Name):
+            parts.append(e.id)
+            break
+        else:
+            return None
+    return ast.Ref(tuple(reversed(parts)), e.span)

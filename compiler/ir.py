@@ -1,0 +1,278 @@
+"""The intermediate representation: small, closed, and shared by every pass and backend.
+
+A `ProgramIR` holds one `Graph` per model, fully elaborated: blocks are inlined, repeats
+unrolled, names resolved. A graph has
+
+- `layers`: every layer instance, by dotted module path (`tower.conv1`, `blk.3.up`, `blk.up`),
+  with its evaluated configuration (keys are those of `LAYER_KINDS` below);
+- `params`: every parameter slot those layers declare, named by its state-dict key within the
+  model (`tower.conv1.weight`, `attn.out_proj.bias`). Declared, not deduplicated: sharing is a
+  separate table;
+- `nodes`: the dataflow, one `Node` per op application in source order, in SSA form (each value
+  name is defined once; names are valid Python identifiers, unique in the graph).
+
+Sharing and tying live beside the graphs, keyed by qualified parameter names (`Model.path.slot`):
+`share_groups` (one tensor, many slots; orientation relative to the canonical member, which is
+the first in source order) and `tie_groups` (a penalty over slots). `types` maps each model's
+value names to their inferred `TensorType`. Passes fill these in; `verify` checks them.
+
+Node ops (the closed set `OPS`), with their `attrs`:
+
+    param        () -> W          {"param": local param name, "transposed": bool}   a weight as a value
+    const        () -> scalar     {"value": int | float}                            a literal operand
+    add sub mul div matmul (a, b) {}                                                torch broadcasting
+    neg relu tanh sigmoid silu (x) {}
+    gelu         (x)              {"approximate": "none" | "tanh"}
+    softmax log_softmax (x)       {"dim": int}
+    flatten      (x)              {"start_dim": int, "end_dim": int}
+    reshape      (x)              {"shape": tuple[int]}   ONNX Reshape semantics: 0 copies the input
+                                                           dim at that index, -1 is inferred
+    transpose    (x)              {"dim0": int, "dim1": int}
+    max_pool2d avg_pool2d (x)     {"kernel": (kh, kw), "stride": (sh, sw), "padding": (ph, pw)}
+    mean         (x)              {"dim": int, "keepdim": bool}
+    concat       (x1, …, xn)      {"dim": int}
+    cosine_similarity (a, b)      {"dim": int, "eps": float}
+    positions    (x)              {}        i64 [T]: 0 … T-1 where T is x's last dim
+    <LayerKind>  (x)              {"layer": layer path}   a call of that layer instance
+
+Dims are `int` or `str` (a symbol such as "B", "T", or a product such as "B*T"); symbols stay
+dynamic in both backends.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Mapping, Union
+
+from tiec.dsl.diagnostics import Source, Span, TieWarning
+
+Dim = Union[int, str]
+
+DTYPES = ("f32", "f16", "bf16", "f64", "i32", "i64", "bool")
+DTYPE_BYTES = {"f32": 4, "f16": 2, "bf16": 2, "f64": 8, "i32": 4, "i64": 8, "bool": 1}
+
+# Layer kinds and their configuration keys (values as PyTorch's constructor takes them).
+LAYER_KINDS: Mapping[str, tuple[str, ...]] = MappingProxyType({
+    "Linear": ("in_features", "out_features", "bias"),
+    "Conv2d": ("in_channels", "out_channels", "kernel_size", "stride", "padding", "bias"),
+    "Embedding": ("num_embeddings", "embedding_dim"),
+    "LayerNorm": ("normalized_shape", "eps"),
+    "RMSNorm": ("normalized_shape", "eps"),
+    "SelfAttention": ("embed_dim", "num_heads", "causal", "bias"),
+    "Dropout": ("p",),
+})
+
+FUNCTION_OPS = (
+    "param", "const", "add", "sub", "mul", "div", "matmul", "neg", "relu", "tanh", "sigmoid",
+    "silu", "gelu", "softmax", "log_softmax", "flatten", "reshape", "transpose", "max_pool2d",
+    "avg_pool2d", "mean", "concat", "cosine_similarity", "positions",
+)
+OPS = frozenset(FUNCTION_OPS) | frozenset(LAYER_KINDS)
+
+
+def frozen(mapping: Mapping | None = None) -> Mapping:
+    """A read-only view of a fresh dict (IR attributes never change after construction)."""
+    return MappingProxyType(dict(mapping or {}))
+
+
+@dataclass(frozen=True)
+class TensorType:
+    dtype: str
+    shape: tuple[Dim, ...]
+
+    def __str__(self) -> str:
+        return f"{self.dtype}[{', '.join(str(d) for d in self.shape)}]"
+
+
+@dataclass(frozen=True)
+class Input:
+    name: str
+    type: TensorType
+    span: Span
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One layer instance. `config_src` renders each config value as a Python expression over
+    the model's parameters (e.g. "4 * d"), for emitted code that a person can re-parameterise."""
+
+    path: str
+    kind: str
+    config: Mapping[str, Any]
+    span: Span
+    config_src: Mapping[str, str] = field(default_factory=frozen)
+
+    def __post_init__(self):
+        if self.kind not in LAYER_KINDS:
+            raise ValueError(f"unknown layer kind {self.kind!r}")
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str  # state-dict key within the model: "<layer path>.<slot>"
+    layer: str
+    slot: str  # "weight", "bias", "in_proj_weight", "out_proj.weight", …
+    shape: tuple[int, ...]
+    dtype: str
+    span: Span
+
+
+@dataclass(frozen=True)
+class Node:
+    op: str
+    name: str
+    inputs: tuple[str, ...]
+    attrs: Mapping[str, Any]
+    span: Span
+
+    def __post_init__(self):
+        if self.op not in OPS:
+            raise ValueError(f"unknown op {self.op!r} (node {self.name})")
+
+
+@dataclass(frozen=True)
+class Output:
+    name: str  # the output's name in ONNX: a returned variable's name, else output, output_1, …
+    value: str
+    span: Span
+
+
+@dataclass(frozen=True)
+class Check:
+    """A value must have the type a block's `in` declaration gives it (symbols match anything)."""
+
+    value: str
+    type: TensorType
+    span: Span  # the call that passed the value
+    declared: Span  # the `in` declaration
+
+
+@dataclass(frozen=True)
+class Graph:
+    name: str
+    config: Mapping[str, int | float]  # model parameters, overrides applied
+    defaults: Mapping[str, int | float]  # as declared
+    inputs: tuple[Input, ...]
+    layers: tuple[Layer, ...]
+    params: tuple[Param, ...]
+    nodes: tuple[Node, ...]
+    outputs: tuple[Output, ...]
+    span: Span
+    structural: frozenset = frozenset()  # parameters the unrolled graph depends on (repeat counts, …)
+    checks: tuple["Check", ...] = ()  # declared types of block inputs, verified by the shapes pass
+
+    def layer(self, path: str) -> Layer:
+        return next(layer for layer in self.layers if layer.path == path)
+
+    def param_map(self) -> dict[str, Param]:
+        return {p.name: p for p in self.params}
+
+
+@dataclass(frozen=True)
+class Member:
+    """A parameter slot in a group. `transposed` is relative to the group's first member."""
+
+    param: str  # qualified: "Model.path.slot"
+    transposed: bool
+    span: Span
+
+
+@dataclass(frozen=True)
+class ShareRequest:
+    """`a` and `b` hold one tensor; `transposed`: a == b.T."""
+
+    a: str
+    b: str
+    transposed: bool
+    span: Span
+    a_span: Span
+    b_span: Span
+
+
+@dataclass(frozen=True)
+class TieRequest:
+    strength: float
+    norm: str  # "l2" (squared) or "l1"
+    members: tuple[Member, ...]
+    span: Span
+
+
+@dataclass(frozen=True)
+class ShareGroup:
+    id: int
+    members: tuple[Member, ...]  # canonical first
+
+
+@dataclass(frozen=True)
+class TieGroup:
+    id: int
+    strength: float
+    norm: str
+    members: tuple[Member, ...]  # transposed relative to the first member
+    span: Span
+
+
+@dataclass(frozen=True)
+class ProgramIR:
+    source: Source
+    models: Mapping[str, Graph]
+    share_requests: tuple[ShareRequest, ...] = ()
+    tie_requests: tuple[TieRequest, ...] = ()
+    share_groups: tuple[ShareGroup, ...] = ()
+    tie_groups: tuple[TieGroup, ...] = ()
+    types: Mapping[str, Mapping[str, TensorType]] = field(default_factory=frozen)
+    warnings: tuple[TieWarning, ...] = ()
+
+
+def qualify(model: str, local: str) -> str:
+    return f"{model}.{local}"
+
+
+def split(qualified: str) -> tuple[str, str]:
+    model, _, local = qualified.partition(".")
+    return model, local
+
+
+@dataclass(frozen=True)
+class Binding:
+    """Where a declared parameter's tensor lives: `canonical` (same naming scope as the key it
+    was looked up by), read transposed or not; `group` is None for an unshared parameter."""
+
+    canonical: str
+    transposed: bool
+    group: int | None
+
+
+def bindings(ir: ProgramIR, model: str | None = None) -> dict[str, Binding]:
+    """Declared parameter → its tensor. With `model`, keys and canonicals are local names and only
+    that model's members count (a cross-model group, restricted, re-picks its canonical); without,
+    keys are qualified names over the whole program."""
+    out: dict[str, Binding] = {}
+    for name, graph in ir.models.items():
+        if model is not None and name != model:
+            continue
+        for p in graph.params:
+            key = p.name if model is not None else qualify(name, p.name)
+            out[key] = Binding(key, False, None)
+    for group in ir.share_groups:
+        members = [m for m in group.members if model is None or split(m.param)[0] == model]
+        if len(members) < 2:
+            continue
+        head = members[0]
+        for m in members:
+            key = split(m.param)[1] if model is not None else m.param
+            canon = split(head.param)[1] if model is not None else head.param
+            out[key] = Binding(canon, m.transposed != head.transposed, group.id)
+    return out
+
+
+def ties(ir: ProgramIR, model: str | None = None) -> tuple[TieGroup, ...]:
+    """Tie groups whose members all lie in `model` (local names), or every tie (qualified)."""
+    if model is None:
+        return ir.tie_groups
+    out = []
+    for tie in ir.tie_groups:
+        if all(split(m.param)[0] == model for m in tie.members):
+            members = tuple(Member(split(m.param)[1], m.transposed, m.span) for m in tie.members)
+            out.append(TieGroup(tie.id, tie.strength, tie.norm, members, tie.span))
+    return tuple(out)

@@ -1,0 +1,149 @@
+"""Resolving references (`enc.weight.T`, `TaskA.fc2`, `blk[3].up`) to parameter slots.
+
+Rule: the first name is looked up in scope (a layer or block instance, or a repeated layer's list
+of copies; at top level, a model); each `.name` or `[i]` that follows extends the module path; a
+final `.T` reads a 2-D parameter transposed. A path naming one parameter is a parameter target;
+a path naming a layer or block instance is a module target, standing for all its parameters,
+matched slot by slot (by path relative to the module) against another module.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from tiec.dsl import ast
+from tiec.dsl.diagnostics import Span, TieError, did_you_mean
+
+from .config import CVal, coerce, evaluate
+from .ir import Param
+
+
+@dataclass
+class Instance:
+    """A declared layer or block instance, at a module path."""
+
+    path: str
+    kind: str  # a layer kind, or "block:<Name>"
+    span: Span
+    decl_id: int  # identity of the declaring statement (a repeat re-visits it)
+    definition: object = None  # the block's ast.Definition
+    config: dict = field(default_factory=dict)  # a block's parameter values (CVal)
+
+
+@dataclass(frozen=True)
+class Copies:
+    """The copies a non-shared `repeat` made of one declaration: `path.0 … path.N-1`."""
+
+    path: str
+    count: int
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a reference names: one parameter (`param`), or every parameter under `path`."""
+
+    params: Mapping[str, str]  # relative slot path ("" for a single parameter) → parameter name
+    transposed: bool
+    span: Span
+    label: str  # the reference as written
+
+
+class ParamIndex:
+    """Parameters of one model by name, and by every module path that contains them."""
+
+    def __init__(self) -> None:
+        self.params: dict[str, Param] = {}
+        self.under: dict[str, list[str]] = {}
+
+    def add(self, p: Param) -> None:
+        self.params[p.name] = p
+        parts = p.name.split(".")
+        for i in range(1, len(parts)):
+            self.under.setdefault(".".join(parts[:i]), []).append(p.name)
+
+
+def render(ref: ast.Ref) -> str:
+    out = ""
+    for part in ref.parts:
+        out += f".{part}" if isinstance(part, str) else "[…]"
+    return out.lstrip(".")
+
+
+def module_path(ref: ast.Ref, scope: Mapping[str, object], config: Mapping[str, CVal],
+                start: int = 0) -> tuple[str, bool]:
+    """The module path a reference spells, and whether it ends in `.T`."""
+    parts = list(ref.parts[start:])
+    transposed = parts[-1] == "T" and len(parts) > 1
+    if transposed:
+        parts = parts[:-1]
+    head = parts[0]
+    label = render(ref)
+    if not isinstance(head, str):
+        raise TieError("a reference starts with a name", ref.span)
+    bound = scope.get(head)
+    if isinstance(bound, (Instance, Copies)):
+        path = bound.path
+    elif bound is None:
+        names = [k for k, v in scope.items() if isinstance(v, (Instance, Copies))]
+        raise TieError(f"unknown layer '{head}' in '{label}'", ref.span,
+                       hint=did_you_mean(head, names) or "layers must be declared before they are referenced")
+    else:
+        raise TieError(f"'{head}' is a value, not a layer or parameter", ref.span,
+                       hint="share and tie take layers (fc1) or parameters (fc1.weight)")
+    for part in parts[1:]:
+        if isinstance(part, str):
+            path += f".{part}"
+            continue
+        i = coerce(evaluate(part, config, "an index"), "int", part.span, "index").value
+        if isinstance(bound, Copies) and not 0 <= i < bound.count:
+            raise TieError(f"index {i} is out of range: '{head}' has {bound.count} copies", part.span)
+        if isinstance(bound, Instance) and path == bound.path:
+            raise TieError(f"'{head}' has one copy shared by every repeat; it cannot be indexed", part.span,
+                           hint=f"refer to it as '{head}'")
+        path += f".{i}"
+    return path, transposed
+
+
+def resolve(ref: ast.Ref, scope: Mapping[str, object], index: ParamIndex, config: Mapping[str, CVal],
+            start: int = 0) -> Target:
+    """Resolve `ref.parts[start:]`, the first looked up in `scope`, to a `Target`."""
+    label = render(ref)
+    path, transposed = module_path(ref, scope, config, start)
+    if path in index.params:
+        p = index.params[path]
+        if transposed and len(p.shape) != 2:
+            raise TieError(f"'.T' needs a 2-D parameter; '{path}' has shape {list(p.shape)}", ref.span)
+        return Target({"": path}, transposed, ref.span, label)
+    if path in index.under:
+        if transposed:
+            raise TieError(f"'.T' applies to one 2-D parameter, not to the layer '{path}'", ref.span,
+                           hint=f"name the parameter: {path}.weight.T")
+        names = index.under[path]
+        return Target({n[len(path) + 1:]: n for n in names}, False, ref.span, label)
+    known = list(index.params) + list(index.under)
+    raise TieError(f"'{label}' names no layer or parameter", ref.span,
+                   hint=did_you_mean(path, known) or _slots_hint(path, index))
+
+
+def _slots_hint(path: str, index: ParamIndex) -> str | None:
+    layer = path.rpartition(".")[0]
+    if layer in index.under:
+        slots = ", ".join(n[len(layer) + 1:] for n in index.under[layer])
+        return f"'{layer}' has parameters: {slots}"
+    return None
+
+
+def pair_up(a: Target, b: Target, what: str) -> list[tuple[str, str, bool]]:
+    """Match two targets slot by slot → (param of a, param of b, b read transposed)."""
+    if set(a.params) != set(b.params):
+        if "" in a.params or "" in b.params:
+            raise TieError(f"cannot {what} a single parameter with a whole layer: '{a.label}' and '{b.label}'",
+                           b.span, hint="name one parameter on each side, or a layer on each side")
+        only_a = sorted(set(a.params) - set(b.params))
+        only_b = sorted(set(b.params) - set(a.params))
+        detail = "; ".join(x for x in (
+            f"only '{a.label}' has {', '.join(only_a)}" if only_a else "",
+            f"only '{b.label}' has {', '.join(only_b)}" if only_b else "") if x)
+        raise TieError(f"cannot {what} '{a.label}' and '{b.label}': their parameters differ ({detail})", b.span,
+                       notes=[(a.span, f"'{a.label}' is here")])
+    return [(a.params[k], b.params[k], a.transposed != b.transposed) for k in a.params]

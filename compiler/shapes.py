@@ -1,0 +1,336 @@
+"""Shape and dtype inference over every node, with symbolic dims.
+
+Rule: each op's output type follows from its inputs' types by the rule in `SHAPE_RULES[op]`
+(PyTorch semantics). Integer dims must agree exactly; a symbolic dim (`B`, `T`) agrees with any
+dim, and a dim computed from symbols is written as an expression (`B*T`). A mismatch is an error
+at the call that caused it. A block input's declared type (a `Check`) is verified at each call.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+from math import prod
+from typing import Callable
+
+from tiec.dsl.diagnostics import TieError, raise_all
+
+from . import ir
+
+T = ir.TensorType
+FLOATS = ("f32", "f16", "bf16", "f64")
+
+
+class Ctx:
+    """What a rule may consult: the node, its graph, the input types."""
+
+    def __init__(self, graph: ir.Graph, node: ir.Node, ins: list[T], consts: set[str]):
+        self.graph, self.node, self.ins, self.consts = graph, node, ins, consts
+
+    def fail(self, message: str, hint: str | None = None):
+        raise TieError(message, self.node.span, hint=hint)
+
+    @property
+    def layer(self) -> ir.Layer:
+        return self.graph.layer(self.node.attrs["layer"])
+
+    def axis(self, dim: int, rank: int) -> int:
+        if not -rank <= dim < rank:
+            self.fail(f"{self.node.op}: dim {dim} is out of range for a {rank}-D tensor")
+        return dim % rank
+
+
+def same(a, b) -> bool:
+    return not (isinstance(a, int) and isinstance(b, int)) or a == b
+
+
+def _fmt(shape) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def _mul(dims) -> ir.Dim:
+    ints = [d for d in dims if isinstance(d, int)]
+    syms = [d for d in dims if not isinstance(d, int)]
+    n = prod(ints)
+    if not syms:
+        return n
+    return "*".join(([str(n)] if n != 1 else []) + syms)
+
+
+def broadcast(ctx: Ctx, a: tuple, b: tuple) -> tuple:
+    out = []
+    for i in range(1, max(len(a), len(b)) + 1):
+        x = a[-i] if i <= len(a) else 1
+        y = b[-i] if i <= len(b) else 1
+        if x == 1:
+            out.append(y)
+        elif y == 1 or same(x, y):
+            out.append(x if isinstance(x, int) or not isinstance(y, int) else y)
+        else:
+            ctx.fail(f"shapes {_fmt(a)} and {_fmt(b)} do not broadcast (dim {-i}: {x} vs {y})")
+    return tuple(reversed(out))
+
+
+def _elementwise(ctx: Ctx) -> T:
+    a, b = ctx.ins
+    na, nb = ctx.node.inputs
+    if na in ctx.consts:
+        return T(b.dtype, b.shape)
+    if nb in ctx.consts:
+        return T(a.dtype, a.shape)
+    if a.dtype != b.dtype:
+        ctx.fail(f"{ctx.node.op}: dtypes differ ({a.dtype} and {b.dtype})")
+    return T(a.dtype, broadcast(ctx, a.shape, b.shape))
+
+
+def _matmul(ctx: Ctx) -> T:
+    a, b = ctx.ins
+    if not a.shape or not b.shape:
+        ctx.fail("'@' needs tensors of at least one dimension")
+    if a.dtype != b.dtype:
+        ctx.fail(f"'@': dtypes differ ({a.dtype} and {b.dtype})")
+    k_b = b.shape[-2] if len(b.shape) > 1 else b.shape[0]
+    if not same(a.shape[-1], k_b):
+        ctx.fail(f"'@': {_fmt(a.shape)} @ {_fmt(b.shape)}: inner dims {a.shape[-1]} and {k_b} differ")
+    if len(b.shape) == 1:
+        return T(a.dtype, a.shape[:-1])
+    if len(a.shape) == 1:
+        return T(a.dtype, b.shape[:-2] + b.shape[-1:])
+    batch = broadcast(ctx, a.shape[:-2], b.shape[:-2])
+    return T(a.dtype, batch + (a.shape[-2], b.shape[-1]))
+
+
+def _unary(ctx: Ctx) -> T:
+    x = ctx.ins[0]
+    if ctx.node.op not in ("neg",) and x.dtype not in FLOATS:
+        ctx.fail(f"{ctx.node.op} needs a floating-point tensor, got {x.dtype}")
+    return x
+
+
+def _last_dim(ctx: Ctx, want: int, what: str) -> T:
+    x = ctx.ins[0]
+    if not x.shape or not same(x.shape[-1], want):
+        ctx.fail(f"{ctx.layer.kind} '{ctx.layer.path}' expects {what} {want} in the last dim, got {_fmt(x.shape)}",
+                 hint=f"the input comes in as {x}")
+    return x
+
+
+def _linear(ctx: Ctx) -> T:
+    c = ctx.layer.config
+    x = _last_dim(ctx, c["in_features"], "in_features =")
+    return T(x.dtype, x.shape[:-1] + (c["out_features"],))
+
+
+def _spatial(ctx: Ctx, size, k, s, p, what: str) -> ir.Dim:
+    if not isinstance(size, int):
+        return f"({size}+{2 * p}-{k})//{s}+1" if (p, k, s) != (0, 1, 1) else size
+    out = (size + 2 * p - k) // s + 1
+    if out < 1:
+        ctx.fail(f"{what}: input size {size} is smaller than the kernel {k} (padding {p})")
+    return out
+
+
+def _conv2d(ctx: Ctx) -> T:
+    c, x = ctx.layer.config, ctx.ins[0]
+    if len(x.shape) != 4:
+        ctx.fail(f"Conv2d '{ctx.layer.path}' expects [N, C, H, W], got {_fmt(x.shape)}")
+    if not same(x.shape[1], c["in_channels"]):
+        ctx.fail(f"Conv2d '{ctx.layer.path}' expects {c['in_channels']} channels, got {x.shape[1]} ({_fmt(x.shape)})")
+    (kh, kw), (sh, sw), (ph, pw) = c["kernel_size"], c["stride"], c["padding"]
+    what = f"Conv2d '{ctx.layer.path}'"
+    return T(x.dtype, (x.shape[0], c["out_channels"], _spatial(ctx, x.shape[2], kh, sh, ph, what),
+                       _spatial(ctx, x.shape[3], kw, sw, pw, what)))
+
+
+def _pool(ctx: Ctx) -> T:
+    x, a = ctx.ins[0], ctx.node.attrs
+    if len(x.shape) not in (3, 4):
+        ctx.fail(f"{ctx.node.op} expects [N, C, H, W], got {_fmt(x.shape)}")
+    (kh, kw), (sh, sw), (ph, pw) = a["kernel"], a["stride"], a["padding"]
+    if ph > kh // 2 or pw > kw // 2:
+        ctx.fail(f"{ctx.node.op}: padding must be at most half the kernel")
+    h = _spatial(ctx, x.shape[-2], kh, sh, ph, ctx.node.op)
+    w = _spatial(ctx, x.shape[-1], kw, sw, pw, ctx.node.op)
+    return T(x.dtype, x.shape[:-2] + (h, w))
+
+
+def _embedding(ctx: Ctx) -> T:
+    x = ctx.ins[0]
+    if x.dtype not in ("i32", "i64"):
+        ctx.fail(f"Embedding '{ctx.layer.path}' takes integer indices, got {x.dtype}",
+                 hint="declare the input as i64[B, T]")
+    return T("f32", x.shape + (ctx.layer.config["embedding_dim"],))
+
+
+def _norm(ctx: Ctx) -> T:
+    return _last_dim(ctx, ctx.layer.config["normalized_shape"], "")
+
+
+def _attention(ctx: Ctx) -> T:
+    x = ctx.ins[0]
+    if len(x.shape) != 3:
+        ctx.fail(f"SelfAttention '{ctx.layer.path}' expects [B, T, d], got {_fmt(x.shape)}")
+    return _last_dim(ctx, ctx.layer.config["embed_dim"], "d =")
+
+
+def _softmax(ctx: Ctx) -> T:
+    ctx.axis(ctx.node.attrs["dim"], len(ctx.ins[0].shape))
+    return _unary(ctx)
+
+
+def _flatten(ctx: Ctx) -> T:
+    x = ctx.ins[0]
+    r = max(1, len(x.shape))
+    s, e = ctx.axis(ctx.node.attrs["start_dim"], r), ctx.axis(ctx.node.attrs["end_dim"], r)
+    if s > e:
+        ctx.fail(f"flatten: start_dim {s} is after end_dim {e}")
+    return T(x.dtype, x.shape[:s] + (_mul(x.shape[s:e + 1]),) + x.shape[e + 1:])
+
+
+def _reshape(ctx: Ctx) -> T:
+    x, target = ctx.ins[0], ctx.node.attrs["shape"]
+    out = []
+    for i, d in enumerate(target):
+        if isinstance(d, str) and not (i < len(x.shape) and x.shape[i] == d):
+            ctx.fail(f"reshape: symbol '{d}' must stand where the input has it (input {_fmt(x.shape)})",
+                     hint="use -1 for one inferred dim")
+        if isinstance(d, int) and d < -1:
+            ctx.fail(f"reshape: invalid dim {d}")
+        out.append(d)
+    if out.count(-1) > 1:
+        ctx.fail("reshape: at most one dim can be -1")
+    known = [x.shape[i] if isinstance(d, str) else d for i, d in enumerate(out)]
+    total = x.shape and all(isinstance(d, int) for d in x.shape) and prod(x.shape)
+    if -1 in out:
+        rest = [d for d in known if d != -1]
+        if total and all(isinstance(d, int) for d in rest):
+            if total % prod(rest):
+                ctx.fail(f"reshape: cannot reshape {_fmt(x.shape)} into {_fmt(target)}")
+            known[out.index(-1)] = total // prod(rest)
+        else:
+            known[out.index(-1)] = _mul([d for d in x.shape if d not in rest]) if x.shape else 1
+    elif total and all(isinstance(d, int) for d in known) and prod(known) != total:
+        ctx.fail(f"reshape: {_fmt(x.shape)} has {total} elements, {_fmt(target)} has {prod(known)}")
+    return T(x.dtype, tuple(known))
+
+
+def _transpose(ctx: Ctx) -> T:
+    x = ctx.ins[0]
+    r = len(x.shape)
+    a, b = ctx.axis(ctx.node.attrs["dim0"], r), ctx.axis(ctx.node.attrs["dim1"], r)
+    s = list(x.shape)
+    s[a], s[b] = s[b], s[a]
+    return T(x.dtype, tuple(s))
+
+
+def _mean(ctx: Ctx) -> T:
+    x = ctx.ins[0]
+    d = ctx.axis(ctx.node.attrs["dim"], len(x.shape))
+    keep = ctx.node.attrs["keepdim"]
+    return T(x.dtype, x.shape[:d] + ((1,) if keep else ()) + x.shape[d + 1:])
+
+
+def _concat(ctx: Ctx) -> T:
+    first = ctx.ins[0]
+    d = ctx.axis(ctx.node.attrs["dim"], len(first.shape))
+    for t in ctx.ins[1:]:
+        if len(t.shape) != len(first.shape) or t.dtype != first.dtype or any(
+                not same(a, b) for i, (a, b) in enumerate(zip(first.shape, t.shape)) if i != d):
+            ctx.fail(f"concat: {first} and {t} differ outside dim {d}")
+    return T(first.dtype, first.shape[:d] + (_mul([t.shape[d] for t in ctx.ins]) if all(
+        isinstance(t.shape[d], int) for t in ctx.ins) else "+".join(str(t.shape[d]) for t in ctx.ins),)
+        + first.shape[d + 1:])
+
+
+def _cosine(ctx: Ctx) -> T:
+    a, b = ctx.ins
+    shape = broadcast(ctx, a.shape, b.shape)
+    d = ctx.axis(ctx.node.attrs["dim"], len(shape))
+    return T(a.dtype, shape[:d] + shape[d + 1:])
+
+
+def _param(ctx: Ctx) -> T:
+    p = ctx.graph.param_map()[ctx.node.attrs["param"]]
+    return T(p.dtype, tuple(reversed(p.shape)) if ctx.node.attrs["transposed"] else p.shape)
+
+
+def _positions(ctx: Ctx) -> T:
+    x = ctx.ins[0]
+    if not x.shape:
+        ctx.fail("positions needs a tensor with at least one dim")
+    return T("i64", (x.shape[-1],))
+
+
+def _const(ctx: Ctx) -> T:
+    return T("f32" if isinstance(ctx.node.attrs["value"], float) else "i64", ())
+
+
+SHAPE_RULES: dict[str, Callable[[Ctx], T]] = {
+    "param": _param,            # W or Wᵀ
+    "const": _const,            # scalar; takes the other operand's dtype
+    "add": _elementwise, "sub": _elementwise, "mul": _elementwise, "div": _elementwise,  # broadcast
+    "matmul": _matmul,          # [..., n, k] @ [..., k, m] → [..., n, m]
+    "neg": _unary, "relu": _unary, "tanh": _unary, "sigmoid": _unary, "silu": _unary, "gelu": _unary,
+    "softmax": _softmax, "log_softmax": _softmax,
+    "flatten": _flatten,        # dims start…end multiplied
+    "reshape": _reshape,        # 0 copies, -1 infers
+    "transpose": _transpose,
+    "max_pool2d": _pool, "avg_pool2d": _pool,  # ⌊(H + 2p − k)/s⌋ + 1
+    "mean": _mean,
+    "concat": _concat,          # sizes along dim add up
+    "cosine_similarity": _cosine,  # broadcast, then drop dim
+    "positions": _positions,    # [T] int64
+    "Linear": _linear,          # [..., in] → [..., out]
+    "Conv2d": _conv2d,          # [N, C, H, W] → [N, out, H', W']
+    "Embedding": _embedding,    # [...] int → [..., dim]
+    "LayerNorm": _norm, "RMSNorm": _norm,
+    "SelfAttention": _attention,  # [B, T, d] → [B, T, d]
+    "Dropout": lambda ctx: ctx.ins[0],
+}
+
+
+def infer(graph: ir.Graph) -> dict[str, T]:
+    """Types of every value in one graph; raises TieError at the first mismatch."""
+    types: dict[str, T] = {i.name: i.type for i in graph.inputs}
+    consts = {n.name for n in graph.nodes if n.op == "const"}
+    checks: dict[str, list[ir.Check]] = {}
+    for c in graph.checks:
+        checks.setdefault(c.value, []).append(c)
+    for name in list(types):
+        _check(types[name], checks.pop(name, []))
+    for node in graph.nodes:
+        ctx = Ctx(graph, node, [types[i] for i in node.inputs], consts)
+        types[node.name] = SHAPE_RULES[node.op](ctx)
+        _check(types[node.name], checks.pop(node.name, []))
+    return types
+
+
+def _check(actual: T, checks: list[ir.Check]) -> None:
+    for c in checks:
+        want = c.type
+        ok = actual.dtype == want.dtype and len(actual.shape) == len(want.shape) and all(
+            same(a, b) for a, b in zip(actual.shape, want.shape))
+        if not ok:
+            raise TieError(f"this block input must be {want}, but {actual} is passed", c.span,
+                           notes=[(c.declared, "the block declares the input here")])
+
+
+def _reshape_targets(graph: ir.Graph) -> ir.Graph:
+    """Write reshape targets in ONNX semantics: a symbol standing where the input has it → 0."""
+    if not any(n.op == "reshape" for n in graph.nodes):
+        return graph
+    nodes = tuple(
+        replace(n, attrs=ir.frozen({**n.attrs, "shape": tuple(0 if isinstance(d, str) else d for d in n.attrs["shape"])}))
+        if n.op == "reshape" else n for n in graph.nodes)
+    return replace(graph, nodes=nodes)
+
+
+def run(program: ir.ProgramIR) -> ir.ProgramIR:
+    types, errors, models = {}, [], {}
+    for name, graph in program.models.items():
+        try:
+            types[name] = ir.frozen(infer(graph))
+            models[name] = _reshape_targets(graph)
+        except TieError as e:
+            errors.append(e)
+    raise_all(errors)
+    return ir.ProgramIR(program.source, ir.frozen(models), program.share_requests, program.tie_requests,
+                        program.share_groups, program.tie_groups, ir.frozen(types), program.warnings)

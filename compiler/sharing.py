@@ -1,0 +1,123 @@
+"""Solve share requests into groups of slots holding one tensor, and tie requests into ties.
+
+Rule: share requests are edges `a = b` or `a = b.T` between parameter slots (a networkx graph,
+each edge labelled with its orientation). Each connected component is one group; its canonical
+member is the first slot in source order, and every member's orientation relative to it is the
+XOR of the labels along any path. Two paths that disagree are a contradiction (`a = b.T` and
+`a = b`) and an error, as is a member whose shape, after its orientation, differs from the
+canonical's. Ties keep their members; a tie whose members are all one tensor is a warning.
+"""
+from __future__ import annotations
+
+from collections import deque
+
+import networkx as nx
+
+from tiec.dsl.diagnostics import TieError, TieWarning, raise_all
+
+from . import ir
+
+
+def _shape(p: ir.Param, transposed: bool) -> tuple[int, ...]:
+    return tuple(reversed(p.shape)) if transposed else p.shape
+
+
+def share_graph(program: ir.ProgramIR) -> nx.Graph:
+    """The share graph: one node per requested slot, edges labelled `transposed` (a = b.T)."""
+    g = nx.Graph()
+    for r in program.share_requests:
+        if g.has_edge(r.a, r.b):
+            prev = g.edges[r.a, r.b]["request"]
+            if prev.transposed != r.transposed:
+                raise TieError(
+                    f"contradictory sharing: '{r.a}' is shared with '{r.b}' both transposed and not",
+                    r.span, notes=[(prev.span, "the other share is here")],
+                    hint="a tensor cannot equal another and its transpose unless forced symmetric; drop one")
+            continue
+        g.add_edge(r.a, r.b, request=r)
+    return g
+
+
+def run(program: ir.ProgramIR) -> ir.ProgramIR:
+    params = {ir.qualify(m, p.name): p for m, graph in program.models.items() for p in graph.params}
+    order = {name: i for i, name in enumerate(params)}
+    g = share_graph(program)
+    errors: list[TieError] = []
+    groups: list[ir.ShareGroup] = []
+    orient_of: dict[str, tuple[int, bool]] = {}
+    for component in sorted(nx.connected_components(g), key=lambda c: min(order[n] for n in c)):
+        root = min(component, key=order.__getitem__)
+        orient, error = _orient(g, root)
+        if error:
+            errors.append(error)
+            continue
+        gid = len(groups) + 1
+        members = sorted(component, key=order.__getitem__)
+        canon = params[root]
+        group_errors = []
+        for m in members:
+            p = params[m]
+            if _shape(p, orient[m]) != canon.shape or p.dtype != canon.dtype:
+                req = next(iter(g.edges[m, nb]["request"] for nb in g.adj[m]))
+                view = f"{m}.T" if orient[m] else m
+                group_errors.append(TieError(
+                    f"cannot share '{view}' {list(_shape(p, orient[m]))} with '{root}' {list(canon.shape)}: "
+                    "shapes differ", req.span,
+                    notes=[(p.span, f"'{m}' is declared here with shape {list(p.shape)}"),
+                           (canon.span, f"'{root}' is declared here with shape {list(canon.shape)}")],
+                    hint="shared parameters must have the same shape (use .T for a transposed view of a 2-D one)"))
+        if group_errors:
+            errors += group_errors[:1]
+            continue
+        groups.append(ir.ShareGroup(gid, tuple(ir.Member(m, orient[m], params[m].span) for m in members)))
+        for m in members:
+            orient_of[m] = (gid, orient[m])
+    ties, warnings = _ties(program, params, orient_of, errors)
+    raise_all(errors)
+    return ir.ProgramIR(program.source, program.models, program.share_requests, program.tie_requests,
+                        tuple(groups), tuple(ties), program.types, program.warnings + tuple(warnings))
+
+
+def _orient(g: nx.Graph, root: str) -> tuple[dict[str, bool], TieError | None]:
+    orient = {root: False}
+    queue = deque([root])
+    while queue:
+        u = queue.popleft()
+        for v, data in g.adj[u].items():
+            want = orient[u] != data["request"].transposed
+            if v not in orient:
+                orient[v] = want
+                queue.append(v)
+            elif orient[v] != want:
+                r = data["request"]
+                return orient, TieError(
+                    f"contradictory sharing: '{r.a}' and '{r.b}' would be both equal and transposed", r.span,
+                    notes=[(r.a_span, f"'{r.a}' is here"), (r.b_span, f"'{r.b}' is here")],
+                    hint="the shares around this group disagree on orientation (a = b.T together with a = b)")
+    return orient, None
+
+
+def _ties(program, params, orient_of, errors):
+    ties, warnings = [], []
+    for i, req in enumerate(program.tie_requests, start=1):
+        first = params[req.members[0].param]
+        ok = True
+        for m in req.members[1:]:
+            p = params[m.param]
+            if _shape(p, m.transposed) != first.shape:
+                errors.append(TieError(
+                    f"cannot tie '{m.param}' {list(_shape(p, m.transposed))} to '{req.members[0].param}' "
+                    f"{list(first.shape)}: shapes differ", req.span,
+                    notes=[(p.span, f"'{m.param}' is declared here"), (first.span, f"'{req.members[0].param}' here")]))
+                ok = False
+                break
+        if not ok:
+            continue
+        tensors = {(orient_of.get(m.param, (m.param, False))[0],
+                    orient_of.get(m.param, (m.param, False))[1] != m.transposed) for m in req.members}
+        if len(tensors) == 1:
+            warnings.append(TieWarning(
+                f"tie between '{req.members[0].param}' and '{req.members[1].param}' has no effect: "
+                "they are one shared tensor, so its penalty is always 0", req.span))
+        ties.append(ir.TieGroup(i, req.strength, req.norm, req.members, req.span))
+    return ties, warnings

@@ -1,0 +1,140 @@
+"""Program-level elaboration: definitions, model parameters, and top-level share/tie statements.
+
+Rule: block and model names are unique and distinct from builtin layers; every model parameter
+has a default, which `overrides` may replace (an override must name some model's parameter).
+Each model is elaborated on its own, so errors in independent models are all reported. Top-level
+`share`/`tie` references start with a model name and resolve in that model's final scope.
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+from tiec.dsl import ast
+from tiec.dsl.diagnostics import TieError, TieWarning, did_you_mean, raise_all
+
+from . import ir
+from .catalog import LAYERS, OP_SIGNATURES
+from .config import CVal, evaluate
+from .refs import pair_up, resolve
+
+
+def _definitions(program: ast.Program) -> tuple[dict, dict, list[TieError]]:
+    blocks, models, errors, seen = {}, {}, [], {}
+    for d in program.definitions:
+        if d.name in seen:
+            errors.append(TieError(f"'{d.name}' is defined twice", d.name_span,
+                                   notes=[(seen[d.name].name_span, "first defined here")]))
+            continue
+        if d.name in LAYERS or d.name in OP_SIGNATURES:
+            errors.append(TieError(f"'{d.name}' is a builtin name", d.name_span, hint="pick another name"))
+            continue
+        seen[d.name] = d
+        (blocks if d.kind == "block" else models)[d.name] = d
+        names = [p.name for p in d.params]
+        for p in d.params:
+            if names.count(p.name) > 1:
+                errors.append(TieError(f"parameter '{p.name}' is declared twice", p.span))
+                break
+    return blocks, models, errors
+
+
+def _model_config(d: ast.Definition, overrides: Mapping) -> dict[str, CVal]:
+    config: dict[str, CVal] = {}
+    for p in d.params:
+        if p.default is None:
+            raise TieError(f"model parameter '{p.name}' needs a default", p.span,
+                           hint=f"for example {p.name} = 128; override it with --set {p.name}=…")
+        value = overrides[p.name] if p.name in overrides else evaluate(p.default, config, "a default").value
+        config[p.name] = CVal(value, p.name, frozenset({p.name}))
+    return config
+
+
+def _unused_warnings(graph: ir.Graph) -> list[TieWarning]:
+    used = {n.attrs["layer"] for n in graph.nodes if "layer" in n.attrs}
+    used |= {n.attrs["param"].rsplit(".", 1)[0] for n in graph.nodes if n.op == "param"}
+    return [TieWarning(f"layer '{layer.path}' is declared but never used", layer.span)
+            for layer in graph.layers if layer.path not in used and layer.kind != "Dropout"]
+
+
+def elaborate_program(program: ast.Program, overrides: Mapping, elaborator_cls) -> ir.ProgramIR:
+    blocks, models, errors = _definitions(program)
+    known = {p.name for d in models.values() for p in d.params}
+    for name, value in overrides.items():
+        if name not in known:
+            errors.append(TieError(f"--set {name}: no model has a parameter '{name}'", program.span,
+                                   hint=did_you_mean(name, known) or
+                                   (f"parameters: {', '.join(sorted(known))}" if known else "no model takes parameters")))
+        elif isinstance(value, bool) or not isinstance(value, (int, float)):
+            errors.append(TieError(f"--set {name}={value!r}: expected a number", program.span))
+    if not models and not errors:
+        errors.append(TieError("no model defined", program.span, hint="add: model Name { in x: [B, 4] … return … }"))
+    raise_all(errors)
+
+    graphs, elaborators, warnings = {}, {}, []
+    for name, d in models.items():
+        try:
+            el = elaborator_cls(d, blocks, _model_config(d, overrides))
+            graphs[name] = el.run()
+            elaborators[name] = el
+            warnings += _unused_warnings(graphs[name])
+        except TieError as e:
+            errors.extend(getattr(e, "errors", (e,)))
+    shares = [r for el in elaborators.values() for r in el.shares]
+    ties = [r for el in elaborators.values() for r in el.ties]
+    for stmt in program.statements:
+        try:
+            targets = [_top_target(ref, models, elaborators) for ref in stmt.refs]
+        except TieError as e:
+            errors.append(e)
+            continue
+        if targets and None in targets:
+            continue  # the model had errors of its own, already reported
+        try:
+            if isinstance(stmt, ast.ShareStmt):
+                shares += _top_shares(stmt, targets)
+            else:
+                ties += _top_ties(stmt, targets)
+        except TieError as e:
+            errors.append(e)
+    raise_all(errors)
+    return ir.ProgramIR(program.span.source, ir.frozen(graphs), tuple(shares), tuple(ties), warnings=tuple(warnings))
+
+
+def _top_target(ref: ast.Ref, models, elaborators):
+    head = ref.parts[0]
+    if not isinstance(head, str) or head not in models:
+        hint = did_you_mean(head, models) if isinstance(head, str) else None
+        raise TieError(f"'{head}' is not a model; top-level share and tie name Model.layer", ref.span,
+                       hint=hint or f"models: {', '.join(models)}")
+    if len(ref.parts) < 2:
+        raise TieError(f"'{head}' is a whole model; name one of its layers or parameters", ref.span,
+                       hint=f"for example {head}.<layer>")
+    el = elaborators.get(head)
+    if el is None:
+        return None
+    config = {k: v for k, v in el.scope.items() if isinstance(v, CVal)}
+    t = resolve(ref, el.scope, el.index, config, start=1)
+    return head, t
+
+
+def _top_shares(stmt: ast.ShareStmt, targets) -> list[ir.ShareRequest]:
+    (ma, a), out = targets[0], []
+    for mb, b in targets[1:]:
+        for pa, pb, transposed in pair_up(a, b, "share"):
+            out.append(ir.ShareRequest(ir.qualify(ma, pa), ir.qualify(mb, pb), transposed, stmt.span, a.span, b.span))
+    return out
+
+
+def _top_ties(stmt: ast.TieStmt, targets) -> list[ir.TieRequest]:
+    strength = evaluate(stmt.strength, {}, "a tie strength").value
+    if isinstance(strength, bool) or not isinstance(strength, (int, float)):
+        raise TieError("tie strength must be a number", stmt.strength.span)
+    if strength < 0:
+        raise TieError(f"tie strength must be ≥ 0, got {strength}", stmt.strength.span)
+    (m0, t0), out = targets[0], []
+    columns = [(mb, pair_up(t0, t, "tie"), t) for mb, t in targets[1:]]
+    for k in range(len(columns[0][1]) if columns else 0):
+        members = [ir.Member(ir.qualify(m0, columns[0][1][k][0]), False, t0.span)]
+        members += [ir.Member(ir.qualify(mb, col[k][1]), col[k][2], t.span) for mb, col, t in columns]
+        out.append(ir.TieRequest(float(strength), stmt.norm, tuple(members), stmt.span))
+    return out

@@ -1,0 +1,199 @@
+"""The .tie abstract syntax tree: one frozen dataclass per grammar alias, each with a span.
+
+The tree is purely syntactic. Whether `fc1 = Linear(784, 256)` declares a layer or `h = relu(x)`
+binds a value is decided by the compiler, which knows the layer and block names.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Union
+
+from .diagnostics import Span
+
+# ----------------------------------------------------------------------------- expressions
+
+
+@dataclass(frozen=True)
+class Num:
+    value: int | float
+    span: Span
+
+
+@dataclass(frozen=True)
+class Str:
+    value: str
+    span: Span
+
+
+@dataclass(frozen=True)
+class Name:
+    id: str
+    span: Span
+
+
+@dataclass(frozen=True)
+class BinOp:
+    op: str  # one of + - * / // @
+    left: "Expr"
+    right: "Expr"
+    span: Span
+
+
+@dataclass(frozen=True)
+class Neg:
+    operand: "Expr"
+    span: Span
+
+
+@dataclass(frozen=True)
+class Kwarg:
+    name: str
+    value: "Expr"
+    span: Span
+
+
+@dataclass(frozen=True)
+class Call:
+    func: "Expr"
+    args: tuple["Expr", ...]
+    kwargs: tuple[Kwarg, ...]
+    span: Span
+
+
+@dataclass(frozen=True)
+class Attr:
+    value: "Expr"
+    name: str
+    span: Span
+
+
+@dataclass(frozen=True)
+class Index:
+    value: "Expr"
+    index: "Expr"
+    span: Span
+
+
+@dataclass(frozen=True)
+class ListExpr:
+    items: tuple["Expr", ...]
+    span: Span
+
+
+Expr = Union[Num, Str, Name, BinOp, Neg, Call, Attr, Index, ListExpr]
+
+# ----------------------------------------------------------------------------- references
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A path to a layer or parameter: `TaskA.fc2`, `enc.weight.T`, `blk[3].up`.
+
+    `parts` holds names (str) and index expressions; a trailing `.T` is kept as the part "T".
+    """
+
+    parts: tuple[Union[str, Expr], ...]
+    span: Span
+
+
+# ----------------------------------------------------------------------------- statements
+
+
+@dataclass(frozen=True)
+class TensorType:
+    dtype: str | None  # None means f32
+    dims: tuple[Expr, ...]
+    span: Span
+
+
+@dataclass(frozen=True)
+class Input:
+    name: str
+    type: TensorType
+    span: Span
+
+
+@dataclass(frozen=True)
+class ShareAnn:
+    """`share other` (slot None: every parameter) or `share slot = ref` on a declaration."""
+
+    slot: str | None
+    ref: Ref
+    span: Span
+
+
+@dataclass(frozen=True)
+class TieAnn:
+    strength: Expr
+    norm: str
+    ref: Ref
+    span: Span
+
+
+Annotation = Union[ShareAnn, TieAnn]
+
+
+@dataclass(frozen=True)
+class Assign:
+    name: str
+    value: Expr
+    annotations: tuple[Annotation, ...]
+    span: Span
+    name_span: Span
+
+
+@dataclass(frozen=True)
+class Repeat:
+    count: Expr
+    shared: bool
+    body: tuple["Stmt", ...]
+    span: Span
+
+
+@dataclass(frozen=True)
+class Return:
+    values: tuple[Expr, ...]
+    span: Span
+
+
+@dataclass(frozen=True)
+class ShareStmt:
+    refs: tuple[Ref, ...]
+    span: Span
+
+
+@dataclass(frozen=True)
+class TieStmt:
+    strength: Expr
+    norm: str
+    refs: tuple[Ref, ...]
+    span: Span
+
+
+Stmt = Union[Input, Assign, Repeat, Return, ShareStmt, TieStmt]
+
+# ----------------------------------------------------------------------------- definitions
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    default: Expr | None
+    span: Span
+
+
+@dataclass(frozen=True)
+class Definition:
+    kind: str  # "model" or "block"
+    name: str
+    params: tuple[Param, ...]
+    body: tuple[Stmt, ...]
+    span: Span
+    name_span: Span
+
+
+@dataclass(frozen=True)
+class Program:
+    definitions: tuple[Definition, ...]
+    statements: tuple[Union[ShareStmt, TieStmt], ...]
+    span: Span

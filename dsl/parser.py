@@ -1,0 +1,277 @@
+"""Text → AST. Lark LALR with the contextual lexer, building the AST while parsing.
+
+The AST is built by an inline transformer (no intermediate parse tree), so parsing a large spec
+costs about one bare Lark parse. Lark's exceptions stop here: they become `TieError`s with the
+offending token's span and a readable list of what was expected.
+"""
+from __future__ import annotations
+
+import threading
+from importlib import resources
+from typing import Iterator
+
+from lark import Lark, Token, Transformer
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+
+from . import ast
+from .diagnostics import Source, Span, TieError
+
+DTYPES = ("f32", "f16", "bf16", "f64", "i32", "i64", "bool")
+NORMS = ("l2", "l1")
+
+
+def _tok_span(src: Source, tok: Token) -> Span:
+    return Span(src, tok.line, tok.column, tok.end_line, tok.end_column)
+
+
+def _join(a: Span, b: Span) -> Span:
+    return Span(a.source, a.line, a.col, b.end_line, b.end_col)
+
+
+class _Paren:
+    """Post-lexer: drop newlines inside ( ) and [ ], so calls and lists may span lines."""
+
+    always_accept = ("_NL",)
+    _open = {"LPAR": 1, "LSQB": 1, "RPAR": -1, "RSQB": -1}
+
+    def process(self, stream: Iterator[Token]) -> Iterator[Token]:
+        depth = 0
+        for tok in stream:
+            if tok.type == "_NL" and depth > 0:
+                continue
+            depth = max(0, depth + self._open.get(tok.type, 0))
+            yield tok
+
+
+class _Builder(Transformer):
+    """Callbacks named after grammar rules and aliases; each returns an AST node."""
+
+    def __init__(self, src: Source):
+        super().__init__(visit_tokens=False)
+        self.src = src
+
+    def _span(self, node) -> Span:
+        if isinstance(node, Token):
+            return _tok_span(self.src, node)
+        return node.span
+
+    def _over(self, children) -> Span:
+        parts = [c for c in children if c is not None and not isinstance(c, list)]
+        return _join(self._span(parts[0]), self._span(parts[-1]))
+
+    # --- expressions
+    def number(self, c):
+        text = str(c[0])
+        is_int = text.isdigit()
+        return ast.Num(int(text) if is_int else float(text), self._span(c[0]))
+
+    def string(self, c):
+        return ast.Str(str(c[0])[1:-1], self._span(c[0]))
+
+    def name(self, c):
+        return ast.Name(str(c[0]), self._span(c[0]))
+
+    def _binop(op):  # noqa: N805 - a factory used in the class body
+        def build(self, c):
+            return ast.BinOp(op, c[0], c[1], _join(c[0].span, c[1].span))
+
+        return build
+
+    add, sub, mul = _binop("+"), _binop("-"), _binop("*")
+    div, floordiv, matmul = _binop("/"), _binop("//"), _binop("@")
+
+    def neg(self, c):
+        return ast.Neg(c[0], c[0].span)
+
+    def arglist(self, c):
+        return list(c)
+
+    def kwarg(self, c):
+        return ast.Kwarg(str(c[0]), c[1], _join(self._span(c[0]), c[1].span))
+
+    def call(self, c):
+        func, args = c[0], c[1] or []
+        pos = tuple(a for a in args if not isinstance(a, ast.Kwarg))
+        kws = tuple(a for a in args if isinstance(a, ast.Kwarg))
+        end = args[-1].span if args else func.span
+        return ast.Call(func, pos, kws, _join(func.span, end))
+
+    def attr(self, c):
+        return ast.Attr(c[0], str(c[1]), _join(c[0].span, self._span(c[1])))
+
+    def index(self, c):
+        return ast.Index(c[0], c[1], _join(c[0].span, c[1].span))
+
+    def list(self, c):
+        items = tuple(x for x in c if x is not None)
+        span = self._over(items) if items else Span(self.src, 0, 0, 0, 0)
+        return ast.ListExpr(items, span)
+
+    # --- references and annotations
+    def ref(self, c):
+        parts = tuple(str(x) if isinstance(x, Token) else x for x in c)
+        return ast.Ref(parts, self._over(c))
+
+    def _strength(self, args, span: Span) -> tuple[ast.Expr, str]:
+        pos = [a for a in args if not isinstance(a, ast.Kwarg)]
+        kws = {k.name: k for k in args if isinstance(k, ast.Kwarg)}
+        if len(pos) != 1:
+            raise TieError("tie takes one strength λ: tie(λ) or tie(λ, norm=l1)", span,
+                           hint="for example: tie(0.01) TaskA.fc1, TaskB.fc1")
+        norm = "l2"
+        for key, kw in kws.items():
+            if key != "norm":
+                raise TieError(f"tie has no option '{key}'", kw.span, hint="the only option is norm=l1 or norm=l2")
+            value = kw.value
+            norm = value.id if isinstance(value, ast.Name) else value.value if isinstance(value, ast.Str) else ""
+            if norm not in NORMS:
+                raise TieError("norm must be l2 or l1", value.span)
+        return pos[0], norm
+
+    def share_slot_ann(self, c):
+        return ast.ShareAnn(str(c[0]), c[1], _join(self._span(c[0]), c[1].span))
+
+    def share_all_ann(self, c):
+        return ast.ShareAnn(None, c[0], c[0].span)
+
+    def tie_ann(self, c):
+        strength, norm = self._strength(c[0], c[1].span)
+        return ast.TieAnn(strength, norm, c[1], c[1].span)
+
+    # --- statements
+    def tensor_type(self, c):
+        dtype_tok, dims = c[0], tuple(d for d in c[1:] if d is not None)
+        dtype = None
+        if dtype_tok is not None:
+            dtype = str(dtype_tok)
+            if dtype not in DTYPES:
+                raise TieError(f"unknown dtype '{dtype}'", self._span(dtype_tok),
+                               hint="dtypes are " + ", ".join(DTYPES))
+        first = dtype_tok if dtype_tok is not None else (dims[0] if dims else None)
+        span = self._over([first, *dims]) if first is not None else Span(self.src, 0, 0, 0, 0)
+        return ast.TensorType(dtype, dims, span)
+
+    def input(self, c):
+        return ast.Input(str(c[0]), c[1], _join(self._span(c[0]), c[1].span if c[1].span.line else self._span(c[0])))
+
+    def assign(self, c):
+        name = self._span(c[0])
+        return ast.Assign(str(c[0]), c[1], tuple(c[2:]), _join(name, c[1].span), name)
+
+    def body(self, c):
+        return tuple(c)
+
+    def repeat(self, c):
+        return ast.Repeat(c[0], False, c[1], c[0].span)
+
+    def repeat_shared(self, c):
+        return ast.Repeat(c[0], True, c[1], c[0].span)
+
+    def return_stmt(self, c):
+        return ast.Return(tuple(c), self._over(c))
+
+    def share_stmt(self, c):
+        return ast.ShareStmt(tuple(c), self._over(c))
+
+    def tie_stmt(self, c):
+        refs = tuple(c[1:])
+        strength, norm = self._strength(c[0], refs[0].span)
+        return ast.TieStmt(strength, norm, refs, self._over(refs))
+
+    # --- definitions
+    def param(self, c):
+        return ast.Param(str(c[0]), c[1], self._span(c[0]))
+
+    def params(self, c):
+        return tuple(p for p in c if p is not None)
+
+    def _definition(kind):  # noqa: N805 - a factory used in the class body
+        def build(self, c):
+            name = c[0]
+            params = c[1] if len(c) == 3 else ()
+            return ast.Definition(kind, str(name), params, c[-1], self._span(name), self._span(name))
+
+        return build
+
+    model, block = _definition("model"), _definition("block")
+
+    def start(self, c):
+        defs = tuple(x for x in c if isinstance(x, ast.Definition))
+        stmts = tuple(x for x in c if not isinstance(x, ast.Definition))
+        return ast.Program(defs, stmts, Span(self.src, 1, 1, 1, 1))
+
+
+_READABLE = {
+    "NAME": "a name", "NUMBER": "a number", "STRING": "a string", "_NL": "end of line",
+    "$END": "end of file", "SEMICOLON": "';'", "LPAR": "'('", "RPAR": "')'", "LSQB": "'['", "RSQB": "']'",
+    "LBRACE": "'{'", "RBRACE": "'}'", "COMMA": "','", "EQUAL": "'='", "COLON": "':'", "DOT": "'.'",
+}
+
+
+def _readable(terminals) -> str:
+    names = sorted({_READABLE.get(t, f"'{t.lower()}'" if t.isalpha() else t) for t in terminals})
+    if len(names) > 6:
+        names = names[:6] + ["…"]
+    return ", ".join(names)
+
+
+def _describe(tok: Token) -> str:
+    if tok.type == "_NL":
+        return "end of line"
+    if tok.type == "$END":
+        return "end of file"
+    return f"'{tok}'"
+
+
+def _syntax_error(err: UnexpectedInput, src: Source) -> TieError:
+    line, col = max(1, err.line if err.line > 0 else 1), max(1, err.column if err.column > 0 else 1)
+    if isinstance(err, UnexpectedCharacters):
+        ch = src.text[err.pos_in_stream] if err.pos_in_stream < len(src.text) else "?"
+        hint = "strings use double quotes" if ch == "'" else None
+        return TieError(f"unexpected character '{ch}'", Span(src, line, col, line, col + 1), hint=hint)
+    if isinstance(err, UnexpectedEOF) or (isinstance(err, UnexpectedToken) and err.token.type == "$END"):
+        lines = src.text.splitlines() or [""]
+        last = len(lines)
+        return TieError("unexpected end of file", Span(src, last, len(lines[-1]) + 1, last, len(lines[-1]) + 2),
+                        hint="a '{' or '(' is probably not closed")
+    assert isinstance(err, UnexpectedToken)
+    tok = err.token
+    expected = set(err.expected) - {"_NL"} if tok.type != "_NL" else set(err.expected)
+    span = Span(src, line, col, tok.end_line or line, (tok.end_column or col + 1))
+    if tok.type == "_NL":
+        span = Span(src, line, col, line, col + 1)
+    hint = None
+    if "COMMA" in expected and tok.type in ("NAME", "NUMBER"):
+        hint = "is a ',' missing?"
+    elif tok.type == "EQUAL" and "EQUAL" not in expected:
+        hint = "'=' declares or binds a name; it cannot appear here"
+    message = f"unexpected {_describe(tok)}"
+    if expected:
+        message += f"; expected {_readable(expected)}"
+    return TieError(message, span, hint=hint)
+
+
+_LARK: Lark | None = None
+_BUILDER = _Builder(Source("<none>", ""))
+_LOCK = threading.Lock()
+
+
+def _lark() -> Lark:
+    global _LARK
+    if _LARK is None:
+        grammar = resources.files("tiec.grammars").joinpath("tie.lark").read_text()
+        _LARK = Lark(grammar, parser="lalr", lexer="contextual", postlex=_Paren(),
+                     maybe_placeholders=True, transformer=_BUILDER)
+    return _LARK
+
+
+def parse(text: str, filename: str = "<string>") -> ast.Program:
+    """Parse .tie source text into an `ast.Program`; raises `TieError` on bad input."""
+    src = Source(filename, text)
+    with _LOCK:  # the inline builder carries the current source
+        parser = _lark()
+        _BUILDER.src = src
+        try:
+            return parser.parse(text)
+        except UnexpectedInput as err:
+            raise _syntax_error(err, src) from None

@@ -1,0 +1,1 @@
+"""The .tie grammar, shipped as package data (tie.lark)."""

@@ -1,0 +1,18 @@
+"""tiec: compile .tie model specs with shared and tied parameters to PyTorch and ONNX."""
+from tiec.dsl.diagnostics import TieError, TieErrors, TieWarning
+
+__all__ = ["TieError", "TieErrors", "TieWarning", "load", "loads"]
+
+
+def load(path, overrides=None):
+    """Compile the .tie file at `path` (model parameters overridden by `overrides`) → Program."""
+    from tiec.api import load as _load
+
+    return _load(path, overrides)
+
+
+def loads(text, overrides=None, filename="<string>"):
+    """Compile .tie source text → Program."""
+    from tiec.api import loads as _loads
+
+    return _loads(text, overrides, filename)
