@@ -1,0 +1,35 @@
+# One-command set-up: `make demo` and `make test` each build .venv first.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.tiec-installed
+OUT := out
+
+.PHONY: setup test demo bench lint clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	# The CPU build of torch; pyproject declares the range other users may bring.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[test,bench]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+test: setup
+	$(PY) -m pytest
+
+demo: setup
+	mkdir -p $(OUT)
+	$(VENV)/bin/tiec stats examples/albert.tie
+	$(VENV)/bin/tiec export examples/albert.tie -o $(OUT)/albert.onnx
+	$(VENV)/bin/tiec compile examples/albert.tie -o $(OUT)/albert.py
+
+bench: setup
+	$(PY) benchmarks/run.py
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf $(VENV) $(OUT) build *.egg-info

@@ -1,0 +1,6 @@
+"""`python -m tiec` runs the command-line interface."""
+import sys
+
+from tiec.cli import main
+
+sys.exit(main())

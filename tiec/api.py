@@ -1,0 +1,136 @@
+"""The Python API: `tiec.load(path)` → `Program`, with its PyTorch, Python-source and ONNX outputs.
+
+A `Program` is a compiled .tie file. `torch()` builds an `nn.Module` (one model, or every model as
+a submodule named after it); `python()` returns the standalone source of that same module;
+`onnx()` exports one model with the user's weights; `stats()` counts parameters.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+from tiec.compiler import compile_source, ir
+from tiec.compiler.stats import program_stats
+from tiec.dsl.diagnostics import TieError
+
+
+class Program:
+    """A compiled .tie program."""
+
+    def __init__(self, program: ir.ProgramIR, path: str):
+        self.ir = program
+        self.path = path
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        """Model names, in source order."""
+        return tuple(self.ir.models)
+
+    @property
+    def warnings(self):
+        return self.ir.warnings
+
+    def _model(self, model: str | None, required: bool = False) -> str | None:
+        if model is None:
+            if required and len(self.models) != 1:
+                raise TieError(f"{self.path} defines {len(self.models)} models; choose one: {', '.join(self.models)}",
+                               self.ir.models[self.models[0]].span, hint="pass model=… (CLI: --model)")
+            return self.models[0] if required else None
+        if model not in self.ir.models:
+            from tiec.dsl.diagnostics import did_you_mean
+
+            raise TieError(f"no model named '{model}' in {self.path}", self.ir.models[self.models[0]].span,
+                           hint=did_you_mean(model, self.models) or f"models: {', '.join(self.models)}")
+        return model
+
+    def stats(self) -> dict:
+        """Parameter statistics for each model and the program (see `tiec stats --json`)."""
+        return program_stats(self.ir)
+
+    def torch(self, model: str | None = None, seed: int = 0):
+        """An `nn.Module` for `model`, or (None) one holding every model as a submodule."""
+        from tiec.backends.torch import build_module
+
+        return build_module(self.ir, self._model(model), seed)
+
+    def python(self, model: str | None = None) -> str:
+        """Standalone PyTorch source of the module `torch(model)` builds."""
+        from tiec.backends.torch import generate_source
+
+        return generate_source(self.ir, self._model(model))
+
+    def onnx(self, path: str | os.PathLike, model: str | None = None, weights: Any = None, opset: int = 18,
+             seed: int = 0) -> dict:
+        """Export `model` to ONNX at `path`. `weights`: a module from `torch()` (one model or all),
+        a state dict, or a file saved with `torch.save`; None means fresh weights from `seed`."""
+        from tiec.backends.onnx import export
+
+        name = self._model(model, required=True)
+        arrays = self.weights_for(name, weights, seed)
+        return export(self.ir, name, str(path), arrays, opset=opset)
+
+    def weights_for(self, model: str, weights: Any, seed: int = 0) -> dict:
+        """The arrays of `model`'s canonical parameters, from `weights` (see `onnx`)."""
+        import torch
+
+        if weights is None:
+            weights = self.torch(model, seed)
+        if isinstance(weights, (str, os.PathLike)):
+            try:
+                weights = torch.load(str(weights), map_location="cpu", weights_only=True)
+            except Exception as e:  # noqa: BLE001 - any unreadable file is the user's to fix
+                raise TieError(f"cannot read weights from {weights}: {e}", self.ir.models[model].span) from None
+        state = weights.state_dict() if isinstance(weights, torch.nn.Module) else weights
+        if not isinstance(state, Mapping):
+            raise TieError("weights must be a module, a state dict or a saved state dict file",
+                           self.ir.models[model].span)
+        return _canonical_arrays(self.ir, model, state)
+
+
+def _canonical_arrays(program: ir.ProgramIR, model: str, state: Mapping) -> dict:
+    graph = program.models[model]
+    params = graph.param_map()
+    local = ir.bindings(program, model)
+    everywhere = ir.bindings(program)
+    out, missing = {}, []
+    for canon in sorted({b.canonical for b in local.values()}):
+        qualified = ir.qualify(model, canon)
+        tensor = None
+        for key in (canon, qualified):
+            if key in state:
+                tensor = state[key]
+                break
+        if tensor is None:  # in the all-models module it may be another model's tensor, transposed
+            b = everywhere[qualified]
+            if b.canonical in state:
+                tensor = state[b.canonical].T if b.transposed else state[b.canonical]
+        if tensor is None:
+            missing.append(canon)
+            continue
+        arr = tensor.detach().cpu().float().contiguous().numpy() if hasattr(tensor, "detach") else tensor
+        if tuple(arr.shape) != params[canon].shape:
+            raise TieError(f"weight '{canon}' has shape {list(arr.shape)}, the model needs {list(params[canon].shape)}",
+                           params[canon].span)
+        out[canon] = arr
+    if missing:
+        raise TieError(f"the weights lack {len(missing)} parameter(s) of {model}: {', '.join(missing[:5])}",
+                       graph.span, hint="pass the module from program.torch(), or its state_dict()")
+    return out
+
+
+def loads(text: str, overrides: Mapping[str, int | float] | None = None, filename: str = "<string>") -> Program:
+    """Compile .tie source text."""
+    return Program(compile_source(text, filename, overrides), filename)
+
+
+def load(path: str | os.PathLike, overrides: Mapping[str, int | float] | None = None) -> Program:
+    """Compile the .tie file at `path`."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        from tiec.dsl.diagnostics import Source, Span
+
+        raise TieError(f"cannot read {path}: {e.strerror or e}", Span(Source(str(path), ""), 0, 0, 0, 0)) from None
+    return Program(compile_source(text, str(path), overrides), str(path))

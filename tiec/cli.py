@@ -1,0 +1,151 @@
+"""The `tiec` command: check, stats, compile (PyTorch source) and export (ONNX).
+
+Errors print as `file:line:col: error: …` with the source line and a caret, exit status 1, and
+never leave a partial output file behind.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from tiec.dsl.diagnostics import TieError
+
+
+def _value(text: str) -> int | float:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    raise argparse.ArgumentTypeError(f"'{text}' is not a number")
+
+
+def _setting(text: str) -> tuple[str, int | float]:
+    name, eq, value = text.partition("=")
+    if not eq or not name.strip().isidentifier():
+        raise argparse.ArgumentTypeError(f"expected name=value, got '{text}'")
+    return name.strip(), _value(value.strip())
+
+
+def _parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="tiec", description="Compile .tie model specs to PyTorch and ONNX.")
+    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.add_argument("file", help="the .tie file")
+        p.add_argument("--set", dest="sets", action="append", type=_setting, default=[], metavar="NAME=VALUE",
+                       help="override a model parameter (repeatable)")
+        return p
+
+    command("check", "check a spec: syntax, names, shapes, sharing")
+    p = command("stats", "parameter statistics: logical vs unique, share and tie groups")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p = command("compile", "write standalone PyTorch source")
+    p.add_argument("-o", "--output", help="output .py file (default: standard output)")
+    p.add_argument("--model", help="one model (default: every model, in one Program module)")
+    p = command("export", "export one model to ONNX")
+    p.add_argument("-o", "--output", required=True, help="output .onnx file")
+    p.add_argument("--model", help="the model to export (required when the file has several)")
+    p.add_argument("--weights", help="a state dict saved with torch.save (default: fresh weights)")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
+    p.add_argument("--seed", type=int, default=0, help="seed for fresh weights (default 0)")
+    return top
+
+
+def _write_atomic(path: str, text: str) -> None:
+    target = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=target.parent or ".", prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, target)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _human(n: int) -> str:
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= size:
+            return f"{n / size:.2f}{unit}"
+    return str(n)
+
+
+def stats_table(stats: dict) -> str:
+    """The readable form of `tiec stats`."""
+    rows = [("model", "logical params", "unique params", "unique bytes", "logical/unique")]
+    for name, m in {**stats["models"], "(program)": stats["program"]}.items():
+        ratio = m["logical_params"] / m["unique_params"] if m["unique_params"] else 0.0
+        rows.append((name, f"{m['logical_params']:,}", f"{m['unique_params']:,}", _human(m["unique_bytes"]) + "B",
+                     f"{ratio:.2f}x"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    if stats["share_groups"]:
+        lines += ["", "share groups (one tensor each; first member is canonical):"]
+        for g in stats["share_groups"]:
+            members = ", ".join(m + (".T" if m in g["transposed"] else "") for m in g["members"])
+            lines.append(f"  #{g['id']} {g['shape']} {g['numel']:,} values: {members}")
+    if stats["tie_groups"]:
+        lines += ["", "tie groups (training penalty):"]
+        for t in stats["tie_groups"]:
+            members = ", ".join(m + (".T" if m in t["transposed"] else "") for m in t["members"])
+            lines.append(f"  #{t['id']} λ={t['lambda']:g} ({t['norm']}): {members}")
+    convs = [(name, c) for name, m in stats["models"].items() for c in m["convolutions"]]
+    if convs:
+        lines += ["", "convolutions (weights shared across positions vs a locally connected layer):"]
+        for name, c in convs:
+            local = f"{c['locally_connected_params']:,}" if c["locally_connected_params"] else "dynamic"
+            saving = f", {c['saving']:g}x fewer" if c["saving"] else ""
+            lines.append(f"  {name}.{c['layer']}: {c['params']:,} params vs {local} unshared{saving}")
+    return "\n".join(lines)
+
+
+def run(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    from tiec.api import load
+
+    program = load(args.file, dict(args.sets))
+    for w in program.warnings:
+        print(w.render(), file=sys.stderr)
+    if args.command == "check":
+        stats = program.stats()
+        print(f"{args.file}: ok: {len(program.models)} model(s) ({', '.join(program.models)}), "
+              f"{len(stats['share_groups'])} share group(s), {len(stats['tie_groups'])} tie(s)")
+    elif args.command == "stats":
+        stats = program.stats()
+        print(json.dumps(stats, indent=2) if args.json else stats_table(stats))
+    elif args.command == "compile":
+        source = program.python(args.model)
+        if args.output:
+            _write_atomic(args.output, source)
+        else:
+            sys.stdout.write(source)
+    elif args.command == "export":
+        info = program.onnx(args.output, args.model, weights=args.weights, opset=args.opset, seed=args.seed)
+        size = os.path.getsize(args.output)
+        print(f"wrote {args.output}: {size:,} bytes, {info.get('initializers', '?')} initializers")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        return run(sys.argv[1:] if argv is None else argv)
+    except TieError as e:
+        print(e.render(), file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except (OSError, ValueError, RuntimeError) as e:  # I/O and backend failures, reported plainly
+        print(f"tiec: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
