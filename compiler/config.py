@@ -65,7 +65,7 @@ def evaluate(expr: ast.Expr, env: Mapping[str, CVal], what: str = "a configurati
                        hint=did_you_mean(expr.id, env) or "only literals and parameters can appear here")
     if isinstance(expr, ast.Neg):
         v = evaluate(expr.operand, env, what)
-        return CVal(-_arith("-", 0, v.value, expr.span), f"-{_wrap(v, 3)}", v.deps, 3)
+        return CVal(_arith("-", 0, v.value, expr.span), f"-{_wrap(v, 3)}", v.deps, 3)
     if isinstance(expr, ast.BinOp) and expr.op in _PREC:
         a, b = evaluate(expr.left, env, what), evaluate(expr.right, env, what)
         prec = _PREC[expr.op]

@@ -19,7 +19,7 @@ from . import ir
 from .catalog import LAYERS, REQUIRED, Arg
 from .config import CVal, coerce, evaluate
 from .expressions import Binder, GraphBuilder, bind_args
-from .refs import Copies, Instance, ParamIndex, Target, pair_up, resolve
+from .refs import Copies, Instance, ParamIndex, Scope, Target, pair_up, resolve
 
 
 class _Return(Exception):
@@ -44,13 +44,13 @@ class ModelElaborator(Binder):
         self.shares: list[ir.ShareRequest] = []
         self.ties: list[ir.TieRequest] = []
         self.structural: set[str] = set()
-        self.scope: dict[str, object] = {}
+        self.scope = Scope()
         self.active_blocks: list[str] = []
 
     # ------------------------------------------------------------------ driver
     def run(self) -> ir.Graph:
         d = self.definition
-        self.scope = dict(self.config)
+        self.scope = Scope(self.config)
         try:
             self.body(d.body, self.scope, prefix="", indices=(), mode="model")
         except _Return as ret:
@@ -123,7 +123,7 @@ class ModelElaborator(Binder):
         scope[stmt.name] = value
 
     def tensor_type(self, t: ast.TensorType, scope: dict) -> ir.TensorType:
-        config = {k: v for k, v in scope.items() if isinstance(v, CVal)}
+        config = scope.config
         dims = []
         for d in t.dims:
             if isinstance(d, ast.Name) and d.id not in config:
@@ -146,7 +146,7 @@ class ModelElaborator(Binder):
             raise TieError("share/tie annotations go on layer declarations", stmt.annotations[0].span,
                            hint=f"'{stmt.name}' is a value; annotate the layer it comes from")
         if mode == "declare":
-            config = {k: v for k, v in scope.items() if isinstance(v, CVal)}
+            config = scope.config
             try:  # config bindings such as `hidden = 4 * d` can size later layers
                 scope[stmt.name] = evaluate(value, config)
             except TieError:
@@ -169,7 +169,7 @@ class ModelElaborator(Binder):
         return None
 
     def repeat(self, stmt: ast.Repeat, scope: dict, prefix: str, indices: tuple, mode: str, args):
-        config = {k: v for k, v in scope.items() if isinstance(v, CVal)}
+        config = scope.config
         count = coerce(evaluate(stmt.count, config, "a repeat count"), "int", stmt.count.span, "repeat count")
         if count.value < 1:
             raise TieError(f"repeat count must be at least 1, got {count.value}", stmt.count.span)
@@ -196,7 +196,7 @@ class ModelElaborator(Binder):
         if mode == "call":
             raise AssertionError(f"{path} was not declared")
         call: ast.Call = stmt.value
-        config = {k: v for k, v in scope.items() if isinstance(v, CVal)}
+        config = scope.config
         if kind.startswith("block:"):
             inst = self.declare_block(stmt, kind, call, config, path)
         else:
@@ -242,7 +242,7 @@ class ModelElaborator(Binder):
         self.instances[path] = inst
         self.active_blocks.append(name)
         try:
-            self.body(block.body, dict(bound), path + ".", (), "declare")
+            self.body(block.body, Scope(bound), path + ".", (), "declare")
         finally:
             self.active_blocks.pop()
         return inst
@@ -260,7 +260,7 @@ class ModelElaborator(Binder):
         saved = self.call_span
         self.call_span = call.span
         try:
-            self.body(block.body, dict(inst.config), inst.path + ".", (), "call", args)
+            self.body(block.body, Scope(inst.config), inst.path + ".", (), "call", args)
         except _Return as ret:
             if len(ret.values) != 1:
                 raise TieError(f"block '{block.name}' returns {len(ret.values)} values; a call needs one",
@@ -272,7 +272,7 @@ class ModelElaborator(Binder):
 
     # ------------------------------------------------------------------ sharing and tying
     def target(self, ref: ast.Ref, scope: dict) -> Target:
-        config = {k: v for k, v in scope.items() if isinstance(v, CVal)}
+        config = scope.config
         return resolve(ref, scope, self.index, config)
 
     def annotate(self, ann, inst: Instance, scope: dict, stmt: ast.Assign):
@@ -307,7 +307,7 @@ class ModelElaborator(Binder):
 
     def add_tie(self, stmt, targets: list[Target], scope: dict):
         model = self.definition.name
-        config = {k: v for k, v in scope.items() if isinstance(v, CVal)}
+        config = scope.config
         strength = coerce(evaluate(stmt.strength, config, "a tie strength"), "float", stmt.strength.span, "λ").value
         if strength < 0:
             raise TieError(f"tie strength must be ≥ 0, got {strength}", stmt.strength.span)

@@ -12,7 +12,7 @@ from tiec.dsl.diagnostics import Span, TieError, did_you_mean
 
 from . import ir
 from .catalog import BINARY_OPS, LAYERS, OP_SIGNATURES, REQUIRED, Arg
-from .config import CVal, _arith, coerce, evaluate
+from .config import CVal, _arith, _wrap, coerce, evaluate
 from .refs import Copies, Instance, module_path
 
 _RESERVED = {"self", "F", "nn", "torch", "math"}
@@ -81,7 +81,7 @@ class Binder:
         if isinstance(e, ast.Neg):
             v = self.operand(e.operand, scope)
             if isinstance(v, CVal):
-                return CVal(-_arith("-", 0, v.value, e.span), f"-{v.src}", v.deps, 3)
+                return CVal(_arith("-", 0, v.value, e.span), f"-{_wrap(v, 3)}", v.deps, 3)
             return self.g.add("neg", "neg", (v,), {}, e.span)
         if isinstance(e, ast.BinOp):
             return self.binop(e, scope)
@@ -107,7 +107,7 @@ class Binder:
         if isinstance(a, CVal) and isinstance(b, CVal):
             if e.op == "@":
                 raise TieError("'@' multiplies tensors, not numbers", e.span)
-            return evaluate(e, {k: v for k, v in scope.items() if isinstance(v, CVal)})
+            return evaluate(e, scope.config)
         if e.op == "//":
             raise TieError("'//' is integer division of configuration values, not of tensors", e.span,
                            hint="use '/' for tensors")
@@ -157,7 +157,7 @@ class Binder:
                            hint=did_you_mean(func.id, known))
         ref = _as_ref(func)
         if ref is not None and isinstance(scope.get(ref.parts[0]), (Instance, Copies)):
-            config = {k: v for k, v in scope.items() if isinstance(v, CVal)}
+            config = scope.config
             path, _ = module_path(ref, scope, config)
             inst = self.instances.get(path)
             if inst is not None:
@@ -178,7 +178,7 @@ class Binder:
         sig = OP_SIGNATURES[op]
         exprs = bind_args(sig, e, op)
         inputs, attrs = [], {}
-        config = {k: v for k, v in scope.items() if isinstance(v, CVal)}
+        config = scope.config
         for arg in sig:
             x = exprs[arg.name]
             if arg.kind == "tensor":
@@ -252,6 +252,7 @@ def bind_args(sig: tuple[Arg, ...], call: ast.Call, what: str) -> dict:
 
 def _as_ref(e: ast.Expr) -> ast.Ref | None:
     parts: list = []
+    span = e.span  # the whole reference, `a.bias.T`, not just its head
     while True:
         if isinstance(e, ast.Attr):
             parts.append(e.name)
@@ -264,4 +265,4 @@ def _as_ref(e: ast.Expr) -> ast.Ref | None:
             break
         else:
             return None
-    return ast.Ref(tuple(reversed(parts)), e.span)
+    return ast.Ref(tuple(reversed(parts)), span)

@@ -41,6 +41,7 @@ dynamic in both backends.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from types import MappingProxyType
 from typing import Any, Mapping, Union
 
@@ -161,11 +162,19 @@ class Graph:
     structural: frozenset = frozenset()  # parameters the unrolled graph depends on (repeat counts, …)
     checks: tuple["Check", ...] = ()  # declared types of block inputs, verified by the shapes pass
 
-    def layer(self, path: str) -> Layer:
-        return next(layer for layer in self.layers if layer.path == path)
+    @cached_property
+    def _layers_by_path(self) -> dict[str, Layer]:
+        return {layer.path: layer for layer in self.layers}
 
-    def param_map(self) -> dict[str, Param]:
+    @cached_property
+    def _params_by_name(self) -> dict[str, Param]:
         return {p.name: p for p in self.params}
+
+    def layer(self, path: str) -> Layer:
+        return self._layers_by_path[path]
+
+    def param_map(self) -> Mapping[str, Param]:
+        return MappingProxyType(self._params_by_name)
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,24 @@ class Copies:
     count: int
 
 
+class Scope(dict):
+    """Names in scope (values, layers, config), keeping the config values (CVal) in a side table
+    so that config evaluation never rescans the whole scope."""
+
+    def __init__(self, initial: Mapping[str, object] | None = None):
+        super().__init__()
+        self.config: dict[str, CVal] = {}
+        for k, v in (initial or {}).items():
+            self[k] = v
+
+    def __setitem__(self, key: str, value: object) -> None:
+        super().__setitem__(key, value)
+        if isinstance(value, CVal):
+            self.config[key] = value
+        else:
+            self.config.pop(key, None)
+
+
 @dataclass(frozen=True)
 class Target:
     """What a reference names: one parameter (`param`), or every parameter under `path`."""

@@ -59,10 +59,11 @@ def run(program: ir.ProgramIR) -> ir.ProgramIR:
             p = params[m]
             if _shape(p, orient[m]) != canon.shape or p.dtype != canon.dtype:
                 req = next(iter(g.edges[m, nb]["request"] for nb in g.adj[m]))
+                where = req.b_span if m == req.b else req.span  # the reference naming the misfit
                 view = f"{m}.T" if orient[m] else m
                 group_errors.append(TieError(
                     f"cannot share '{view}' {list(_shape(p, orient[m]))} with '{root}' {list(canon.shape)}: "
-                    "shapes differ", req.span,
+                    "shapes differ", where,
                     notes=[(p.span, f"'{m}' is declared here with shape {list(p.shape)}"),
                            (canon.span, f"'{root}' is declared here with shape {list(canon.shape)}")],
                     hint="shared parameters must have the same shape (use .T for a transposed view of a 2-D one)"))

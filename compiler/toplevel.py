@@ -112,7 +112,7 @@ def _top_target(ref: ast.Ref, models, elaborators):
     el = elaborators.get(head)
     if el is None:
         return None
-    config = {k: v for k, v in el.scope.items() if isinstance(v, CVal)}
+    config = el.scope.config
     t = resolve(ref, el.scope, el.index, config, start=1)
     return head, t
 
