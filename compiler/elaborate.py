@@ -60,9 +60,12 @@ class ModelElaborator(Binder):
                            hint="end the model with: return <expression>")
         if not self.inputs:
             raise TieError(f"model '{d.name}' declares no input", d.name_span, hint="add: in x: [B, 784]")
-        defaults = {p.name: evaluate(p.default, {}, "a default").value for p in d.params}
+        defaults: dict[str, CVal] = {}
+        for p in d.params:  # as declared: a default may use earlier parameters (h = 4 * d)
+            defaults[p.name] = evaluate(p.default, defaults, "a default")
         return ir.Graph(
-            d.name, ir.frozen({k: v.value for k, v in self.config.items()}), ir.frozen(defaults),
+            d.name, ir.frozen({k: v.value for k, v in self.config.items()}),
+            ir.frozen({k: v.value for k, v in defaults.items()}),
             tuple(self.inputs), tuple(self.layers), tuple(self.index.params.values()), tuple(self.g.nodes),
             tuple(self.outputs), d.span, frozenset(self.structural), tuple(self.checks))
 

@@ -154,7 +154,8 @@ class Binder:
                                hint=f"layer = {func.id}(…), then call layer(x)")
             known = list(OP_SIGNATURES) + [k for k, v in scope.items() if isinstance(v, Instance)]
             raise TieError(f"unknown function or layer '{func.id}'", func.span,
-                           hint=did_you_mean(func.id, known))
+                           hint=did_you_mean(func.id, known) or
+                           f"declare a layer before calling it: {func.id} = Linear(…)")
         ref = _as_ref(func)
         if ref is not None and isinstance(scope.get(ref.parts[0]), (Instance, Copies)):
             config = scope.config

@@ -152,7 +152,10 @@ def _slots_hint(path: str, index: ParamIndex) -> str | None:
 
 
 def pair_up(a: Target, b: Target, what: str) -> list[tuple[str, str, bool]]:
-    """Match two targets slot by slot → (param of a, param of b, b read transposed)."""
+    """Match two targets slot by slot → (param of a, param of b, b read transposed).
+    A layer with a single parameter also matches a single parameter."""
+    if ("" in a.params) != ("" in b.params) and len(a.params) == len(b.params) == 1:
+        return [(next(iter(a.params.values())), next(iter(b.params.values())), a.transposed != b.transposed)]
     if set(a.params) != set(b.params):
         if "" in a.params or "" in b.params:
             raise TieError(f"cannot {what} a single parameter with a whole layer: '{a.label}' and '{b.label}'",

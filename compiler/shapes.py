@@ -62,7 +62,9 @@ def broadcast(ctx: Ctx, a: tuple, b: tuple) -> tuple:
         y = b[-i] if i <= len(b) else 1
         if x == 1:
             out.append(y)
-        elif y == 1 or same(x, y):
+        elif y == 1:
+            out.append(x)
+        elif same(x, y):  # a symbol against an int: the int is what it must be
             out.append(x if isinstance(x, int) or not isinstance(y, int) else y)
         else:
             ctx.fail(f"shapes {_fmt(a)} and {_fmt(b)} do not broadcast (dim {-i}: {x} vs {y})")
@@ -161,7 +163,7 @@ def _embedding(ctx: Ctx) -> T:
 
 
 def _norm(ctx: Ctx) -> T:
-    return _last_dim(ctx, ctx.layer.config["normalized_shape"], "")
+    return _last_dim(ctx, ctx.layer.config["normalized_shape"], "normalized_shape =")
 
 
 def _attention(ctx: Ctx) -> T:
@@ -187,28 +189,31 @@ def _flatten(ctx: Ctx) -> T:
 
 def _reshape(ctx: Ctx) -> T:
     x, target = ctx.ins[0], ctx.node.attrs["shape"]
-    out = []
     for i, d in enumerate(target):
         if isinstance(d, str) and not (i < len(x.shape) and x.shape[i] == d):
             ctx.fail(f"reshape: symbol '{d}' must stand where the input has it (input {_fmt(x.shape)})",
                      hint="use -1 for one inferred dim")
-        if isinstance(d, int) and d < -1:
+        if isinstance(d, int) and (d < -1 or (d == 0 and i >= len(x.shape))):
             ctx.fail(f"reshape: invalid dim {d}")
-        out.append(d)
-    if out.count(-1) > 1:
+    if list(target).count(-1) > 1:
         ctx.fail("reshape: at most one dim can be -1")
-    known = [x.shape[i] if isinstance(d, str) else d for i, d in enumerate(out)]
-    total = x.shape and all(isinstance(d, int) for d in x.shape) and prod(x.shape)
-    if -1 in out:
-        rest = [d for d in known if d != -1]
-        if total and all(isinstance(d, int) for d in rest):
-            if total % prod(rest):
-                ctx.fail(f"reshape: cannot reshape {_fmt(x.shape)} into {_fmt(target)}")
-            known[out.index(-1)] = total // prod(rest)
+    # a symbol, or 0 (ONNX: copy the input dim), takes the input's dim at that index
+    known = [x.shape[i] if isinstance(d, str) or d == 0 else d for i, d in enumerate(target)]
+    left = [d for d in x.shape if not isinstance(d, int)]  # input symbols the target does not place
+    for d in known:
+        if not isinstance(d, int):
+            left.remove(d)
+    n_in = prod(d for d in x.shape if isinstance(d, int))
+    n_out = prod(d for d in known if isinstance(d, int) and d != -1)
+    if -1 in known:
+        if n_in % n_out == 0:
+            known[known.index(-1)] = _mul([n_in // n_out, *left])
+        elif left:  # a symbol such as "2*B" may hold the missing factor: leave the dim symbolic
+            known[known.index(-1)] = f"({_mul(x.shape)})//{n_out}"
         else:
-            known[out.index(-1)] = _mul([d for d in x.shape if d not in rest]) if x.shape else 1
-    elif total and all(isinstance(d, int) for d in known) and prod(known) != total:
-        ctx.fail(f"reshape: {_fmt(x.shape)} has {total} elements, {_fmt(target)} has {prod(known)}")
+            ctx.fail(f"reshape: cannot reshape {_fmt(x.shape)} into {_fmt(target)}")
+    elif not left and n_in != n_out:
+        ctx.fail(f"reshape: {_fmt(x.shape)} has {_mul(x.shape)} elements, {_fmt(target)} has {_mul(known)}")
     return T(x.dtype, tuple(known))
 
 
@@ -235,9 +240,9 @@ def _concat(ctx: Ctx) -> T:
         if len(t.shape) != len(first.shape) or t.dtype != first.dtype or any(
                 not same(a, b) for i, (a, b) in enumerate(zip(first.shape, t.shape)) if i != d):
             ctx.fail(f"concat: {first} and {t} differ outside dim {d}")
-    return T(first.dtype, first.shape[:d] + (_mul([t.shape[d] for t in ctx.ins]) if all(
-        isinstance(t.shape[d], int) for t in ctx.ins) else "+".join(str(t.shape[d]) for t in ctx.ins),)
-        + first.shape[d + 1:])
+    sizes = [t.shape[d] for t in ctx.ins]
+    total = sum(sizes) if all(isinstance(n, int) for n in sizes) else "+".join(str(n) for n in sizes)
+    return T(first.dtype, first.shape[:d] + (total,) + first.shape[d + 1:])
 
 
 def _cosine(ctx: Ctx) -> T:
@@ -271,7 +276,7 @@ SHAPE_RULES: dict[str, Callable[[Ctx], T]] = {
     "neg": _unary, "relu": _unary, "tanh": _unary, "sigmoid": _unary, "silu": _unary, "gelu": _unary,
     "softmax": _softmax, "log_softmax": _softmax,
     "flatten": _flatten,        # dims start…end multiplied
-    "reshape": _reshape,        # 0 copies, -1 infers
+    "reshape": _reshape,        # a symbol or 0 copies the input dim, -1 infers; element counts agree
     "transpose": _transpose,
     "max_pool2d": _pool, "avg_pool2d": _pool,  # ⌊(H + 2p − k)/s⌋ + 1
     "mean": _mean,

@@ -108,7 +108,7 @@ def _ties(program, params, orient_of, errors):
             if _shape(p, m.transposed) != first.shape:
                 errors.append(TieError(
                     f"cannot tie '{m.param}' {list(_shape(p, m.transposed))} to '{req.members[0].param}' "
-                    f"{list(first.shape)}: shapes differ", req.span,
+                    f"{list(first.shape)}: shapes differ", m.span,
                     notes=[(p.span, f"'{m.param}' is declared here"), (first.span, f"'{req.members[0].param}' here")]))
                 ok = False
                 break

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Mapping
 
 from tiec.dsl import ast
-from tiec.dsl.diagnostics import TieError, TieWarning, did_you_mean, raise_all
+from tiec.dsl.diagnostics import Span, TieError, TieWarning, did_you_mean, raise_all
 
 from . import ir
 from .catalog import LAYERS, OP_SIGNATURES
@@ -30,11 +30,13 @@ def _definitions(program: ast.Program) -> tuple[dict, dict, list[TieError]]:
             continue
         seen[d.name] = d
         (blocks if d.kind == "block" else models)[d.name] = d
-        names = [p.name for p in d.params]
+        first: dict = {}
         for p in d.params:
-            if names.count(p.name) > 1:
-                errors.append(TieError(f"parameter '{p.name}' is declared twice", p.span))
+            if p.name in first:  # point at the repeat, not the original
+                errors.append(TieError(f"parameter '{p.name}' is declared twice", p.span,
+                                       notes=[(first[p.name].span, "first declared here")]))
                 break
+            first[p.name] = p
     return blocks, models, errors
 
 
@@ -59,13 +61,14 @@ def _unused_warnings(graph: ir.Graph) -> list[TieWarning]:
 def elaborate_program(program: ast.Program, overrides: Mapping, elaborator_cls) -> ir.ProgramIR:
     blocks, models, errors = _definitions(program)
     known = {p.name for d in models.values() for p in d.params}
+    nowhere = Span(program.span.source, 0, 0, 0, 0)  # an override is not in the file: no line to show
     for name, value in overrides.items():
         if name not in known:
-            errors.append(TieError(f"--set {name}: no model has a parameter '{name}'", program.span,
+            errors.append(TieError(f"--set {name}: no model has a parameter '{name}'", nowhere,
                                    hint=did_you_mean(name, known) or
                                    (f"parameters: {', '.join(sorted(known))}" if known else "no model takes parameters")))
         elif isinstance(value, bool) or not isinstance(value, (int, float)):
-            errors.append(TieError(f"--set {name}={value!r}: expected a number", program.span))
+            errors.append(TieError(f"--set {name}={value!r}: expected a number", nowhere))
     if not models and not errors:
         errors.append(TieError("no model defined", program.span, hint="add: model Name { in x: [B, 4] … return … }"))
     raise_all(errors)

@@ -12,6 +12,7 @@ from typing import Iterator
 
 from lark import Lark, Token, Transformer
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+from lark.lexer import PatternStr
 
 from . import ast
 from .diagnostics import Source, Span, TieError
@@ -29,18 +30,40 @@ def _join(a: Span, b: Span) -> Span:
 
 
 class _Paren:
-    """Post-lexer: drop newlines inside ( ) and [ ], so calls and lists may span lines."""
+    """Post-lexer: drop newlines inside ( ) and [ ], so calls and lists may span lines.
+
+    It also keeps the brackets still open before the token the parser is looking at (`opened`), so
+    a syntax error can say which one is not closed.
+    """
 
     always_accept = ("_NL",)
     _open = {"LPAR": 1, "LSQB": 1, "RPAR": -1, "RSQB": -1}
+    _closer = {"LPAR": "RPAR", "LSQB": "RSQB", "LBRACE": "RBRACE"}
+
+    def __init__(self) -> None:
+        self.opened: list[Token] = []
 
     def process(self, stream: Iterator[Token]) -> Iterator[Token]:
-        depth = 0
+        depth, self.opened = 0, []
         for tok in stream:
             if tok.type == "_NL" and depth > 0:
                 continue
             depth = max(0, depth + self._open.get(tok.type, 0))
             yield tok
+            # updated after the parser has taken the token, so on an error it excludes that token
+            if tok.type in self._closer:
+                self.opened.append(tok)
+            elif tok.type in ("RPAR", "RSQB", "RBRACE") and self.opened:
+                self.opened.pop()
+
+    def unclosed(self, tok_type: str) -> str | None:
+        """A hint naming the innermost open bracket, if `tok_type` (a closer or $END) does not close it."""
+        if not self.opened or self._closer[self.opened[-1].type] == tok_type:
+            return None
+        if tok_type not in ("RPAR", "RSQB", "RBRACE", "$END"):
+            return None
+        tok = self.opened[-1]
+        return f"the '{tok}' at {tok.line}:{tok.column} is not closed"
 
 
 class _Builder(Transformer):
@@ -80,8 +103,8 @@ class _Builder(Transformer):
     add, sub, mul = _binop("+"), _binop("-"), _binop("*")
     div, floordiv, matmul = _binop("/"), _binop("//"), _binop("@")
 
-    def neg(self, c):
-        return ast.Neg(c[0], c[0].span)
+    def neg(self, c):  # c: the '-' token (kept by `!?unary`), the operand
+        return ast.Neg(c[1], _join(self._span(c[0]), c[1].span))
 
     def arglist(self, c):
         return list(c)
@@ -89,23 +112,26 @@ class _Builder(Transformer):
     def kwarg(self, c):
         return ast.Kwarg(str(c[0]), c[1], _join(self._span(c[0]), c[1].span))
 
+    # `!?postfix` keeps the punctuation: call is [func, '(', args, ')'], attr [value, '.', NAME],
+    # index [value, '[', expr, ']'], so each span runs to the closing bracket.
     def call(self, c):
-        func, args = c[0], c[1] or []
+        func, args = c[0], c[2] or []
         pos = tuple(a for a in args if not isinstance(a, ast.Kwarg))
         kws = tuple(a for a in args if isinstance(a, ast.Kwarg))
-        end = args[-1].span if args else func.span
-        return ast.Call(func, pos, kws, _join(func.span, end))
+        return ast.Call(func, pos, kws, _join(func.span, self._span(c[3])))
 
     def attr(self, c):
-        return ast.Attr(c[0], str(c[1]), _join(c[0].span, self._span(c[1])))
+        return ast.Attr(c[0], str(c[2]), _join(c[0].span, self._span(c[2])))
 
     def index(self, c):
-        return ast.Index(c[0], c[1], _join(c[0].span, c[1].span))
+        return ast.Index(c[0], c[2], _join(c[0].span, self._span(c[3])))
 
-    def list(self, c):
-        items = tuple(x for x in c if x is not None)
-        span = self._over(items) if items else Span(self.src, 0, 0, 0, 0)
-        return ast.ListExpr(items, span)
+    def list(self, c):  # c: '[', items and commas (kept by `!?atom`), ']'
+        items = tuple(x for x in c if x is not None and not isinstance(x, Token))
+        return ast.ListExpr(items, _join(self._span(c[0]), self._span(c[-1])))
+
+    def atom(self, c):  # only `( expr )` reaches here: the other atoms have aliases
+        return c[1]
 
     # --- references and annotations
     def ref(self, c):
@@ -208,8 +234,18 @@ _READABLE = {
 }
 
 
+def _terminal(name: str) -> str:
+    if name in _READABLE:
+        return _READABLE[name]
+    try:  # a literal terminal (MINUS, STAR, keywords…) reads as its text
+        pattern = _lark().get_terminal(name).pattern
+    except KeyError:
+        return name
+    return f"'{pattern.value}'" if isinstance(pattern, PatternStr) else name
+
+
 def _readable(terminals) -> str:
-    names = sorted({_READABLE.get(t, f"'{t.lower()}'" if t.isalpha() else t) for t in terminals})
+    names = sorted({_terminal(t) for t in terminals})
     if len(names) > 6:
         names = names[:6] + ["…"]
     return ", ".join(names)
@@ -233,17 +269,17 @@ def _syntax_error(err: UnexpectedInput, src: Source) -> TieError:
         lines = src.text.splitlines() or [""]
         last = len(lines)
         return TieError("unexpected end of file", Span(src, last, len(lines[-1]) + 1, last, len(lines[-1]) + 2),
-                        hint="a '{' or '(' is probably not closed")
+                        hint=_POSTLEX.unclosed("$END") or "a '{' or '(' is probably not closed")
     assert isinstance(err, UnexpectedToken)
     tok = err.token
     expected = set(err.expected) - {"_NL"} if tok.type != "_NL" else set(err.expected)
     span = Span(src, line, col, tok.end_line or line, (tok.end_column or col + 1))
     if tok.type == "_NL":
         span = Span(src, line, col, line, col + 1)
-    hint = None
-    if "COMMA" in expected and tok.type in ("NAME", "NUMBER"):
+    hint = _POSTLEX.unclosed(tok.type)
+    if hint is None and "COMMA" in expected and tok.type in ("NAME", "NUMBER"):
         hint = "is a ',' missing?"
-    elif tok.type == "EQUAL" and "EQUAL" not in expected:
+    elif hint is None and tok.type == "EQUAL" and "EQUAL" not in expected:
         hint = "'=' declares or binds a name; it cannot appear here"
     message = f"unexpected {_describe(tok)}"
     if expected:
@@ -253,6 +289,7 @@ def _syntax_error(err: UnexpectedInput, src: Source) -> TieError:
 
 _LARK: Lark | None = None
 _BUILDER = _Builder(Source("<none>", ""))
+_POSTLEX = _Paren()
 _LOCK = threading.Lock()
 
 
@@ -260,7 +297,7 @@ def _lark() -> Lark:
     global _LARK
     if _LARK is None:
         grammar = resources.files("tiec.grammars").joinpath("tie.lark").read_text()
-        _LARK = Lark(grammar, parser="lalr", lexer="contextual", postlex=_Paren(),
+        _LARK = Lark(grammar, parser="lalr", lexer="contextual", postlex=_POSTLEX,
                      maybe_placeholders=True, transformer=_BUILDER)
     return _LARK
 

@@ -1,0 +1,164 @@
+"""Export one model of a `ProgramIR` to an ONNX file, straight from the IR (no tracing).
+
+The file holds one initializer per share group or unshared parameter, named after its canonical
+parameter; every use, transposed or not, reads that one tensor. Graph inputs keep their IR names
+and types (symbolic dims become `dim_param`s, so batch and sequence sizes stay dynamic); graph
+outputs take `Output.name`. The `tiec.groups` metadata entry records the model's share and tie
+groups (ties are a training-time penalty, absent from the graph). Same IR and weights → same
+bytes; the file appears atomically or not at all.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import helper
+from tiec.backends.onnx.builder import ONNX_DTYPES, GraphBuilder, fill_tensor, numpy_dtype
+from tiec.backends.onnx.ops import ONNX_EMIT
+from tiec.compiler import ir as tir
+from tiec.compiler.ir import DTYPE_BYTES, ProgramIR, TensorType
+
+MIN_OPSET = 18
+PRODUCER = "tiec"
+
+
+def export(ir: ProgramIR, model: str, path: str, weights: Mapping[str, np.ndarray], opset: int = 18,
+           *, check: bool = True) -> dict[str, Any]:
+    """Write `model` of `ir` to the ONNX file `path`.
+
+    Args:
+        ir: a compiled program (shapes inferred, share/tie groups solved).
+        model: the model to export.
+        path: the .onnx file to write (replaced atomically).
+        weights: canonical local parameter name (e.g. "fc1.weight") → array of that parameter's
+            declared shape; converted to its declared dtype. Other keys are ignored.
+        opset: the default-domain opset (18 or later).
+        check: run `onnx.checker.check_model(full_check=True)` before writing.
+
+    Returns:
+        {"model", "path", "nodes", "initializers", "constants", "param_bytes", "bytes", "overhead"}:
+        counts of graph nodes, parameter initializers and small constant initializers; bytes of
+        unique parameters, of the file, and their difference.
+    """
+    proto, param_bytes = build(ir, model, weights, opset)
+    data = proto.SerializeToString(deterministic=True)
+    if check:
+        onnx.checker.check_model(data, full_check=True)
+    write_atomic(path, data)
+    n_params = sum(1 for t in proto.graph.initializer if not t.name.startswith("~"))
+    return {
+        "model": model, "path": os.fspath(path), "nodes": len(proto.graph.node),
+        "initializers": n_params, "constants": len(proto.graph.initializer) - n_params,
+        "param_bytes": param_bytes, "bytes": len(data), "overhead": len(data) - param_bytes,
+    }
+
+
+def build(ir: ProgramIR, model: str, weights: Mapping[str, np.ndarray], opset: int = 18) -> tuple[onnx.ModelProto, int]:
+    """The ModelProto for `model` and its unique parameter bytes (see `export`)."""
+    if model not in ir.models:
+        raise KeyError(f"no model {model!r} in the program (models: {', '.join(ir.models)})")
+    if opset < MIN_OPSET:
+        raise ValueError(f"opset {opset} is too old: tiec emits opset {MIN_OPSET} or later")
+    graph = ir.models[model]
+    types = ir.types.get(model, {})
+    arrays, param_bytes = _checked_weights(ir, model, weights)
+
+    b = GraphBuilder(graph, types, tir.bindings(ir, model))
+    for node in graph.nodes:
+        rule = ONNX_EMIT.get(node.op)
+        if rule is None:
+            raise b.fail(node, "no ONNX lowering for this op")
+        b.define(node, rule(b, node))
+
+    outputs = []
+    for out in graph.outputs:
+        value = b.value(out.value)
+        if value != out.name:
+            b.node("Identity", [value], out=out.name)
+        t = types.get(out.value)
+        outputs.append(_value_info(out.name, t) if t else helper.make_tensor_value_info(
+            out.name, ONNX_DTYPES[b.dtype(out.value) or "f32"], None))
+
+    g = helper.make_graph(b.nodes, model, [_value_info(i.name, i.type) for i in graph.inputs], outputs)
+    opsets = [helper.make_opsetid("", opset)]
+    proto = helper.make_model(g, opset_imports=opsets, producer_name=PRODUCER,
+                              ir_version=helper.find_min_ir_version_for(opsets))
+    for p, arr in arrays:  # filled in place: make_graph/make_model would copy every tensor
+        fill_tensor(proto.graph.initializer.add(), p.name, arr, p.dtype)
+    proto.graph.initializer.extend(b.constants)
+    helper.set_model_props(proto, {"tiec.groups": json.dumps(manifest(ir, model), separators=(",", ":"))})
+    return proto, param_bytes
+
+
+def manifest(ir: ProgramIR, model: str) -> dict[str, Any]:
+    """The `tiec.groups` metadata: the model's share groups (with their initializer) and ties,
+    in local names, orientation relative to the group's first member."""
+    binds = tir.bindings(ir, model)
+    shares = []
+    for group in ir.share_groups:
+        members = [tir.split(m.param)[1] for m in group.members if tir.split(m.param)[0] == model]
+        if len(members) < 2:  # a cross-model group with one member here shares nothing in this file
+            continue
+        shares.append({
+            "id": group.id, "initializer": binds[members[0]].canonical,
+            "members": [{"param": m, "transposed": binds[m].transposed} for m in members],
+        })
+    ties = [{
+        "id": tie.id, "lambda": tie.strength, "norm": tie.norm,
+        "members": [{"param": m.param, "transposed": m.transposed} for m in tie.members],
+    } for tie in tir.ties(ir, model)]
+    return {"model": model, "share_groups": shares, "tie_groups": ties}
+
+
+def write_atomic(path: str, data: bytes) -> None:
+    """Write `data` to `path` through a temporary file in the same directory and `os.replace`;
+    on failure neither `path` (if new) nor the temporary is left behind."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes the file 0600; a plain open() would not
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _checked_weights(ir: ProgramIR, model: str, weights: Mapping[str, np.ndarray]) -> tuple[list, int]:
+    """(Param, array) per canonical parameter, in declaration order, checked; and their bytes."""
+    binds = tir.bindings(ir, model)
+    out, total = [], 0
+    for p in (p for p in ir.models[model].params if binds[p.name].canonical == p.name):
+        if p.name not in weights:
+            raise KeyError(f"no weight for parameter {p.name!r} of model {model!r} "
+                           "(pass one array per canonical parameter)")
+        arr = np.asarray(weights[p.name])
+        if tuple(arr.shape) != tuple(p.shape):
+            raise ValueError(f"weight {p.name!r} has shape {tuple(arr.shape)}, but the parameter is declared "
+                             f"{TensorType(p.dtype, tuple(p.shape))}")
+        if arr.dtype != numpy_dtype(p.dtype) and not np.can_cast(arr.dtype, numpy_dtype(p.dtype), "same_kind"):
+            raise ValueError(f"weight {p.name!r} has dtype {arr.dtype}, which does not convert to {p.dtype}")
+        out.append((p, arr))
+        total += DTYPE_BYTES[p.dtype] * int(np.prod(p.shape, dtype=np.int64))
+    return out, total
+
+
+def _value_info(name: str, t: TensorType) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, ONNX_DTYPES[t.dtype], list(t.shape))

@@ -1,0 +1,298 @@
+"""`ONNX_EMIT[op]`: how each IR op and layer kind lowers to ONNX opset-18 nodes.
+
+A rule takes the `GraphBuilder` and the IR `Node` and returns the ONNX name of the node's value
+(or None for a literal). Semantics are torch.nn.functional's in fp32; each table row's trailing
+comment gives its formula. Layer kinds read their tensors through `GraphBuilder.weight`, so a
+shared or transposed parameter reads its group's one initializer.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+
+from tiec.backends.onnx.builder import ONNX_DTYPES, GraphBuilder
+from tiec.compiler.ir import Node
+
+Rule = Callable[[GraphBuilder, Node], "str | None"]
+
+
+def _pair(v) -> list[int]:
+    return [int(v), int(v)] if isinstance(v, int) else [int(x) for x in v]
+
+
+def _x(b: GraphBuilder, node: Node) -> str:
+    return b.value(node.inputs[0])
+
+
+# ---------------------------------------------------------------------------- functions
+
+
+def _param(b: GraphBuilder, node: Node) -> str:
+    return b.weight(node.attrs["param"], bool(node.attrs.get("transposed", False)))
+
+
+def _const(b: GraphBuilder, node: Node) -> None:
+    b.literal(node, node.attrs["value"])
+
+
+def _binary(op_type: str) -> Rule:
+    def rule(b: GraphBuilder, node: Node) -> str:
+        operands = [i for i in node.inputs if not b.is_literal(i)]
+        # A literal takes the other operand's dtype; so does a mismatched operand (torch promotes).
+        target = (b.dtype(node.name) if op_type != "MatMul" else None) or (
+            b.dtype(operands[0]) if operands else None)
+        args = []
+        for i in node.inputs:
+            v = b.value(i, target)
+            if not b.is_literal(i) and target is not None and b.dtype(i) not in (None, target):
+                v = b.node("Cast", [v], to=ONNX_DTYPES[target])
+            args.append(v)
+        return b.node(op_type, args)
+
+    return rule
+
+
+def _unary(op_type: str) -> Rule:
+    return lambda b, node: b.node(op_type, [_x(b, node)])
+
+
+def _silu(b: GraphBuilder, node: Node) -> str:
+    x = _x(b, node)
+    return b.node("Mul", [x, b.node("Sigmoid", [x])])
+
+
+def _gelu(b: GraphBuilder, node: Node) -> str:
+    x, t = _x(b, node), b.dtype(node.inputs[0]) or "f32"
+    if node.attrs.get("approximate", "none") == "tanh":
+        cube = b.node("Mul", [b.node("Mul", [x, x]), x])
+        inner = b.node("Add", [x, b.node("Mul", [cube, b.scalar(0.044715, t)])])
+        g = b.node("Tanh", [b.node("Mul", [inner, b.scalar(math.sqrt(2 / math.pi), t)])])
+    else:
+        g = b.node("Erf", [b.node("Mul", [x, b.scalar(math.sqrt(0.5), t)])])
+    return b.node("Mul", [b.node("Mul", [x, b.scalar(0.5, t)]), b.node("Add", [g, b.scalar(1, t)])])
+
+
+def _axis_op(op_type: str) -> Rule:
+    return lambda b, node: b.node(op_type, [_x(b, node)], axis=int(node.attrs["dim"]))
+
+
+def _flatten(b: GraphBuilder, node: Node) -> str:
+    x, shape = _x(b, node), b.shape(node.inputs[0])
+    start, end = int(node.attrs.get("start_dim", 1)), int(node.attrs.get("end_dim", -1))
+    if shape is None:
+        if start < 0 or end != -1:
+            b.rank(node.inputs[0], node)  # raises: the rank is needed
+        return b.node("Reshape", [x, b.ints([0] * start + [-1])])
+    rank = max(len(shape), 1)
+    start, end = start % rank, end % rank
+    if start >= end:
+        return x
+    # Reshape's 0 copies the dim at the same index, so only leading dims may use it.
+    tail = list(shape[end + 1:])
+    if all(isinstance(d, int) for d in tail):
+        target = b.ints([0] * start + [-1] + tail)
+    else:
+        parts = [b.node("Shape", [x], end=start)] if start else []
+        target = b.node("Concat", [*parts, b.ints([-1]), b.node("Shape", [x], start=end + 1)], axis=0)
+    return b.node("Reshape", [x, target])
+
+
+def _transpose(b: GraphBuilder, node: Node) -> str:
+    rank = b.rank(node.inputs[0], node)
+    d0, d1 = int(node.attrs["dim0"]) % rank, int(node.attrs["dim1"]) % rank
+    if d0 == d1:
+        return _x(b, node)
+    perm = list(range(rank))
+    perm[d0], perm[d1] = perm[d1], perm[d0]
+    return b.node("Transpose", [_x(b, node)], perm=perm)
+
+
+def _pool(op_type: str, **extra: int) -> Rule:
+    def rule(b: GraphBuilder, node: Node) -> str:
+        k = _pair(node.attrs["kernel"])
+        s = _pair(node.attrs.get("stride") or k)
+        p = _pair(node.attrs.get("padding", 0))
+        return b.node(op_type, [_x(b, node)], kernel_shape=k, strides=s, pads=p + p, **extra)
+
+    return rule
+
+
+def _axes(b: GraphBuilder, dim) -> str | None:
+    if dim is None:
+        return None
+    return b.ints([int(dim)] if isinstance(dim, int) else [int(d) for d in dim])
+
+
+def _mean(b: GraphBuilder, node: Node) -> str:
+    keep = int(bool(node.attrs.get("keepdim", False)))
+    return b.node("ReduceMean", [_x(b, node), _axes(b, node.attrs.get("dim"))], keepdims=keep)
+
+
+def _concat(b: GraphBuilder, node: Node) -> str:
+    return b.node("Concat", [b.value(i) for i in node.inputs], axis=int(node.attrs["dim"]))
+
+
+def _cosine_similarity(b: GraphBuilder, node: Node) -> str:
+    x, y = (b.value(i) for i in node.inputs)
+    t = b.dtype(node.inputs[0]) or "f32"
+    axes, eps = _axes(b, node.attrs.get("dim", 1)), b.scalar(float(node.attrs.get("eps", 1e-8)), t)
+
+    def total(u: str, v: str) -> str:
+        return b.node("ReduceSum", [b.node("Mul", [u, v]), axes], keepdims=0)
+
+    def norm(u: str) -> str:
+        return b.node("Max", [b.node("Sqrt", [total(u, u)]), eps])
+
+    return b.node("Div", [total(x, y), b.node("Mul", [norm(x), norm(y)])])
+
+
+def _length(b: GraphBuilder, value: str, axis: int) -> str:
+    """Dim `axis` of `value` as an i64 scalar, computed once per symbolic dim."""
+    x = b.value(value)
+    end = {"end": axis + 1} if axis != -1 else {}
+    return b.cached(("len",) + b.dim_key(value, axis),
+                    lambda: b.node("Squeeze", [b.node("Shape", [x], start=axis, **end)]))
+
+
+def arange(b: GraphBuilder, value: str, axis: int) -> str:
+    """0 … n-1 (i64) where n is dim `axis` of `value`, once per symbolic dim."""
+    n = _length(b, value, axis)
+    return b.cached(("range",) + b.dim_key(value, axis),
+                    lambda: b.node("Range", [b.scalar(0, "i64"), n, b.scalar(1, "i64")]))
+
+
+def _positions(b: GraphBuilder, node: Node) -> str:
+    return arange(b, node.inputs[0], -1)
+
+
+# ---------------------------------------------------------------------------- layers
+
+
+def _slot(b: GraphBuilder, layer: str, slot: str = "bias") -> str | None:
+    """The layer's tensor in that slot, or None where the layer declares no such parameter."""
+    name = f"{layer}.{slot}"
+    return b.weight(name) if b.param(name) is not None else None
+
+
+def _linear(b: GraphBuilder, node: Node) -> str:
+    layer, x = node.attrs["layer"], node.inputs[0]
+    shape = b.shape(x)
+    if shape is not None and len(shape) == 2:
+        w = b.binding(f"{layer}.weight")
+        return b.node("Gemm", [b.value(x), w.canonical, _slot(b, layer)], transB=0 if w.transposed else 1)
+    return linear(b, b.value(x), f"{layer}.weight", _slot(b, layer))
+
+
+def linear(b: GraphBuilder, x: str, weight: str, bias: str | None) -> str:
+    """x @ W.T (+ b) for any rank of x; W.T is the initializer itself when the binding is
+    transposed, else one shared Transpose of it."""
+    y = b.node("MatMul", [x, b.weight(weight, transposed=True)])
+    return b.node("Add", [y, bias]) if bias is not None else y
+
+
+def _conv2d(b: GraphBuilder, node: Node) -> str:
+    layer = node.attrs["layer"]
+    cfg = b.graph.layer(layer).config
+    k, s = _pair(cfg["kernel_size"]), _pair(cfg.get("stride") or 1)
+    pad = cfg.get("padding") or 0
+    if pad == "same":
+        attrs = {"auto_pad": "SAME_UPPER"}  # torch puts the odd pad on the bottom/right, as SAME_UPPER does
+    else:
+        p = [0, 0] if pad == "valid" else _pair(pad)
+        attrs = {"pads": p + p}
+    args = [_x(b, node), b.weight(f"{layer}.weight"), _slot(b, layer)]
+    return b.node("Conv", args, kernel_shape=k, strides=s, **attrs)
+
+
+def _embedding(b: GraphBuilder, node: Node) -> str:
+    return b.node("Gather", [b.weight(f"{node.attrs['layer']}.weight"), _x(b, node)], axis=0)
+
+
+def _normalized_dims(b: GraphBuilder, node: Node) -> int:
+    shape = b.graph.layer(node.attrs["layer"]).config.get("normalized_shape")
+    return 1 if shape is None or isinstance(shape, int) else len(shape)
+
+
+def _layer_norm(b: GraphBuilder, node: Node) -> str:
+    layer = node.attrs["layer"]
+    eps = b.graph.layer(layer).config.get("eps")
+    args = [_x(b, node), b.weight(f"{layer}.weight"), _slot(b, layer)]
+    return b.node("LayerNormalization", args, axis=-_normalized_dims(b, node), epsilon=1e-5 if eps is None else eps)
+
+
+def _rms_norm(b: GraphBuilder, node: Node) -> str:
+    layer, x, t = node.attrs["layer"], _x(b, node), b.dtype(node.inputs[0]) or "f32"
+    eps = b.graph.layer(layer).config.get("eps")
+    if eps is None:  # torch's default: the input dtype's machine epsilon
+        eps = {"f16": 2.0 ** -10, "bf16": 2.0 ** -7, "f64": 2.0 ** -52}.get(t, 2.0 ** -23)
+    k = _normalized_dims(b, node)
+    ms = b.node("ReduceMean", [b.node("Mul", [x, x]), b.ints(range(-k, 0))], keepdims=1)
+    y = b.node("Div", [x, b.node("Sqrt", [b.node("Add", [ms, b.scalar(eps, t)])])])
+    w = _slot(b, layer, "weight")
+    return b.node("Mul", [y, w]) if w is not None else y
+
+
+def _dropout(b: GraphBuilder, node: Node) -> str:
+    return _x(b, node)
+
+
+def _causal_mask(b: GraphBuilder, value: str) -> str:
+    """[T, T] bool, true above the diagonal (j > i), from x's dynamic T."""
+    r = arange(b, value, 1)
+    return b.cached(("causal",) + b.dim_key(value, 1),
+                    lambda: b.node("Greater", [r, b.node("Reshape", [r, b.ints([-1, 1])])]))
+
+
+def _self_attention(b: GraphBuilder, node: Node) -> str:
+    layer, x = node.attrs["layer"], node.inputs[0]
+    cfg = b.graph.layer(layer).config
+    d, h = int(cfg["embed_dim"]), int(cfg["num_heads"])
+    t = b.dtype(x) or "f32"
+    if b.rank(x, node) != 3:
+        raise b.fail(node, "SelfAttention takes a batch-first [B, T, d] input")
+    qkv = linear(b, b.value(x), f"{layer}.in_proj_weight", _slot(b, layer, "in_proj_bias"))
+    # [B, T, 3d] → [B, T, 3h, d/h] → [B, 3h, T, d/h] → q, k, v: [B, h, T, d/h] each
+    heads = b.node("Transpose", [b.node("Reshape", [qkv, b.ints([0, 0, 3 * h, d // h])])], perm=[0, 2, 1, 3])
+    q, k, v = b.node("Split", [heads], n=3, axis=1, num_outputs=3)
+    scores = b.node("MatMul", [q, b.node("Transpose", [k], perm=[0, 1, 3, 2])])
+    scores = b.node("Mul", [scores, b.scalar(1 / math.sqrt(d // h), t)])
+    if cfg.get("causal"):
+        scores = b.node("Where", [_causal_mask(b, x), b.scalar(-math.inf, t), scores])
+    ctx = b.node("MatMul", [b.node("Softmax", [scores], axis=-1), v])
+    ctx = b.node("Reshape", [b.node("Transpose", [ctx], perm=[0, 2, 1, 3]), b.ints([0, 0, d])])
+    return linear(b, ctx, f"{layer}.out_proj.weight", _slot(b, layer, "out_proj.bias"))
+
+
+ONNX_EMIT: Mapping[str, Rule] = {
+    "param": _param,  # W, or the shared Transpose(W) when read transposed
+    "const": _const,  # no node: a scalar initializer in the other operand's dtype, per use
+    "add": _binary("Add"),  # a + b
+    "sub": _binary("Sub"),  # a - b
+    "mul": _binary("Mul"),  # a * b
+    "div": _binary("Div"),  # a / b
+    "matmul": _binary("MatMul"),  # a @ b
+    "neg": _unary("Neg"),  # -x
+    "relu": _unary("Relu"),  # max(x, 0)
+    "tanh": _unary("Tanh"),  # tanh(x)
+    "sigmoid": _unary("Sigmoid"),  # 1 / (1 + exp(-x))
+    "silu": _silu,  # x * sigmoid(x)
+    "gelu": _gelu,  # 0.5·x·(1 + erf(x/√2)), or 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))
+    "softmax": _axis_op("Softmax"),  # exp(x) / sum(exp(x), dim)
+    "log_softmax": _axis_op("LogSoftmax"),  # x - log(sum(exp(x), dim))
+    "flatten": _flatten,  # Reshape to [*x.shape[:s], -1, *x.shape[e+1:]]
+    "reshape": lambda b, n: b.node("Reshape", [_x(b, n), b.ints(n.attrs["shape"])]),  # x.reshape(shape)
+    "transpose": _transpose,  # x.transpose(dim0, dim1)
+    "max_pool2d": _pool("MaxPool"),  # max over each window, -inf padding
+    "avg_pool2d": _pool("AveragePool", count_include_pad=1),  # sum(window, zero padding) / (kh·kw)
+    "mean": _mean,  # sum(x, dim) / x.shape[dim]
+    "concat": _concat,  # cat(xs, dim)
+    "cosine_similarity": _cosine_similarity,  # Σab / (max(‖a‖, eps)·max(‖b‖, eps)) over dim
+    "positions": _positions,  # Range(0, x.shape[-1], 1), i64
+    "Linear": _linear,  # x @ W.T + b: Gemm for 2-D x, else MatMul(+Add)
+    "Conv2d": _conv2d,  # conv2d(x, W, b, stride, padding)
+    "Embedding": _embedding,  # W[idx]
+    "LayerNorm": _layer_norm,  # (x - μ) / sqrt(σ² + eps) * W + b over the normalized dims
+    "RMSNorm": _rms_norm,  # x / sqrt(mean(x²) + eps) * W over the normalized dims
+    "SelfAttention": _self_attention,  # softmax(QKᵀ/√(d/h) [+ causal -inf]) V per head, then out_proj
+    "Dropout": _dropout,  # x (inference)
+}

@@ -1,0 +1,164 @@
+"""What each IR op and layer kind becomes in PyTorch source: two tables, one row per op/kind.
+
+`TORCH_EMIT[op](call)` renders the right-hand side of the one statement a node becomes;
+`TORCH_LAYER[kind](args, extra)` renders a layer's constructor. The trailing comment on each
+row is the formula it implements. Rows see only rendered strings (argument names, the bound
+tensor expressions of a layer's slots), never the IR's sharing tables: the code generator
+resolves those, so a row cannot get sharing wrong.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from tiec.compiler.ir import FUNCTION_OPS, LAYER_KINDS, frozen
+
+from .naming import literal
+
+
+@dataclass(frozen=True)
+class Call:
+    """One node to render. For a layer op, `ref` is the module expression (`self.blk[0].up`)
+    and `slots` is None when the module can be called as is, else slot → tensor expression for
+    the functional form (a slot shared transposed has no tensor of its own)."""
+
+    args: tuple[str, ...]
+    attrs: Mapping[str, Any] = field(default_factory=frozen)
+    ref: str = ""  # param: the bound tensor expression; layer op: the module expression
+    config: Mapping[str, Any] = field(default_factory=frozen)
+    slots: Mapping[str, str] | None = None
+
+
+def _slot(c: Call, name: str) -> str:
+    return c.slots.get(name, "None") if c.slots is not None else "None"
+
+
+def _gelu(c: Call) -> str:
+    approximate = c.attrs.get("approximate", "none")
+    extra = "" if approximate == "none" else f", approximate={literal(approximate)}"
+    return f"F.gelu({c.args[0]}{extra})"
+
+
+def _reshape(c: Call) -> str:
+    x = c.args[0]
+    dims = [f"{x}.shape[{i}]" if d == 0 else str(d) for i, d in enumerate(c.attrs["shape"])]
+    return f"{x}.reshape({', '.join(dims)})" if dims else f"{x}.reshape(())"
+
+
+def _pool(fn: str) -> Callable[[Call], str]:
+    def render(c: Call) -> str:
+        a = c.attrs
+        return f"F.{fn}({c.args[0]}, {literal(a['kernel'])}, {literal(a['stride'])}, {literal(a['padding'])})"
+
+    return render
+
+
+def _normalized(c: Call) -> str:
+    shape = c.config["normalized_shape"]
+    return literal(tuple(shape) if isinstance(shape, (list, tuple)) else (shape,))
+
+
+def _linear(c: Call) -> str:
+    if c.slots is None:
+        return f"{c.ref}({c.args[0]})"
+    return f"F.linear({c.args[0]}, {_slot(c, 'weight')}, {_slot(c, 'bias')})"
+
+
+def _conv2d(c: Call) -> str:
+    if c.slots is None:
+        return f"{c.ref}({c.args[0]})"
+    stride, padding = literal(c.config.get("stride", 1)), literal(c.config.get("padding", 0))
+    return f"F.conv2d({c.args[0]}, {_slot(c, 'weight')}, {_slot(c, 'bias')}, stride={stride}, padding={padding})"
+
+
+def _embedding(c: Call) -> str:
+    return f"{c.ref}({c.args[0]})" if c.slots is None else f"F.embedding({c.args[0]}, {_slot(c, 'weight')})"
+
+
+def _layer_norm(c: Call) -> str:
+    if c.slots is None:
+        return f"{c.ref}({c.args[0]})"
+    eps = literal(c.config.get("eps", 1e-5))
+    return f"F.layer_norm({c.args[0]}, {_normalized(c)}, {_slot(c, 'weight')}, {_slot(c, 'bias')}, {eps})"
+
+
+def _rms_norm(c: Call) -> str:
+    if c.slots is None:
+        return f"{c.ref}({c.args[0]})"
+    return f"F.rms_norm({c.args[0]}, {_normalized(c)}, {_slot(c, 'weight')}, {literal(c.config.get('eps'))})"
+
+
+def _attention(c: Call) -> str:
+    if c.slots is not None:  # the code generator rejects transposed attention slots first
+        raise ValueError(f"{c.ref}: SelfAttention has no functional form here")
+    x = c.args[0]
+    mask = f", attn_mask=causal_mask({x})" if c.config.get("causal") else ""
+    return f"{c.ref}({x}, {x}, {x}, need_weights=False{mask})[0]"
+
+
+TORCH_EMIT: Mapping[str, Callable[[Call], str]] = {
+    "param": lambda c: c.ref,  # W, or W.T (node's `transposed` XOR the share's orientation)
+    "const": lambda c: literal(c.attrs["value"]),  # the literal
+    "add": lambda c: f"{c.args[0]} + {c.args[1]}",  # a + b, broadcasting
+    "sub": lambda c: f"{c.args[0]} - {c.args[1]}",  # a - b
+    "mul": lambda c: f"{c.args[0]} * {c.args[1]}",  # a * b
+    "div": lambda c: f"{c.args[0]} / {c.args[1]}",  # a / b (true division)
+    "matmul": lambda c: f"{c.args[0]} @ {c.args[1]}",  # a @ b
+    "neg": lambda c: f"-{c.args[0]}",  # -x
+    "relu": lambda c: f"F.relu({c.args[0]})",  # max(x, 0)
+    "tanh": lambda c: f"torch.tanh({c.args[0]})",  # tanh x
+    "sigmoid": lambda c: f"torch.sigmoid({c.args[0]})",  # 1 / (1 + e^-x)
+    "silu": lambda c: f"F.silu({c.args[0]})",  # x · sigmoid(x)
+    "gelu": _gelu,  # x · Φ(x), or its tanh approximation
+    "softmax": lambda c: f"F.softmax({c.args[0]}, dim={c.attrs['dim']})",  # e^x / Σ e^x along dim
+    "log_softmax": lambda c: f"F.log_softmax({c.args[0]}, dim={c.attrs['dim']})",  # x - logsumexp(x)
+    "flatten": lambda c: f"{c.args[0]}.flatten({c.attrs['start_dim']}, {c.attrs['end_dim']})",  # merge dims
+    "reshape": _reshape,  # ONNX Reshape: 0 → x.shape[i], -1 inferred
+    "transpose": lambda c: f"{c.args[0]}.transpose({c.attrs['dim0']}, {c.attrs['dim1']})",  # swap two dims
+    "max_pool2d": _pool("max_pool2d"),  # max over each window
+    "avg_pool2d": _pool("avg_pool2d"),  # mean over each window (padding counted, torch's default)
+    "mean": lambda c: f"{c.args[0]}.mean(dim={c.attrs['dim']}, keepdim={c.attrs['keepdim']})",  # Σx / n
+    "concat": lambda c: f"torch.cat([{', '.join(c.args)}], dim={c.attrs['dim']})",  # [x1; …; xn]
+    "cosine_similarity": lambda c: (  # a·b / max(‖a‖‖b‖, eps)
+        f"F.cosine_similarity({c.args[0]}, {c.args[1]}, dim={c.attrs['dim']}, eps={literal(c.attrs['eps'])})"
+    ),
+    "positions": lambda c: f"torch.arange({c.args[0]}.shape[-1], device={c.args[0]}.device)",  # 0 … T-1
+    "Linear": _linear,  # x Wᵀ + b
+    "Conv2d": _conv2d,  # Σ W ⋆ x + b
+    "Embedding": _embedding,  # W[x]
+    "LayerNorm": _layer_norm,  # (x - μ) / √(σ² + eps) · w + b
+    "RMSNorm": _rms_norm,  # x / √(mean(x²) + eps) · w
+    "SelfAttention": _attention,  # softmax(QKᵀ/√d [+ causal mask]) V, then out_proj
+    "Dropout": lambda c: f"{c.ref}({c.args[0]})",  # x · mask / (1 - p) in training
+}
+
+
+def _kwargs(args: Mapping[str, str], defaults: Mapping[str, str]) -> list[str]:
+    return [f"{k}={args[k]}" for k in defaults if k in args and args[k] != defaults[k]]
+
+
+def _ctor(cls: str, positional: tuple[str, ...], defaults: Mapping[str, str]) -> Callable[..., str]:
+    def render(args: Mapping[str, str], extra: tuple[str, ...] = ()) -> str:
+        return f"nn.{cls}({', '.join([*(args[k] for k in positional), *_kwargs(args, defaults), *extra])})"
+
+    return render
+
+
+# A constructor keyword equal to PyTorch's default is left out, as a person would write it.
+TORCH_LAYER: Mapping[str, Callable[..., str]] = {
+    "Linear": _ctor("Linear", ("in_features", "out_features"), {"bias": "True"}),
+    "Conv2d": _ctor(
+        "Conv2d", ("in_channels", "out_channels", "kernel_size"), {"stride": "1", "padding": "0", "bias": "True"}
+    ),
+    "Embedding": _ctor("Embedding", ("num_embeddings", "embedding_dim"), {}),
+    "LayerNorm": _ctor("LayerNorm", ("normalized_shape",), {"eps": "1e-05"}),
+    "RMSNorm": _ctor("RMSNorm", ("normalized_shape",), {"eps": "None"}),
+    "SelfAttention": lambda args, extra=(): (
+        _ctor("MultiheadAttention", ("embed_dim", "num_heads"), {"bias": "True"})(args, ("batch_first=True", *extra))
+    ),
+    "Dropout": _ctor("Dropout", ("p",), {}),
+}
+
+assert set(TORCH_EMIT) == set(FUNCTION_OPS) | set(LAYER_KINDS), "every op needs a TORCH_EMIT row"
+assert set(TORCH_LAYER) == set(LAYER_KINDS), "every layer kind needs a TORCH_LAYER row"

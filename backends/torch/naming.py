@@ -1,0 +1,123 @@
+"""Names and literals for emitted Python: nothing we write may shadow a builtin or an import.
+
+`Namer` maps IR names (value names, model parameters) to Python identifiers, keeping a name
+when it is safe and otherwise appending `_` until it is free. `literal` renders a config or
+attribute value as Python source; `config_expr` renders a layer's `config_src` expression with
+model parameters renamed the same way as the constructor's keyword arguments.
+"""
+from __future__ import annotations
+
+import ast
+import builtins
+import keyword
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+# Module-level names of every emitted file, besides the model classes themselves.
+EMITTED_GLOBALS = frozenset({"self", "F", "nn", "torch", "math", "causal_mask", "Program"})
+RESERVED = (
+    frozenset(keyword.kwlist) | (frozenset(keyword.softkwlist) - {"_"}) | frozenset(dir(builtins)) | EMITTED_GLOBALS
+)
+
+
+class Namer:
+    """IR name → Python identifier, injective and deterministic within one scope."""
+
+    def __init__(self, reserved: Iterable[str] = ()):
+        self._taken = set(RESERVED) | set(reserved)
+        self._names: dict[str, str] = {}
+
+    def claim(self, names: Iterable[str]) -> Namer:
+        """Give every safe name itself first, so renaming `input` never steals `input_`."""
+        names = list(dict.fromkeys(names))
+        for name in names:
+            if name.isidentifier() and name not in self._taken:
+                self._names[name] = name
+                self._taken.add(name)
+        for name in names:
+            self(name)
+        return self
+
+    def __call__(self, name: str) -> str:
+        if name in self._names:
+            return self._names[name]
+        base = "".join(c if c.isalnum() or c == "_" else "_" for c in name) or "_"
+        if not base.isidentifier():
+            base = "_" + base
+        candidate = base
+        while candidate in self._taken:
+            candidate += "_"
+        self._taken.add(candidate)
+        self._names[name] = candidate
+        return candidate
+
+    def mapping(self) -> dict[str, str]:
+        return dict(self._names)
+
+
+def literal(value: Any) -> str:
+    """A Python expression for a config/attribute value (ints, floats, bools, tuples, strings)."""
+    if isinstance(value, bool) or value is None:
+        return repr(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "math.nan"
+        if math.isinf(value):
+            return "math.inf" if value > 0 else "-math.inf"
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        items = [literal(v) for v in value]
+        return f"({items[0]},)" if len(items) == 1 else f"({', '.join(items)})"
+    if isinstance(value, str) and value.isprintable() and '"' not in value and "\\" not in value:
+        return f'"{value}"'  # the house's double quotes; repr would pick single ones
+    return repr(value)
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal with the same types (a float size where an int is expected must not slip through)."""
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return type(a) is type(b) and a == b
+
+
+class _Rename(ast.NodeTransformer):
+    def __init__(self, names: Mapping[str, str]):
+        self.names = names
+
+    def visit_Name(self, node: ast.Name) -> ast.Name:
+        return ast.copy_location(ast.Name(self.names.get(node.id, node.id), node.ctx), node)
+
+
+def config_expr(
+    src: str | None, value: Any, params: Mapping[str, Any], names: Mapping[str, str]
+) -> tuple[str, frozenset[str]]:
+    """The expression a constructor passes for one config value.
+
+    `src` (from `Layer.config_src`) is used when it reads only model parameters and evaluates, at
+    the compiled configuration `params`, to exactly `value`; otherwise the literal `value` is
+    emitted, so the emitted module is right at its defaults even if `src` is not Python we can
+    check. Parameter names are rewritten through `names` (the constructor's renamed kwargs).
+
+    Returns:
+        The expression, and the model parameters it reads.
+    """
+    fallback = literal(value), frozenset()
+    if src is None:
+        return fallback
+    try:
+        tree = ast.parse(src.strip(), mode="eval")
+    except SyntaxError:
+        return fallback
+    used = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+    if not used <= set(params) or any(isinstance(n, (ast.Call, ast.Attribute)) for n in ast.walk(tree)):
+        return fallback
+    try:
+        got = eval(compile(tree, "<config_src>", "eval"), {"__builtins__": {}}, dict(params))
+    except Exception:  # noqa: BLE001 - any failure means: not an expression we can vouch for
+        return fallback
+    if not _same(got, value):
+        return fallback
+    if any(names.get(n, n) != n for n in used):
+        return ast.unparse(_Rename(names).visit(tree)), frozenset(used)
+    return src.strip(), frozenset(used)

@@ -1,0 +1,1 @@
+"""tiec test suite."""

@@ -1,0 +1,426 @@
+"""ONNX backend: hand-built IRs exported, checked, and run in onnxruntime against PyTorch.
+
+Each reference is written independently with torch.nn.functional / nn.MultiheadAttention on the
+same weights; each model runs at two batch sizes (and two sequence lengths where there is one)
+through one file, so dynamic dims stay dynamic.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+import torch.nn.functional as F
+from tiec.backends.onnx import export
+from tiec.compiler import ir as tir
+from tiec.dsl.diagnostics import NOWHERE, Source, TieError
+
+S = NOWHERE
+
+
+# ---------------------------------------------------------------------------- hand-built IR
+
+
+def ty(spec: str) -> tir.TensorType:
+    """`f32[B, 784]` → TensorType."""
+    dtype, dims = spec.rstrip("]").split("[")
+    return tir.TensorType(dtype, tuple(int(d) if d.strip().lstrip("-").isdigit() else d.strip()
+                                   for d in dims.split(",") if d.strip()))
+
+
+def n(op: str, name: str, *inputs: str, **attrs) -> tir.Node:
+    return tir.Node(op, name, inputs, tir.frozen(attrs), S)
+
+
+def layer(path: str, kind: str, **config) -> tir.Layer:
+    return tir.Layer(path, kind, tir.frozen(config), S)
+
+
+TORCH_LAYERS = {
+    "Linear": lambda c: torch.nn.Linear(c["in_features"], c["out_features"], c.get("bias", True)),
+    "Conv2d": lambda c: torch.nn.Conv2d(c["in_channels"], c["out_channels"], c["kernel_size"]),
+    "Embedding": lambda c: torch.nn.Embedding(c["num_embeddings"], c["embedding_dim"]),
+    "LayerNorm": lambda c: torch.nn.LayerNorm(c["normalized_shape"]),
+    "RMSNorm": lambda c: torch.nn.RMSNorm(c["normalized_shape"]),
+    "SelfAttention": lambda c: torch.nn.MultiheadAttention(c["embed_dim"], c["num_heads"], bias=c.get("bias", True)),
+    "Dropout": lambda c: torch.nn.Dropout(),
+}
+
+
+def slots(lay: tir.Layer) -> list[tuple[str, tuple[int, ...]]]:
+    """The parameter slots torch gives a layer of this kind and config."""
+    return [(k, tuple(v.shape)) for k, v in TORCH_LAYERS[lay.kind](lay.config).state_dict().items()]
+
+
+def graph(name: str, inputs: dict, layers: list, nodes: list, outputs: list) -> tir.Graph:
+    params = tuple(tir.Param(f"{lay.path}.{s}", lay.path, s, shape, "f32", S) for lay in layers for s, shape in slots(lay))
+    outs = tuple(tir.Output(o, o, S) if isinstance(o, str) else tir.Output(o[0], o[1], S) for o in outputs)
+    ins = tuple(tir.Input(k, ty(v), S) for k, v in inputs.items())
+    return tir.Graph(name, tir.frozen(), tir.frozen(), ins, tuple(layers), params, tuple(nodes), outs, S)
+
+
+def program(g: tir.Graph, types: dict, shares=(), ties=(), others=()) -> tir.ProgramIR:
+    """One model `g` (plus `others`), `types` in spec strings (inputs are added)."""
+    tt = {**{i.name: i.type for i in g.inputs}, **{k: ty(v) for k, v in types.items()}}
+    models = {g.name: g, **{o.name: o for o in others}}
+    return tir.ProgramIR(Source("<test>", ""), tir.frozen(models), share_groups=tuple(shares), tie_groups=tuple(ties),
+                     types=tir.frozen({g.name: tir.frozen(tt)}))
+
+
+def share(gid: int, *members: tuple[str, bool]) -> tir.ShareGroup:
+    return tir.ShareGroup(gid, tuple(tir.Member(p, t, S) for p, t in members))
+
+
+def random_weights(ir: tir.ProgramIR, model: str = "M", seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    binds = tir.bindings(ir, model)
+    return {p.name: (rng.standard_normal(p.shape) * 0.3).astype(np.float32)
+            for p in ir.models[model].params if binds[p.name].canonical == p.name}
+
+
+def slot(ir: tir.ProgramIR, weights: dict, name: str, model: str = "M") -> torch.Tensor:
+    """The tensor a declared slot holds (its group's tensor, transposed where the binding says)."""
+    b = tir.bindings(ir, model)[name]
+    w = torch.from_numpy(weights[b.canonical])
+    return w.T if b.transposed else w
+
+
+def exported(tmp_path, ir: tir.ProgramIR, weights: dict, model: str = "M", name: str = "m.onnx"):
+    path = str(tmp_path / name)
+    info = export(ir, model, path, weights)
+    onnx.checker.check_model(path, full_check=True)
+    return path, onnx.load(path), info
+
+
+def run(path: str, feeds: dict) -> list[np.ndarray]:
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    return sess.run(None, {k: np.ascontiguousarray(v) for k, v in feeds.items()})
+
+
+def close(actual, expected) -> None:
+    np.testing.assert_allclose(actual, expected.detach().numpy(), rtol=1e-3, atol=1e-5)
+
+
+def floats(rng, *shape) -> np.ndarray:
+    return (rng.uniform(0.5, 2.0, shape) * rng.choice([-1.0, 1.0], shape)).astype(np.float32)
+
+
+def op_types(proto) -> list[str]:
+    return [node.op_type for node in proto.graph.node]
+
+
+def init_names(proto) -> list[str]:
+    return [t.name for t in proto.graph.initializer if not t.name.startswith("~")]
+
+
+# ---------------------------------------------------------------------------- models
+
+
+def mlp() -> tir.ProgramIR:
+    g = graph("M", {"x": "f32[B, 20]"}, [layer("fc1", "Linear", in_features=20, out_features=16, bias=True),
+                                         layer("fc2", "Linear", in_features=16, out_features=5, bias=True)],
+              [n("Linear", "h", "x", layer="fc1"), n("relu", "a", "h"), n("Linear", "logits", "a", layer="fc2"),
+               n("log_softmax", "y", "logits", dim=-1)], ["y"])
+    return program(g, {"h": "f32[B, 16]", "a": "f32[B, 16]", "logits": "f32[B, 5]", "y": "f32[B, 5]"})
+
+
+def test_mlp_matches_torch_at_two_batch_sizes(tmp_path):
+    ir = mlp()
+    w = random_weights(ir)
+    path, proto, info = exported(tmp_path, ir, w)
+    assert op_types(proto).count("Gemm") == 2 and info["initializers"] == 4
+    x_in = proto.graph.input[0]
+    assert x_in.name == "x" and [d.dim_param or d.dim_value for d in x_in.type.tensor_type.shape.dim] == ["B", 20]
+    assert [o.name for o in proto.graph.output] == ["y"]
+    assert proto.producer_name == "tiec"
+    rng = np.random.default_rng(1)
+    for batch in (1, 7):
+        x = floats(rng, batch, 20)
+        ref = F.log_softmax(F.linear(F.relu(F.linear(torch.from_numpy(x), *[torch.from_numpy(w[k]) for k in
+                                                     ("fc1.weight", "fc1.bias")])), torch.from_numpy(w["fc2.weight"]),
+                                     torch.from_numpy(w["fc2.bias"])), dim=-1)
+        close(run(path, {"x": x})[0], ref)
+
+
+def autoencoder(seq: bool) -> tir.ProgramIR:
+    x = "f32[B, T, 32]" if seq else "f32[B, 32]"
+    g = graph("M", {"x": x}, [layer("enc", "Linear", in_features=32, out_features=8, bias=True),
+                              layer("dec", "Linear", in_features=8, out_features=32, bias=True)],
+              [n("Linear", "h", "x", layer="enc"), n("sigmoid", "z", "h"), n("Linear", "y", "z", layer="dec")], ["y"])
+    code = x.replace("32", "8")
+    return program(g, {"h": code, "z": code, "y": x}, [share(3, ("M.enc.weight", False), ("M.dec.weight", True))])
+
+
+@pytest.mark.parametrize("seq", [False, True])
+def test_tied_autoencoder_has_one_weight_initializer(tmp_path, seq):
+    ir = autoencoder(seq)
+    w = random_weights(ir)
+    assert set(w) == {"enc.weight", "enc.bias", "dec.bias"}
+    path, proto, info = exported(tmp_path, ir, w)
+    assert sorted(init_names(proto)) == ["dec.bias", "enc.bias", "enc.weight"]
+    param_bytes = sum(a.nbytes for a in w.values())
+    assert info["param_bytes"] == param_bytes
+    assert os.path.getsize(path) == info["bytes"] <= 1.001 * param_bytes + 64 * 1024
+    assert info["overhead"] < 2048
+    if seq:  # enc reads W.T through one Transpose; dec (transposed share) reads W itself
+        assert op_types(proto).count("Transpose") == 1
+        matmul_weights = [node.input[1] for node in proto.graph.node if node.op_type == "MatMul"]
+        assert matmul_weights == ["enc.weight^T", "enc.weight"]
+    else:
+        assert [(node.input[1], node.attribute[0].i) for node in proto.graph.node if node.op_type == "Gemm"] == [
+            ("enc.weight", 1), ("enc.weight", 0)]
+    rng = np.random.default_rng(2)
+    W = torch.from_numpy(w["enc.weight"])
+    for shape in ([(2, 32), (5, 32)] if not seq else [(2, 3, 32), (4, 6, 32)]):
+        x = floats(rng, *shape)
+        z = torch.sigmoid(F.linear(torch.from_numpy(x), W, torch.from_numpy(w["enc.bias"])))
+        close(run(path, {"x": x})[0], F.linear(z, W.T, torch.from_numpy(w["dec.bias"])))
+
+
+def test_conv_pool_flatten_cosine_similarity(tmp_path):
+    g = graph("M", {"img": "f32[B, 3, 8, 8]", "ref": "f32[B, 64]"},
+              [layer("conv", "Conv2d", in_channels=3, out_channels=4, kernel_size=3, stride=1, padding=1, bias=True)],
+              [n("Conv2d", "c", "img", layer="conv"), n("relu", "r", "c"),
+               n("max_pool2d", "p", "r", kernel=(2, 2), stride=(2, 2), padding=(0, 0)),
+               n("avg_pool2d", "q", "p", kernel=(3, 3), stride=(1, 1), padding=(1, 1)),
+               n("flatten", "mid", "q", start_dim=1, end_dim=2),
+               n("flatten", "f", "mid", start_dim=1, end_dim=-1),
+               n("cosine_similarity", "s", "f", "ref", dim=1, eps=1e-8)], ["s", "mid"])
+    ir = program(g, {"c": "f32[B, 4, 8, 8]", "r": "f32[B, 4, 8, 8]", "p": "f32[B, 4, 4, 4]", "q": "f32[B, 4, 4, 4]",
+                     "mid": "f32[B, 16, 4]", "f": "f32[B, 64]", "s": "f32[B]"})
+    w = random_weights(ir)
+    path, proto, _ = exported(tmp_path, ir, w)
+    assert "Flatten" not in op_types(proto)
+    rng = np.random.default_rng(3)
+    for batch in (2, 5):
+        img, ref = floats(rng, batch, 3, 8, 8), floats(rng, batch, 64)
+        c = F.relu(F.conv2d(torch.from_numpy(img), torch.from_numpy(w["conv.weight"]), torch.from_numpy(w["conv.bias"]),
+                            stride=1, padding=1))
+        q = F.avg_pool2d(F.max_pool2d(c, 2, 2), 3, 1, 1, count_include_pad=True)
+        s, mid = run(path, {"img": img, "ref": ref})
+        close(mid, q.flatten(1, 2))
+        close(s, F.cosine_similarity(q.flatten(1), torch.from_numpy(ref), dim=1, eps=1e-8))
+
+
+def test_embedding_layernorm_and_tied_readout(tmp_path):
+    g = graph("M", {"ids": "i64[B, T]"},
+              [layer("embed", "Embedding", num_embeddings=50, embedding_dim=16),
+               layer("pos", "Embedding", num_embeddings=32, embedding_dim=16),
+               layer("ln", "LayerNorm", normalized_shape=16, eps=1e-5)],
+              [n("Embedding", "tok", "ids", layer="embed"), n("positions", "t", "ids"),
+               n("Embedding", "pe", "t", layer="pos"), n("add", "h", "tok", "pe"), n("LayerNorm", "hn", "h", layer="ln"),
+               n("param", "wt", param="embed.weight", transposed=True), n("matmul", "logits", "hn", "wt")], ["logits"])
+    d3 = "f32[B, T, 16]"
+    ir = program(g, {"tok": d3, "t": "i64[T]", "pe": "f32[T, 16]", "h": d3, "hn": d3, "wt": "f32[16, 50]",
+                     "logits": "f32[B, T, 50]"})
+    w = random_weights(ir)
+    path, proto, _ = exported(tmp_path, ir, w)
+    assert init_names(proto).count("embed.weight") == 1 and "LayerNormalization" in op_types(proto)
+    rng = np.random.default_rng(4)
+    for batch, length in ((1, 5), (3, 9)):
+        ids = rng.integers(0, 50, (batch, length)).astype(np.int64)
+        E, P = torch.from_numpy(w["embed.weight"]), torch.from_numpy(w["pos.weight"])
+        h = F.embedding(torch.from_numpy(ids), E) + F.embedding(torch.arange(length), P)
+        hn = F.layer_norm(h, (16,), torch.from_numpy(w["ln.weight"]), torch.from_numpy(w["ln.bias"]), 1e-5)
+        close(run(path, {"ids": ids})[0], hn @ E.T)
+
+
+# One graph per function op: (inputs, nodes, types of every node value, torch reference).
+R = "f32[B, 3, 4]"
+FUNCTION_OPS = {
+    "add_broadcast": ({"a": R, "b": "f32[4]"}, [n("add", "y", "a", "b")], {"y": R}, lambda a, b: a + b),
+    "sub_const": ({"a": R}, [n("const", "k", value=1.5), n("sub", "y", "a", "k")], {"y": R}, lambda a: a - 1.5),
+    "mul_const_left": ({"a": R}, [n("const", "k", value=2), n("mul", "y", "k", "a")], {"y": R}, lambda a: 2 * a),
+    "div": ({"a": R, "b": R}, [n("div", "y", "a", "b")], {"y": R}, lambda a, b: a / b),
+    "matmul": ({"a": R, "b": "f32[4, 2]"}, [n("matmul", "y", "a", "b")], {"y": "f32[B, 3, 2]"}, lambda a, b: a @ b),
+    "neg": ({"a": R}, [n("neg", "y", "a")], {"y": R}, lambda a: -a),
+    "relu": ({"a": R}, [n("relu", "y", "a")], {"y": R}, F.relu),
+    "tanh": ({"a": R}, [n("tanh", "y", "a")], {"y": R}, torch.tanh),
+    "sigmoid": ({"a": R}, [n("sigmoid", "y", "a")], {"y": R}, torch.sigmoid),
+    "silu": ({"a": R}, [n("silu", "y", "a")], {"y": R}, F.silu),
+    "gelu": ({"a": R}, [n("gelu", "y", "a", approximate="none")], {"y": R}, F.gelu),
+    "gelu_tanh": ({"a": R}, [n("gelu", "y", "a", approximate="tanh")], {"y": R},
+                  lambda a: F.gelu(a, approximate="tanh")),
+    "softmax": ({"a": R}, [n("softmax", "y", "a", dim=1)], {"y": R}, lambda a: F.softmax(a, dim=1)),
+    "log_softmax": ({"a": R}, [n("log_softmax", "y", "a", dim=-1)], {"y": R}, lambda a: F.log_softmax(a, dim=-1)),
+    "flatten_tail": ({"a": R}, [n("flatten", "y", "a", start_dim=1, end_dim=-1)], {"y": "f32[B, 12]"},
+                     lambda a: a.flatten(1)),
+    "flatten_leading": ({"a": R}, [n("flatten", "y", "a", start_dim=0, end_dim=1)], {"y": "f32[B*3, 4]"},
+                        lambda a: a.flatten(0, 1)),
+    "flatten_dynamic_tail": ({"a": "f32[2, 3, B]"}, [n("flatten", "y", "a", start_dim=0, end_dim=1)],
+                             {"y": "f32[6, B]"}, lambda a: a.flatten(0, 1)),
+    "reshape": ({"a": R}, [n("reshape", "y", "a", shape=(0, -1, 2))], {"y": "f32[B, 6, 2]"},
+                lambda a: a.reshape(a.shape[0], -1, 2)),
+    "transpose": ({"a": R}, [n("transpose", "y", "a", dim0=-1, dim1=0)], {"y": "f32[4, 3, B]"},
+                  lambda a: a.transpose(-1, 0)),
+    "max_pool2d": ({"a": "f32[B, 2, 7, 7]"}, [n("max_pool2d", "y", "a", kernel=(3, 3), stride=(2, 2), padding=(1, 1))],
+                   {"y": "f32[B, 2, 4, 4]"}, lambda a: F.max_pool2d(a, 3, 2, 1)),
+    "avg_pool2d": ({"a": "f32[B, 2, 7, 7]"}, [n("avg_pool2d", "y", "a", kernel=(3, 3), stride=(2, 2), padding=(1, 1))],
+                   {"y": "f32[B, 2, 4, 4]"}, lambda a: F.avg_pool2d(a, 3, 2, 1)),
+    "mean": ({"a": R}, [n("mean", "y", "a", dim=1, keepdim=False)], {"y": "f32[B, 4]"}, lambda a: a.mean(1)),
+    "mean_keepdim": ({"a": R}, [n("mean", "y", "a", dim=-1, keepdim=True)], {"y": "f32[B, 3, 1]"},
+                     lambda a: a.mean(-1, keepdim=True)),
+    "concat": ({"a": R, "b": "f32[B, 3, 2]"}, [n("concat", "y", "a", "b", dim=-1)], {"y": "f32[B, 3, 6]"},
+               lambda a, b: torch.cat([a, b], -1)),
+    "cosine_similarity": ({"a": R, "b": R}, [n("cosine_similarity", "y", "a", "b", dim=-1, eps=1e-8)],
+                          {"y": "f32[B, 3]"}, lambda a, b: F.cosine_similarity(a, b, dim=-1)),
+    "positions_plus_const": ({"a": R}, [n("positions", "p", "a"), n("const", "one", value=1),
+                                        n("add", "y", "p", "one")], {"p": "i64[4]", "y": "i64[4]"},
+                             lambda a: torch.arange(a.shape[-1]) + 1),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FUNCTION_OPS))
+def test_function_op_matches_torch(tmp_path, name):
+    inputs, nodes, types, ref = FUNCTION_OPS[name]
+    ir = program(graph("M", inputs, [], nodes, ["y"]), types)
+    path, proto, _ = exported(tmp_path, ir, {})
+    out_type = proto.graph.output[0].type.tensor_type
+    assert [d.dim_param or d.dim_value for d in out_type.shape.dim] == list(ty(types["y"]).shape)
+    rng = np.random.default_rng(5)
+    for batch in (1, 3):
+        feeds = {k: floats(rng, *[batch if d == "B" else d for d in ty(v).shape]) for k, v in inputs.items()}
+        close(run(path, feeds)[0], ref(*[torch.from_numpy(v) for v in feeds.values()]))
+
+
+@pytest.mark.parametrize("eps", [1e-6, None])
+def test_rms_norm(tmp_path, eps):
+    g = graph("M", {"x": "f32[B, T, 16]"}, [layer("norm", "RMSNorm", normalized_shape=16, eps=eps)],
+              [n("RMSNorm", "y", "x", layer="norm")], ["y"])
+    ir = program(g, {"y": "f32[B, T, 16]"})
+    w = random_weights(ir)
+    path, _, _ = exported(tmp_path, ir, w)
+    rng = np.random.default_rng(6)
+    for shape in ((1, 2, 16), (4, 5, 16)):
+        x = floats(rng, *shape) * 1e-3  # small enough that eps matters
+        close(run(path, {"x": x})[0], F.rms_norm(torch.from_numpy(x), (16,), torch.from_numpy(w["norm.weight"]), eps))
+
+
+def attention_stack(causal: bool, bias: bool, depth: int = 1, d: int = 16, heads: int = 4) -> tir.ProgramIR:
+    layers, nodes, types, h = [], [], {}, "x"
+    for i in range(depth):
+        layers.append(layer(f"attn{i}", "SelfAttention", embed_dim=d, num_heads=heads, causal=causal, bias=bias))
+        nodes += [n("SelfAttention", f"a{i}", h, layer=f"attn{i}"), n("add", f"h{i}", h, f"a{i}")]
+        types.update({f"a{i}": f"f32[B, T, {d}]", f"h{i}": f"f32[B, T, {d}]"})
+        h = f"h{i}"
+    return program(graph("M", {"x": f"f32[B, T, {d}]"}, layers, nodes, [("y", h)]), types)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("bias", [True, False])
+def test_self_attention_matches_multihead_attention(tmp_path, causal, bias):
+    ir = attention_stack(causal, bias, depth=2)
+    w = random_weights(ir)
+    path, proto, _ = exported(tmp_path, ir, w)
+    assert op_types(proto).count("Greater") == (1 if causal else 0)  # one mask for both layers
+    mhas = []
+    for i in range(2):
+        mha = torch.nn.MultiheadAttention(16, 4, bias=bias, batch_first=True).eval()
+        mha.load_state_dict({k: slot(ir, w, f"attn{i}.{k}") for k in mha.state_dict()})
+        mhas.append(mha)
+    rng = np.random.default_rng(7)
+    for batch, length in ((1, 5), (3, 8)):
+        x = floats(rng, batch, length, 16)
+        h = torch.from_numpy(x)
+        mask = torch.triu(torch.full((length, length), -math.inf), 1) if causal else None
+        with torch.no_grad():
+            for mha in mhas:
+                h = h + mha(h, h, h, attn_mask=mask, need_weights=False)[0]
+        close(run(path, {"x": x})[0], h)
+
+
+def test_manifest_records_shares_and_ties_of_the_model(tmp_path):
+    g = graph("M", {"x": "f32[B, 8]"}, [layer(f"fc{i}", "Linear", in_features=8, out_features=8, bias=True)
+                                        for i in (1, 2, 3)],
+              [n("Linear", "h1", "x", layer="fc1"), n("Linear", "h2", "h1", layer="fc2"),
+               n("Linear", "y", "h2", layer="fc3")], ["y"])
+    other = graph("N", {"x": "f32[B, 8]"}, [layer("fc", "Linear", in_features=8, out_features=8, bias=True)],
+                  [n("Linear", "y", "x", layer="fc")], ["y"])
+    shares = [share(0, ("N.fc.weight", False), ("M.fc3.weight", True), ("M.fc1.weight", False)),
+              share(1, ("N.fc.bias", False), ("M.fc2.bias", False))]  # only one member here: not a group in M
+    ties = [tir.TieGroup(2, 0.01, "l2", (tir.Member("M.fc1.bias", False, S), tir.Member("M.fc2.bias", False, S)), S),
+            tir.TieGroup(4, 0.5, "l1", (tir.Member("M.fc2.weight", False, S), tir.Member("N.fc.weight", True, S)), S)]
+    v = "f32[B, 8]"
+    ir = program(g, {"h1": v, "h2": v, "y": v}, shares, ties, others=[other])
+    w = random_weights(ir)
+    path, proto, _ = exported(tmp_path, ir, w)
+    assert sorted(init_names(proto)) == ["fc1.bias", "fc2.bias", "fc2.weight", "fc3.bias", "fc3.weight"]
+    props = {p.key: p.value for p in proto.metadata_props}
+    assert json.loads(props["tiec.groups"]) == {
+        "model": "M",
+        "share_groups": [{"id": 0, "initializer": "fc3.weight", "members": [
+            {"param": "fc3.weight", "transposed": False}, {"param": "fc1.weight", "transposed": True}]}],
+        "tie_groups": [{"id": 2, "lambda": 0.01, "norm": "l2", "members": [
+            {"param": "fc1.bias", "transposed": False}, {"param": "fc2.bias", "transposed": False}]}],
+    }
+    x = floats(np.random.default_rng(8), 3, 8)
+
+    def fc(i, h):
+        return F.linear(h, slot(ir, w, f"fc{i}.weight"), slot(ir, w, f"fc{i}.bias"))
+
+    close(run(path, {"x": x})[0], fc(3, fc(2, fc(1, torch.from_numpy(x)))))
+
+
+def test_outputs_renamed_aliased_and_repeated(tmp_path):
+    g = graph("M", {"x": "f32[B, 4]"}, [layer("drop", "Dropout", p=0.1)],
+              [n("Dropout", "d", "x", layer="drop"), n("relu", "out", "d"), n("tanh", "t", "d")],
+              [("out", "t"), ("d", "d"), ("r", "out"), ("r2", "out")])
+    ir = program(g, {"d": "f32[B, 4]", "out": "f32[B, 4]", "t": "f32[B, 4]"})
+    path, proto, _ = exported(tmp_path, ir, {})
+    assert [o.name for o in proto.graph.output] == ["out", "d", "r", "r2"]
+    x = floats(np.random.default_rng(9), 2, 4)
+    t, d, r, r2 = run(path, {"x": x})
+    X = torch.from_numpy(x)
+    close(t, torch.tanh(X)), close(d, X), close(r, F.relu(X)), close(r2, F.relu(X))
+
+
+def test_export_is_deterministic(tmp_path):
+    ir = attention_stack(True, True, depth=2)
+    w = random_weights(ir)
+    a, _, _ = exported(tmp_path, ir, w, name="a.onnx")
+    b, _, _ = exported(tmp_path, ir, dict(reversed(list(w.items()))), name="b.onnx")
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        assert fa.read() == fb.read()
+
+
+def test_failed_export_leaves_no_file(tmp_path, monkeypatch):
+    ir = mlp()
+    w = random_weights(ir)
+    del w["fc2.bias"]
+    with pytest.raises(KeyError, match="fc2.bias"):
+        export(ir, "M", str(tmp_path / "m.onnx"), w)
+    w = random_weights(ir)
+    w["fc1.weight"] = w["fc1.weight"].T
+    with pytest.raises(ValueError, match="fc1.weight"):
+        export(ir, "M", str(tmp_path / "m.onnx"), w)
+    assert os.listdir(tmp_path) == []
+
+    def broken_replace(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", broken_replace)
+    with pytest.raises(OSError, match="disk full"):
+        export(ir, "M", str(tmp_path / "m.onnx"), random_weights(ir))
+    assert os.listdir(tmp_path) == []
+
+
+def test_rank_needed_without_types_is_a_tie_error(tmp_path):
+    g = graph("M", {"x": "f32[B, 4, 2]"}, [], [n("transpose", "y", "x", dim0=1, dim1=2)], ["y"])
+    ir = tir.ProgramIR(Source("<test>", ""), tir.frozen({"M": g}))
+    with pytest.raises(TieError, match="rank of 'x'"):
+        export(ir, "M", str(tmp_path / "m.onnx"), {})
+    assert os.listdir(tmp_path) == []
+
+
+def test_attention_stack_file_overhead_is_small(tmp_path):
+    ir = attention_stack(True, True, depth=4, d=64, heads=4)
+    _, proto, info = exported(tmp_path, ir, random_weights(ir))
+    assert len([t for t in proto.graph.initializer if t.name.startswith("~")]) < 10  # constants shared
+    assert info["overhead"] < 4096
