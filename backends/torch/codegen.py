@@ -63,7 +63,7 @@ def generate_source(ir: ProgramIR, model: str | None = None) -> str:
     if "causal_mask(" in body:
         body = "\n".join(_CAUSAL_MASK) + "\n\n\n" + body
     imports = [line for pattern, line in _IMPORTS if re.search(pattern, body)]
-    if imports[0] == "import math" and len(imports) > 1:
+    if imports[:1] == ["import math"] and len(imports) > 1:
         imports.insert(1, "")  # standard library, then torch
     return "\n".join([*_docstring(ir, model), *imports, "", "", body]) + "\n"
 

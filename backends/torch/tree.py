@@ -15,6 +15,8 @@ from tiec.compiler.ir import Graph, Layer
 from tiec.dsl.diagnostics import TieError
 from torch import nn
 
+from .naming import literal
+
 # Names a submodule cannot take: nn.Module refuses them ("attribute 'forward' already exists").
 MODULE_ATTRS = frozenset(dir(nn.Module())) | {"tie_penalty", "_peers"}
 
@@ -40,13 +42,13 @@ def _child(parent: str, name: str, in_list: bool) -> str:
         return f"{parent}[{name}]"
     if name.isidentifier() and not keyword.iskeyword(name):
         return f"{parent}.{name}"
-    return f"getattr({parent}, {name!r})"
+    return f"getattr({parent}, {literal(name)})"
 
 
 def _assign(parent: str, name: str, in_list: bool, value: str) -> tuple[str, str]:
     if in_list or name.isidentifier() and not keyword.iskeyword(name):
         return _child(parent, name, in_list), value
-    return f"setattr({parent}, {name!r}, {value})", ""
+    return f"setattr({parent}, {literal(name)}, {value})", ""
 
 
 class ModuleTree:
@@ -59,7 +61,7 @@ class ModuleTree:
             node = self.root
             for part in layer.path.split("."):
                 node = node.children.setdefault(part, _Node(part))
-            if node.layer is not None or node.children:
+            if node.layer is not None:
                 raise TieError(f"layer path '{layer.path}' is declared twice in model {graph.name}", layer.span)
             node.layer = layer
         self._check(self.root, "")
