@@ -177,15 +177,25 @@ class ModelElaborator(Binder):
         if count.value < 1:
             raise TieError(f"repeat count must be at least 1, got {count.value}", stmt.count.span)
         self.structural |= count.deps
-        declared = [s.name for s in stmt.body if isinstance(s, ast.Assign)
-                    and self.declared_kind(s.value, scope) is not None]
+        declared = self.declared_names(stmt.body, scope)
         for i in range(count.value):
             inner = indices if stmt.shared else (*indices, i)
             self.body(stmt.body, scope, prefix, inner, mode, args)
-        for name in declared:
-            if not stmt.shared and isinstance(scope.get(name), Instance):
-                path = scope[name].path.rpartition(".")[0]
-                scope[name] = Copies(path, count.value)
+        if not stmt.shared:  # after the loop, a name stands for all its copies: blk[3]
+            for name in declared:
+                bound = scope.get(name)
+                if isinstance(bound, (Instance, Copies)):
+                    scope[name] = Copies(bound.path.rpartition(".")[0], count.value)
+
+    def declared_names(self, stmts, scope: dict) -> list[str]:
+        """Names declared as layers or blocks in `stmts`, nested repeats included."""
+        names = []
+        for s in stmts:
+            if isinstance(s, ast.Assign) and self.declared_kind(s.value, scope) is not None:
+                names.append(s.name)
+            elif isinstance(s, ast.Repeat):
+                names += self.declared_names(s.body, scope)
+        return names
 
     # ------------------------------------------------------------------ declarations
     def declare(self, stmt: ast.Assign, kind: str, scope: dict, prefix: str, indices: tuple, mode: str) -> Instance:

@@ -113,7 +113,7 @@ def module_path(ref: ast.Ref, scope: Mapping[str, object], config: Mapping[str, 
             path += f".{part}"
             continue
         i = coerce(evaluate(part, config, "an index"), "int", part.span, "index").value
-        if isinstance(bound, Copies) and not 0 <= i < bound.count:
+        if isinstance(bound, Copies) and path == bound.path and not 0 <= i < bound.count:
             raise TieError(f"index {i} is out of range: '{head}' has {bound.count} copies", part.span)
         if isinstance(bound, Instance) and path == bound.path:
             raise TieError(f"'{head}' has one copy shared by every repeat; it cannot be indexed", part.span,

@@ -106,7 +106,7 @@ class ModuleTree:
     def _container(self, node: _Node, ctor: Callable[[Layer], str]) -> str:
         if not node.is_list:
             return "nn.Module()"
-        items = [ctor(c.layer) if c.layer is not None else "nn.Module()" for _, c in node.ordered()]
+        items = [ctor(c.layer) if c.layer is not None else self._container(c, ctor) for _, c in node.ordered()]
         if len(set(items)) == 1:
             return f"nn.ModuleList([{items[0]} for _ in range({len(items)})])"
         return f"nn.ModuleList([{', '.join(items)}])"
