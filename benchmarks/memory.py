@@ -20,7 +20,7 @@ from references import EXAMPLES
 def unique_storage_bytes(module: torch.nn.Module) -> tuple[int, int]:
     """(bytes of distinct parameter storages, number of distinct storages)."""
     seen: dict[int, int] = {}
-    for p in module.parameters(remove_duplicate=False):
+    for _, p in module.named_parameters(remove_duplicate=False):
         storage = p.untyped_storage()
         seen[storage.data_ptr()] = storage.nbytes()
     return sum(seen.values()), len(seen)

@@ -114,8 +114,13 @@ def _canonical_arrays(program: ir.ProgramIR, model: str, state: Mapping) -> dict
                            params[canon].span)
         out[canon] = arr
     if missing:
+        foreign = [everywhere[ir.qualify(model, m)] for m in missing]
+        foreign = [f"{b.canonical}{'.T' if b.transposed else ''}" for b in foreign
+                   if ir.split(b.canonical)[0] != model]
+        hint = (f"its tensor lives in another model ({foreign[0]}): pass the module holding every model, "
+                "program.torch()") if foreign else "pass the module from program.torch(), or its state_dict()"
         raise TieError(f"the weights lack {len(missing)} parameter(s) of {model}: {', '.join(missing[:5])}",
-                       graph.span, hint="pass the module from program.torch(), or its state_dict()")
+                       graph.span, hint=hint)
     return out
 
 
