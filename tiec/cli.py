@@ -109,6 +109,9 @@ def stats_table(stats: dict) -> str:
 
 def run(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
+    output = getattr(args, "output", None)
+    if output and not Path(output).resolve().parent.is_dir():
+        raise OSError(f"cannot write {output}: folder {Path(output).parent} does not exist")
     from tiec.api import load
 
     program = load(args.file, dict(args.sets))
