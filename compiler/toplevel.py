@@ -37,7 +37,29 @@ def _definitions(program: ast.Program) -> tuple[dict, dict, list[TieError]]:
                                        notes=[(first[p.name].span, "first declared here")]))
                 break
             first[p.name] = p
+        errors += _misplaced_statements(d.body, d.kind, top=True)
     return blocks, models, errors
+
+
+def _misplaced_statements(stmts, kind: str, top: bool) -> list[TieError]:
+    """`return` ends a body: nothing may follow it (it would silently never run), and a repeat
+    has none of its own; nor does a repeat declare inputs (`in`)."""
+    for i, stmt in enumerate(stmts):
+        if isinstance(stmt, ast.Repeat):
+            inner = _misplaced_statements(stmt.body, kind, top=False)
+            if inner:
+                return inner
+        elif isinstance(stmt, ast.Return) and not top:
+            return [TieError("'return' cannot be inside a repeat", stmt.span,
+                             hint=f"return after the repeat, at the end of the {kind}")]
+        elif isinstance(stmt, ast.Input) and not top:
+            return [TieError("'in' cannot be inside a repeat", stmt.span,
+                             hint=f"declare the {kind}'s inputs in its body, outside any repeat")]
+        elif isinstance(stmt, ast.Return) and i + 1 < len(stmts):
+            return [TieError(f"this statement follows the {kind}'s 'return', so it would never run",
+                             stmts[i + 1].span, notes=[(stmt.span, "the return is here")],
+                             hint=f"'return' must be the last statement of the {kind}")]
+    return []
 
 
 def _model_config(d: ast.Definition, overrides: Mapping) -> dict[str, CVal]:
@@ -129,7 +151,11 @@ def _top_shares(stmt: ast.ShareStmt, targets) -> list[ir.ShareRequest]:
 
 
 def _top_ties(stmt: ast.TieStmt, targets) -> list[ir.TieRequest]:
-    strength = evaluate(stmt.strength, {}, "a tie strength").value
+    try:
+        strength = evaluate(stmt.strength, {}, "a tie strength").value
+    except TieError as e:
+        raise TieError(e.message, e.span, hint="outside a model no parameter is in scope: write λ as a number, "
+                       "or put the tie inside the model") from None
     if isinstance(strength, bool) or not isinstance(strength, (int, float)):
         raise TieError("tie strength must be a number", stmt.strength.span)
     if strength < 0:

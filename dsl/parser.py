@@ -6,6 +6,7 @@ offending token's span and a readable list of what was expected.
 """
 from __future__ import annotations
 
+import re
 import threading
 from importlib import resources
 from typing import Iterator
@@ -19,6 +20,7 @@ from .diagnostics import Source, Span, TieError
 
 DTYPES = ("f32", "f16", "bf16", "f64", "i32", "i64", "bool")
 NORMS = ("l2", "l1")
+KEYWORDS = ("model", "block", "in", "repeat", "share", "tie", "return")
 
 
 def _tok_span(src: Source, tok: Token) -> Span:
@@ -276,8 +278,11 @@ def _syntax_error(err: UnexpectedInput, src: Source) -> TieError:
     span = Span(src, line, col, tok.end_line or line, (tok.end_column or col + 1))
     if tok.type == "_NL":
         span = Span(src, line, col, line, col + 1)
+    before = re.search(r"(\w+)\s*$", src.line(line)[: col - 1])
     hint = _POSTLEX.unclosed(tok.type)
-    if hint is None and "COMMA" in expected and tok.type in ("NAME", "NUMBER"):
+    if hint is None and tok.type == "EQUAL" and before and before[1] in KEYWORDS:  # `tie = Linear(…)`
+        hint = f"'{before[1]}' is a keyword; it cannot name a layer or value"
+    elif hint is None and "COMMA" in expected and tok.type in ("NAME", "NUMBER"):
         hint = "is a ',' missing?"
     elif hint is None and tok.type == "EQUAL" and "EQUAL" not in expected:
         hint = "'=' declares or binds a name; it cannot appear here"
