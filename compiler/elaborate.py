@@ -145,6 +145,12 @@ class ModelElaborator(Binder):
             inst = self.declare(stmt, kind, scope, prefix, indices, mode)
             scope[stmt.name] = inst
             return
+        bound = scope.get(stmt.name)
+        if isinstance(bound, (Instance, Copies)):
+            raise TieError(f"'{stmt.name}' names a layer; assigning a value to it would hide the layer",
+                           stmt.name_span, notes=[(self.instances[bound.path].span if bound.path in self.instances
+                                                   else stmt.span, f"'{stmt.name}' is declared here")],
+                           hint="give the value another name")
         if stmt.annotations:
             raise TieError("share/tie annotations go on layer declarations", stmt.annotations[0].span,
                            hint=f"'{stmt.name}' is a value; annotate the layer it comes from")

@@ -303,7 +303,7 @@ def _lark() -> Lark:
     if _LARK is None:
         grammar = resources.files("tiec.grammars").joinpath("tie.lark").read_text()
         _LARK = Lark(grammar, parser="lalr", lexer="contextual", postlex=_POSTLEX,
-                     maybe_placeholders=True, transformer=_BUILDER)
+                     maybe_placeholders=True, transformer=_BUILDER, cache=True)
     return _LARK
 
 
