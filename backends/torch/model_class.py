@@ -91,6 +91,9 @@ class ModelClass:
         self.tree = trees[model]
         self.binds = resolve(ir, model, program)
         self.params = self.graph.param_map()
+        self.slots: dict[str, list] = {}  # layer path → its parameters, in slot order
+        for p in self.graph.params:
+            self.slots.setdefault(p.layer, []).append(p)
         self.peers = sorted({b.model for b in self.binds.values() if b.model != model and b.transposed})
         self.compiled = {k: self.graph.config.get(k, v) for k, v in self.graph.defaults.items()}
         self.compiled.update({k: v for k, v in self.graph.config.items() if k not in self.compiled})
@@ -149,7 +152,7 @@ class ModelClass:
         for key, value in layer.config.items():
             args[key], names = config_expr(layer.config_src.get(key), value, self.compiled, self.kw.mapping())
             used |= names
-        slots = [p for p in self.graph.params if p.layer == layer.path]
+        slots = self.slots.get(layer.path, [])
         extra = []
         if layer.kind in ("LayerNorm", "RMSNorm") and not slots:
             extra.append("elementwise_affine=False")
@@ -219,7 +222,7 @@ class ModelClass:
         if node.op not in TORCH_LAYER:
             return Call(args, node.attrs)
         layer = self.graph.layer(node.attrs["layer"])
-        slots = [p for p in self.graph.params if p.layer == layer.path]
+        slots = self.slots.get(layer.path, [])
         functional = any(self.binds[p.name].transposed for p in slots)
         table = {p.slot: self.tensor(p.name) for p in slots} if functional else None
         return Call(args, node.attrs, self.tree.expr(layer.path), layer.config, table)

@@ -27,9 +27,7 @@ class _Node:
     layer: Layer | None = None
     children: dict[str, _Node] = field(default_factory=dict)
 
-    @property
-    def is_list(self) -> bool:
-        return bool(self.children) and set(self.children) == {str(i) for i in range(len(self.children))}
+    is_list: bool = False  # children are 0 … n-1: an nn.ModuleList (set once the tree is built)
 
     def ordered(self) -> list[tuple[str, _Node]]:
         if self.is_list:
@@ -64,7 +62,13 @@ class ModuleTree:
             if node.layer is not None:
                 raise TieError(f"layer path '{layer.path}' is declared twice in model {graph.name}", layer.span)
             node.layer = layer
+        self._mark_lists(self.root)
         self._check(self.root, "")
+
+    def _mark_lists(self, node: _Node) -> None:
+        node.is_list = bool(node.children) and set(node.children) == {str(i) for i in range(len(node.children))}
+        for child in node.children.values():
+            self._mark_lists(child)
 
     def _check(self, node: _Node, prefix: str) -> None:
         for name, child in node.children.items():
