@@ -12,7 +12,7 @@ import re
 from tiec.compiler.ir import ProgramIR, bindings, split, ties
 from tiec.dsl.diagnostics import TieError, did_you_mean
 
-from .model_class import ModelClass, aligned, penalty_lines
+from .model_class import ModelClass, aligned, penalty_lines, resolve
 from .naming import Namer
 from .tree import MODULE_ATTRS, ModuleTree
 
@@ -55,7 +55,8 @@ def generate_source(ir: ProgramIR, model: str | None = None) -> str:
     names = class_names(ir)
     chosen = [model] if model is not None else list(ir.models)
     trees = {m: ModuleTree(ir.models[m]) for m in chosen}
-    classes = [ModelClass(ir, m, names[m], trees, program=model is None) for m in chosen]
+    binds = resolve(ir, model)
+    classes = [ModelClass(ir, m, names[m], trees, binds, program=model is None) for m in chosen]
     blocks = [_class_block(c) for c in classes]
     if model is None:
         blocks.append(_program_block(ir, classes, trees))

@@ -17,6 +17,7 @@ from tiec.compiler.ir import Graph, Layer, Param, ProgramIR, TieGroup, bindings,
 from tiec.dsl.diagnostics import TieError
 
 from .emit_table import TORCH_EMIT, TORCH_LAYER, Call
+from .liveness import local_names
 from .naming import Namer, config_expr, literal
 from .tree import ModuleTree
 
@@ -33,15 +34,15 @@ class Bound:
     group: int | None
 
 
-def resolve(ir: ProgramIR, model: str, program: bool) -> dict[str, Bound]:
-    """Local slot → Bound: the model alone (`program=False`), or as one model of the whole program."""
-    if not program:
-        return {k: Bound(model, b.canonical, b.transposed, b.group) for k, b in bindings(ir, model).items()}
-    out = {}
+def resolve(ir: ProgramIR, model: str | None = None) -> dict[str, dict[str, Bound]]:
+    """Model → its local slots → Bound: one model alone (`model` given), or every model as a member
+    of the whole program (None), computed in one pass over the program's bindings."""
+    if model is not None:
+        return {model: {k: Bound(model, b.canonical, b.transposed, b.group) for k, b in bindings(ir, model).items()}}
+    out: dict[str, dict[str, Bound]] = {name: {} for name in ir.models}
     for key, b in bindings(ir, None).items():
         owner, local = split(key)
-        if owner == model:
-            out[local] = Bound(*split(b.canonical), b.transposed, b.group)
+        out[owner][local] = Bound(*split(b.canonical), b.transposed, b.group)
     return out
 
 
@@ -84,12 +85,13 @@ def aligned(rows: list[tuple[str, str, str]], width_cap: int = 48) -> list[str]:
 class ModelClass:
     """The source lines of one model's class (`program`: as a member of the all-models Program)."""
 
-    def __init__(self, ir: ProgramIR, model: str, class_name: str, trees: Mapping[str, ModuleTree], program: bool):
+    def __init__(self, ir: ProgramIR, model: str, class_name: str, trees: Mapping[str, ModuleTree],
+                 binds: Mapping[str, dict[str, Bound]], program: bool):
         self.ir, self.name, self.class_name, self.program = ir, model, class_name, program
         self.graph: Graph = ir.models[model]
         self.trees = trees
         self.tree = trees[model]
-        self.binds = resolve(ir, model, program)
+        self.binds = binds[model]
         self.params = self.graph.param_map()
         self.slots: dict[str, list] = {}  # layer path → its parameters, in slot order
         for p in self.graph.params:
@@ -204,18 +206,19 @@ class ModelClass:
         args = ", ".join(["self", *(py(i.name) for i in g.inputs)])
         ins = ", ".join(f"{py(i.name)}: {i.type}" for i in g.inputs)
         outs = ", ".join(f"{o.name}: {types[o.value]}" if o.value in types else o.name for o in g.outputs)
+        local = local_names(g, py).__getitem__
         body = []
         for node in g.nodes:
-            rhs = TORCH_EMIT[node.op](self._call(node, py))
+            rhs = TORCH_EMIT[node.op](self._call(node, local))
             t = types.get(node.name)
             shape = "" if t is None else f"[{', '.join(map(str, t.shape))}]"
-            body.append((f"{py(node.name)} = {rhs}", shape if t is None or t.dtype == "f32" else f"{t.dtype}{shape}"))
+            body.append((f"{local(node.name)} = {rhs}", shape if t is None or t.dtype == "f32" else f"{t.dtype}{shape}"))
         width = max((len(code) for code, _ in body if len(code) <= 60), default=0)
         lines = [f"{code.ljust(width)}  # {c}" if c else code for code, c in body]
-        ret = ", ".join(py(o.value) for o in g.outputs)
+        ret = ", ".join(local(o.value) for o in g.outputs)
         return [f"def forward({args}):", f'    """{ins} → {outs}"""', *("    " + x for x in lines), f"    return {ret}"]
 
-    def _call(self, node, py: Namer) -> Call:
+    def _call(self, node, py: Callable[[str], str]) -> Call:
         args = tuple(py(v) for v in node.inputs)
         if node.op == "param":
             return Call(args, node.attrs, self.tensor(node.attrs["param"], bool(node.attrs.get("transposed"))))
