@@ -1,8 +1,10 @@
 """Shared benchmark machinery: alternating timed pairs, medians, figures, tables and JSON results.
 
-Every figure is a ratio of medians: a candidate (tiec's output) against a baseline measured in the
-same process, their runs interleaved so that drift in the machine's speed (thermal, other load,
-caches) falls on both alike. Nothing here claims an absolute speed. Only the standard library and
+Every timed figure is a median ratio: a candidate (tiec's output) against a baseline measured in the
+same process, their runs interleaved in rounds so that drift in the machine's speed (thermal, other
+load, caches) falls on both alike; the headline is the median over rounds of each round's
+candidate/baseline, with the middle half of those ratios beside it. Nothing here claims an
+absolute speed. Only the standard library and
 (optionally) torch are used, so benchmarks/gpu.py can run where only torch and tiec are installed.
 """
 from __future__ import annotations
@@ -13,9 +15,10 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -42,22 +45,33 @@ class Pair:
 
     baseline: list[float]
     candidate: list[float]
+    rounds: int | None = None  # None: as many as the shorter list has calls
 
     @property
     def ratio(self) -> float:
         """median(candidate) / median(baseline): below 1 means the candidate is faster."""
         return median(self.candidate) / median(self.baseline)
 
+    def round_ratios(self) -> list[float]:
+        """candidate/baseline within each round (medians of that round's calls)."""
+        n = self.rounds or min(len(self.baseline), len(self.candidate))
+        per_b, per_c = len(self.baseline) // n, len(self.candidate) // n
+        return [median(self.candidate[i * per_c:(i + 1) * per_c]) / median(self.baseline[i * per_b:(i + 1) * per_b])
+                for i in range(n)]
+
     @property
     def paired_ratio(self) -> float:
-        """Median over rounds of candidate/baseline in that round (robust to drift between rounds)."""
-        n = min(len(self.baseline), len(self.candidate))
-        per_b, per_c = len(self.baseline) // n, len(self.candidate) // n
-        return median([median(self.candidate[i * per_c:(i + 1) * per_c]) / median(self.baseline[i * per_b:(i + 1) * per_b])
-                       for i in range(n)])
+        """Median over rounds of candidate/baseline in that round: the headline figure. A round's two
+        sides run back to back, so load that comes and goes (a shared machine) falls on both."""
+        return median(self.round_ratios())
+
+    def spread(self) -> str:
+        """The middle half of the per-round ratios, e.g. '0.98–1.04' (how far to trust the median)."""
+        r = sorted(self.round_ratios())
+        return f"{r[len(r) // 4]:.3f}–{r[(3 * len(r) - 1) // 4]:.3f}"
 
     def summary(self) -> dict:
-        return {"ratio": self.ratio, "paired_ratio": self.paired_ratio,
+        return {"paired_ratio": self.paired_ratio, "ratio_of_medians": self.ratio, "round_ratios": self.round_ratios(),
                 "baseline_median_s": median(self.baseline), "candidate_median_s": median(self.candidate),
                 "baseline_runs_s": self.baseline, "candidate_runs_s": self.candidate}
 
@@ -100,7 +114,7 @@ def alternate(baseline: Callable[[], Any], candidate: Callable[[], Any], rounds:
     """
     t = interleave({"baseline": baseline, "candidate": candidate}, rounds, warmup=warmup,
                    per_round={"baseline": baseline_per_round, "candidate": candidate_per_round}, sync=sync)
-    return Pair(t["baseline"], t["candidate"])
+    return Pair(t["baseline"], t["candidate"], rounds)
 
 
 @dataclass

@@ -25,7 +25,7 @@ def run(quick: bool = False) -> tuple[list[Figure], dict]:
     program, compiled = load_compiled("albert")
     model = MODELS["albert"][1]
     ref = reference_for("albert", program, compiled)
-    args = example_inputs("albert", 2, 16)
+    args = example_inputs("albert", program, 2, 16)
     base = "torch.onnx.export(dynamo=True) of the reference"
     figures = []
     with tempfile.TemporaryDirectory(prefix="tiec-bench-export-") as tmp:
@@ -45,10 +45,10 @@ def run(quick: bool = False) -> tuple[list[Figure], dict]:
             pair = alternate(dynamo, tiec_export, rounds, candidate_per_round=tiec_per_round)
         except Exception as e:  # noqa: BLE001 - e.g. the dynamo exporter missing onnxscript
             return [failure("albert: tiec export / dynamo export", e, GOAL, "<=", base)], {}
-        figures.append(Figure("albert: tiec export / dynamo export", pair.ratio, GOAL, "<=", base,
-                              note=f"paired {pair.paired_ratio:.4f}; {len(pair.baseline)} dynamo, {len(pair.candidate)} tiec runs",
+        figures.append(Figure("albert: tiec export / dynamo export", pair.paired_ratio, GOAL, "<=", base,
+                              note=f"rounds {pair.spread()}; {len(pair.baseline)} dynamo, {len(pair.candidate)} tiec runs",
                               details=pair.summary()))
         cli = alternate(dynamo, tiec_cli, 1 if quick else 2, warmup=0, candidate_per_round=tiec_per_round)
-        figures.append(Figure("albert: tiec load+export / dynamo export", cli.ratio, None, "<=", base,
+        figures.append(Figure("albert: tiec load+export / dynamo export", cli.paired_ratio, None, "<=", base,
                               note="compile from source included", details=cli.summary()))
     return figures, {"settings": {"rounds": rounds, "tiec_per_round": tiec_per_round, "input": "tokens [2, 16]"}}

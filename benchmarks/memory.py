@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import tiec
 import torch
 
-import tiec
 from common import Figure
 from references import EXAMPLES
 

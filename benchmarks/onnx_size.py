@@ -30,11 +30,18 @@ def directory_bytes(directory: Path) -> int:
 @contextlib.contextmanager
 def quiet():
     """Silence exporters' progress lines and warnings so the tables stay readable."""
+    import logging
     import warnings
 
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        warnings.simplefilter("ignore")
-        yield
+    log = logging.getLogger("torch.onnx")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        log.setLevel(level)
 
 
 def torch_export(module: torch.nn.Module, args: tuple, path: Path, dynamo: bool) -> None:
@@ -58,13 +65,17 @@ def onnxruntime_diff(path: Path, module: torch.nn.Module, args: tuple) -> float 
     return float(abs(torch.from_numpy(got) - want).max())
 
 
-def measure(name: str, overrides: dict | None, workdir: Path) -> tuple[list[Figure], dict]:
-    """Figures for one example: tiec, torch dynamo, torch TorchScript."""
+EXPORTERS = {"torch dynamo": True, "torch torchscript": False}  # label → torch.onnx.export(dynamo=…)
+
+
+def measure(name: str, overrides: dict | None, workdir: Path,
+            exporters: tuple[str, ...] = tuple(EXPORTERS)) -> tuple[list[Figure], dict]:
+    """Figures for one example: tiec, then each of `exporters` (labels of `EXPORTERS`)."""
     program, compiled = load_compiled(name, overrides)
     model = MODELS[name][1]
     unique = program.stats()["models"][model]["unique_bytes"]
     ref = reference_for(name, program, compiled)
-    args = example_inputs(name, 2, 8)
+    args = example_inputs(name, program, 2, 8)
     base = "unique param bytes (1.0 = limit)"
     figures, details = [], {"unique_bytes": unique, "overrides": overrides or {}}
 
@@ -81,7 +92,8 @@ def measure(name: str, overrides: dict | None, workdir: Path) -> tuple[list[Figu
     figures.append(Figure(f"{name}: tiec", size / unique, GOALS.get(name), "<=", base,
                           note=f"{size - unique:+,d} B over the weights", details=details["tiec"]))
 
-    for label, dynamo in (("torch dynamo", True), ("torch torchscript", False)):
+    for label in exporters:
+        dynamo = EXPORTERS[label]
         out = workdir / label.replace(" ", "_")
         out.mkdir()
         try:

@@ -12,8 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -135,28 +135,24 @@ class Siamese(nn.Module):
 
 
 # --------------------------------------------------------------------------- registry
-def _tokens(vocab: int):
-    def make(batch: int = 2, seq: int = 16, generator: torch.Generator | None = None):
-        return (torch.randint(0, vocab, (batch, seq), generator=generator),)
-    return make
+def _tokens(config: dict, batch: int, seq: int, generator: torch.Generator):
+    return (torch.randint(0, config["vocab"], (batch, seq), generator=generator),)
 
 
-def _images(n: int):
-    def make(batch: int = 2, seq: int = 0, generator: torch.Generator | None = None):
-        return tuple(torch.rand(batch, 1, 28, 28, generator=generator) for _ in range(n))
-    return make
+def _images(config: dict, batch: int, seq: int, generator: torch.Generator):
+    return tuple(torch.rand(batch, 1, 28, 28, generator=generator) for _ in range(2))
 
 
-def _vectors(batch: int = 2, seq: int = 0, generator: torch.Generator | None = None):
+def _vectors(config: dict, batch: int, seq: int, generator: torch.Generator):
     return (torch.rand(batch, 784, generator=generator),)
 
 
-# name → (spec file, model, reference class, inputs(batch, seq, generator), config keys the reference takes)
+# name → (spec file, model, reference class, inputs(config, batch, seq, generator), config keys the reference takes)
 MODELS = {
-    "albert": ("albert.tie", "Albert", Albert, _tokens(30000), ("vocab", "e", "d", "heads", "ffn", "layers", "max_len")),
-    "gpt2_small": ("gpt2_small.tie", "GPT2Small", GPT2Small, _tokens(50257), ("vocab", "context", "d", "heads", "layers")),
+    "albert": ("albert.tie", "Albert", Albert, _tokens, ("vocab", "e", "d", "heads", "ffn", "layers", "max_len")),
+    "gpt2_small": ("gpt2_small.tie", "GPT2Small", GPT2Small, _tokens, ("vocab", "context", "d", "heads", "layers")),
     "tied_autoencoder": ("tied_autoencoder.tie", "TiedAutoencoder", TiedAutoencoder, _vectors, ()),
-    "siamese": ("siamese.tie", "Siamese", Siamese, _images(2), ()),
+    "siamese": ("siamese.tie", "Siamese", Siamese, _images, ()),
 }
 
 
@@ -178,12 +174,12 @@ def reference_for(name: str, program, compiled: nn.Module, check: bool = True, a
     Raises:
         AssertionError: the outputs differ.
     """
-    _, model, cls, inputs, keys = MODELS[name]
+    _, model, cls, _, keys = MODELS[name]
     config = dict(program.ir.models[model].config)
     ref = cls(**{k: config[k] for k in keys})
     ref.load_state_dict(compiled.state_dict(), strict=True)
     if check:
-        check_same(ref, compiled, inputs(2, 16, torch.Generator().manual_seed(0)), atol)
+        check_same(ref, compiled, example_inputs(name, program, 2, 8), atol)
     return ref
 
 
@@ -204,6 +200,8 @@ def check_same(ref: nn.Module, compiled: nn.Module, args: tuple, atol: float = 1
     return diff
 
 
-def example_inputs(name: str, batch: int, seq: int, seed: int = 0) -> tuple:
-    """Deterministic inputs for example `name` (`seq` is ignored by models without a sequence)."""
-    return MODELS[name][3](batch, seq, torch.Generator().manual_seed(seed))
+def example_inputs(name: str, program, batch: int, seq: int, seed: int = 0) -> tuple:
+    """Deterministic inputs for example `name` as compiled in `program` (token ids below its
+    vocabulary size; `seq` is ignored by models without a sequence)."""
+    config = dict(program.ir.models[MODELS[name][1]].config)
+    return MODELS[name][3](config, batch, seq, torch.Generator().manual_seed(seed))
