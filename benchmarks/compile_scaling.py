@@ -102,10 +102,7 @@ def run(quick: bool = False, sizes: tuple[int, ...] | None = None, torch_sizes: 
         rounds: int | None = None, torch_rounds: int | None = None) -> tuple[list[Figure], dict]:
     """`sizes` for parse/compile (the ratio goal applies at 10k), `torch_sizes` for the module build."""
     sizes = sizes or ((1_000, 10_000) if quick else (1_000, 10_000, 100_000))
-    # 100k layers to a module is out of reach here (~40 min on 2 cores: the torch backend resolves
-    # sharing over the whole program once per model, 1000 models × 200k slots), so the module
-    # build stops at 20k in a full run
-    torch_sizes = torch_sizes or ((1_000, 3_000, 10_000) if quick else (1_000, 10_000, 20_000))
+    torch_sizes = torch_sizes or ((1_000, 3_000, 10_000) if quick else (1_000, 10_000, 100_000))
     rounds = rounds or (3 if quick else 2)
     torch_rounds = torch_rounds or 1
     parser = bare_parser()

@@ -8,6 +8,7 @@ model parameters renamed the same way as the constructor's keyword arguments.
 from __future__ import annotations
 
 import ast
+from functools import lru_cache
 import builtins
 import keyword
 import math
@@ -105,19 +106,29 @@ def config_expr(
     fallback = literal(value), frozenset()
     if src is None:
         return fallback
-    try:
-        tree = ast.parse(src.strip(), mode="eval")
-    except SyntaxError:
-        return fallback
-    used = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
-    if not used <= set(params) or any(isinstance(n, (ast.Call, ast.Attribute)) for n in ast.walk(tree)):
+    code, used = _checked(src.strip())
+    if code is None or not used <= set(params):
         return fallback
     try:
-        got = eval(compile(tree, "<config_src>", "eval"), {"__builtins__": {}}, dict(params))
+        got = eval(code, {"__builtins__": {}}, dict(params))
     except Exception:  # noqa: BLE001 - any failure means: not an expression we can vouch for
         return fallback
     if not _same(got, value):
         return fallback
     if any(names.get(n, n) != n for n in used):
-        return ast.unparse(_Rename(names).visit(tree)), frozenset(used)
-    return src.strip(), frozenset(used)
+        return ast.unparse(_Rename(names).visit(ast.parse(src.strip(), mode="eval"))), used
+    return src.strip(), used
+
+
+@lru_cache(maxsize=4096)
+def _checked(src: str):
+    """`src` compiled, with the names it reads; (None, ∅) unless it is plain arithmetic over names.
+    Cached: a large spec repeats the same few expressions thousands of times."""
+    try:
+        tree = ast.parse(src, mode="eval")
+    except SyntaxError:
+        return None, frozenset()
+    if any(isinstance(n, (ast.Call, ast.Attribute)) for n in ast.walk(tree)):
+        return None, frozenset()
+    used = frozenset(n.id for n in ast.walk(tree) if isinstance(n, ast.Name))
+    return compile(tree, "<config_src>", "eval"), used
