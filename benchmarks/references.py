@@ -1,137 +1,29 @@
-"""Hand-written PyTorch references for the example specs: the baselines every benchmark measures against.
+"""The hand-written PyTorch references for the example specs, as baselines: loading, checking, inputs.
 
 Each module is written the way a person would write it in PyTorch, with state-dict keys equal to
 those of the module tiec compiles from the same spec, so `load_reference` can copy the compiled
 weights in with `strict=True` and check that both give the same outputs before anything is timed.
 Tied weights are tied the ordinary PyTorch way (one `nn.Parameter` assigned twice, or read `.T`).
 
-Only torch is needed here (benchmarks/gpu.py runs with torch and tiec alone).
+Only torch and the repository's tests/references.py are needed (benchmarks/gpu.py runs with torch
+and tiec alone).
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
-# --------------------------------------------------------------------------- ALBERT
-class AlbertLayer(nn.Module):
-    """One post-LN encoder layer; ALBERT applies the same instance at every depth."""
-
-    def __init__(self, d: int, heads: int, ffn: int):
-        super().__init__()
-        self.attn = nn.MultiheadAttention(d, heads, batch_first=True)
-        self.attn_norm = nn.LayerNorm(d, eps=1e-12)
-        self.up = nn.Linear(d, ffn)
-        self.down = nn.Linear(ffn, d)
-        self.ffn_norm = nn.LayerNorm(d, eps=1e-12)
-
-    def forward(self, x):
-        h = self.attn_norm(x + self.attn(x, x, x, need_weights=False)[0])
-        return self.ffn_norm(h + self.down(F.gelu(self.up(h))))
-
-
-class Albert(nn.Module):
-    """ALBERT-base-like: factorised embeddings, one shared layer applied `layers` times, tied output."""
-
-    def __init__(self, vocab=30000, e=128, d=768, heads=12, ffn=3072, layers=12, max_len=512):
-        super().__init__()
-        self.layers = layers
-        self.embed = nn.Embedding(vocab, e)
-        self.pos = nn.Embedding(max_len, e)
-        self.embed_norm = nn.LayerNorm(e, eps=1e-12)
-        self.project = nn.Linear(e, d)
-        self.layer = AlbertLayer(d, heads, ffn)
-        self.head = nn.Linear(d, e)
-        self.head_norm = nn.LayerNorm(e, eps=1e-12)
-
-    def forward(self, tokens):
-        positions = torch.arange(tokens.shape[-1], device=tokens.device)
-        x = self.project(self.embed_norm(self.embed(tokens) + self.pos(positions)))
-        for _ in range(self.layers):
-            x = self.layer(x)
-        return self.head_norm(F.gelu(self.head(x))) @ self.embed.weight.T
-
-
-# --------------------------------------------------------------------------- GPT-2
-class GPT2Block(nn.Module):
-    """Pre-LN causal block (nanoGPT's shape, with torch's fused attention module)."""
-
-    def __init__(self, d: int, heads: int):
-        super().__init__()
-        self.ln_1 = nn.LayerNorm(d)
-        self.attn = nn.MultiheadAttention(d, heads, batch_first=True)
-        self.ln_2 = nn.LayerNorm(d)
-        self.fc = nn.Linear(d, 4 * d)
-        self.proj = nn.Linear(4 * d, d)
-
-    def forward(self, x, mask):
-        h = self.ln_1(x)
-        x = x + self.attn(h, h, h, need_weights=False, attn_mask=mask)[0]
-        return x + self.proj(F.gelu(self.fc(self.ln_2(x)), approximate="tanh"))
-
-
-class GPT2Small(nn.Module):
-    """GPT-2-small-like, with `lm_head.weight` the same Parameter as `wte.weight`."""
-
-    def __init__(self, vocab=50257, context=1024, d=768, heads=12, layers=12):
-        super().__init__()
-        self.wte = nn.Embedding(vocab, d)
-        self.wpe = nn.Embedding(context, d)
-        self.h = nn.ModuleList([GPT2Block(d, heads) for _ in range(layers)])
-        self.ln_f = nn.LayerNorm(d)
-        self.lm_head = nn.Linear(d, vocab, bias=False)
-        self.lm_head.weight = self.wte.weight
-
-    def forward(self, tokens):
-        t = tokens.shape[-1]
-        mask = torch.ones(t, t, dtype=torch.bool, device=tokens.device).triu(1)
-        x = self.wte(tokens) + self.wpe(torch.arange(t, device=tokens.device))
-        for block in self.h:
-            x = block(x, mask)
-        return self.lm_head(self.ln_f(x))
-
-
-# --------------------------------------------------------------------------- small examples
-class TiedAutoencoder(nn.Module):
-    """The decoder reads the encoder's weight transposed and keeps only its own bias."""
-
-    def __init__(self):
-        super().__init__()
-        self.enc = nn.Linear(784, 256)
-        self.dec = nn.Module()
-        self.dec.bias = nn.Parameter(torch.zeros(784))
-
-    def forward(self, x):
-        return torch.sigmoid(F.linear(F.relu(self.enc(x)), self.enc.weight.T, self.dec.bias))
-
-
-class Tower(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 16, 3, padding=1)
-        self.conv2 = nn.Conv2d(16, 32, 3, padding=1)
-        self.fc = nn.Linear(32 * 7 * 7, 64)
-
-    def forward(self, x):
-        h = F.max_pool2d(F.relu(self.conv1(x)), 2)
-        h = F.max_pool2d(F.relu(self.conv2(h)), 2)
-        return self.fc(h.flatten(1))
-
-
-class Siamese(nn.Module):
-    """One tower called on both inputs."""
-
-    def __init__(self):
-        super().__init__()
-        self.tower = Tower()
-
-    def forward(self, left, right):
-        return F.cosine_similarity(self.tower(left), self.tower(right), dim=1)
+# The hand-written models themselves are the test suite's (tests/references.py): one set of
+# references for correctness tests and for the baselines measured here.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.references import GPT2 as GPT2Small
+from tests.references import Albert, Siamese, TiedAutoencoder
 
 
 # --------------------------------------------------------------------------- registry

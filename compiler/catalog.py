@@ -7,8 +7,9 @@ backends' tables; adding a layer or op adds one row to each.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 REQUIRED = object()
 

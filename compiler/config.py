@@ -7,8 +7,9 @@ so emitted code can stay parameterised and the compiler knows what shapes the un
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from tiec.dsl import ast
 from tiec.dsl.diagnostics import Span, TieError, did_you_mean
@@ -24,7 +25,7 @@ class CVal:
     prec: int = 9  # precedence of `src`'s outermost operator, for parenthesising
 
     @staticmethod
-    def literal(value: Any) -> "CVal":
+    def literal(value: Any) -> CVal:
         return CVal(value, _py_literal(value))
 
 

@@ -10,7 +10,7 @@ statements become requests, solved by the sharing pass.
 """
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 from tiec.dsl import ast
 from tiec.dsl.diagnostics import Span, TieError, TieWarning, did_you_mean, raise_all
@@ -102,9 +102,8 @@ class ModelElaborator(Binder):
             elif isinstance(stmt, ast.ShareStmt):
                 if mode != "call":
                     self.share_refs(stmt.refs, scope, stmt.span)
-            elif isinstance(stmt, ast.TieStmt):
-                if mode != "call":
-                    self.tie_refs(stmt, stmt.refs, scope)
+            elif isinstance(stmt, ast.TieStmt) and mode != "call":
+                self.tie_refs(stmt, stmt.refs, scope)
 
     def input(self, stmt: ast.Input, scope: dict, mode: str, args: list | None):
         if mode == "declare":
@@ -344,4 +343,4 @@ def elaborate(program: ast.Program, overrides: Mapping[str, int | float] | None 
     return elaborate_program(program, overrides or {}, ModelElaborator)
 
 
-__all__ = ["elaborate", "ModelElaborator", "TieWarning", "raise_all"]
+__all__ = ["ModelElaborator", "TieWarning", "elaborate", "raise_all"]

@@ -40,14 +40,15 @@ dynamic in both backends.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from types import MappingProxyType
-from typing import Any, Mapping, Union
+from typing import Any
 
 from tiec.dsl.diagnostics import Source, Span, TieWarning
 
-Dim = Union[int, str]
+Dim = int | str
 
 DTYPES = ("f32", "f16", "bf16", "f64", "i32", "i64", "bool")
 DTYPE_BYTES = {"f32": 4, "f16": 2, "bf16": 2, "f64": 8, "i32": 4, "i64": 8, "bool": 1}
@@ -160,7 +161,7 @@ class Graph:
     outputs: tuple[Output, ...]
     span: Span
     structural: frozenset = frozenset()  # parameters the unrolled graph depends on (repeat counts, …)
-    checks: tuple["Check", ...] = ()  # declared types of block inputs, verified by the shapes pass
+    checks: tuple[Check, ...] = ()  # declared types of block inputs, verified by the shapes pass
 
     @cached_property
     def _layers_by_path(self) -> dict[str, Layer]:

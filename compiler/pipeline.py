@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import gc
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Iterator, Mapping
 
 from tiec.dsl.parser import parse
 

@@ -8,8 +8,8 @@ matched slot by slot (by path relative to the module) against another module.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 from tiec.dsl import ast
 from tiec.dsl.diagnostics import Span, TieError, did_you_mean

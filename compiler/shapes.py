@@ -7,9 +7,9 @@ at the call that caused it. A block input's declared type (a `Check`) is verifie
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from math import prod
-from typing import Callable
 
 from tiec.dsl.diagnostics import TieError, raise_all
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections import deque
 
 import networkx as nx
-
 from tiec.dsl.diagnostics import TieError, TieWarning, raise_all
 
 from . import ir

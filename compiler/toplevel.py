@@ -7,7 +7,7 @@ Each model is elaborated on its own, so errors in independent models are all rep
 """
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 from tiec.dsl import ast
 from tiec.dsl.diagnostics import Span, TieError, TieWarning, did_you_mean, raise_all

@@ -6,7 +6,6 @@ binds a value is decided by the compiler, which knows the layer and block names.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
 
 from .diagnostics import Span
 
@@ -34,53 +33,53 @@ class Name:
 @dataclass(frozen=True)
 class BinOp:
     op: str  # one of + - * / // @
-    left: "Expr"
-    right: "Expr"
+    left: Expr
+    right: Expr
     span: Span
 
 
 @dataclass(frozen=True)
 class Neg:
-    operand: "Expr"
+    operand: Expr
     span: Span
 
 
 @dataclass(frozen=True)
 class Kwarg:
     name: str
-    value: "Expr"
+    value: Expr
     span: Span
 
 
 @dataclass(frozen=True)
 class Call:
-    func: "Expr"
-    args: tuple["Expr", ...]
+    func: Expr
+    args: tuple[Expr, ...]
     kwargs: tuple[Kwarg, ...]
     span: Span
 
 
 @dataclass(frozen=True)
 class Attr:
-    value: "Expr"
+    value: Expr
     name: str
     span: Span
 
 
 @dataclass(frozen=True)
 class Index:
-    value: "Expr"
-    index: "Expr"
+    value: Expr
+    index: Expr
     span: Span
 
 
 @dataclass(frozen=True)
 class ListExpr:
-    items: tuple["Expr", ...]
+    items: tuple[Expr, ...]
     span: Span
 
 
-Expr = Union[Num, Str, Name, BinOp, Neg, Call, Attr, Index, ListExpr]
+Expr = Num | Str | Name | BinOp | Neg | Call | Attr | Index | ListExpr
 
 # ----------------------------------------------------------------------------- references
 
@@ -92,7 +91,7 @@ class Ref:
     `parts` holds names (str) and index expressions; a trailing `.T` is kept as the part "T".
     """
 
-    parts: tuple[Union[str, Expr], ...]
+    parts: tuple[str | Expr, ...]
     span: Span
 
 
@@ -130,7 +129,7 @@ class TieAnn:
     span: Span
 
 
-Annotation = Union[ShareAnn, TieAnn]
+Annotation = ShareAnn | TieAnn
 
 
 @dataclass(frozen=True)
@@ -146,7 +145,7 @@ class Assign:
 class Repeat:
     count: Expr
     shared: bool
-    body: tuple["Stmt", ...]
+    body: tuple[Stmt, ...]
     span: Span
 
 
@@ -170,7 +169,7 @@ class TieStmt:
     span: Span
 
 
-Stmt = Union[Input, Assign, Repeat, Return, ShareStmt, TieStmt]
+Stmt = Input | Assign | Repeat | Return | ShareStmt | TieStmt
 
 # ----------------------------------------------------------------------------- definitions
 
@@ -195,5 +194,5 @@ class Definition:
 @dataclass(frozen=True)
 class Program:
     definitions: tuple[Definition, ...]
-    statements: tuple[Union[ShareStmt, TieStmt], ...]
+    statements: tuple[ShareStmt | TieStmt, ...]
     span: Span

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Iterator
 from importlib import resources
-from typing import Iterator
+from typing import ClassVar
 
 from lark import Lark, Token, Transformer
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
@@ -39,8 +40,8 @@ class _Paren:
     """
 
     always_accept = ("_NL",)
-    _open = {"LPAR": 1, "LSQB": 1, "RPAR": -1, "RSQB": -1}
-    _closer = {"LPAR": "RPAR", "LSQB": "RSQB", "LBRACE": "RBRACE"}
+    _open: ClassVar = {"LPAR": 1, "LSQB": 1, "RPAR": -1, "RSQB": -1}
+    _closer: ClassVar = {"LPAR": "RPAR", "LSQB": "RSQB", "LBRACE": "RBRACE"}
 
     def __init__(self) -> None:
         self.opened: list[Token] = []
@@ -96,7 +97,7 @@ class _Builder(Transformer):
     def name(self, c):
         return ast.Name(str(c[0]), self._span(c[0]))
 
-    def _binop(op):  # noqa: N805 - a factory used in the class body
+    def _binop(op):
         def build(self, c):
             return ast.BinOp(op, c[0], c[1], _join(c[0].span, c[1].span))
 
@@ -213,7 +214,7 @@ class _Builder(Transformer):
     def params(self, c):
         return tuple(p for p in c if p is not None)
 
-    def _definition(kind):  # noqa: N805 - a factory used in the class body
+    def _definition(kind):
         def build(self, c):
             name = c[0]
             params = c[1] if len(c) == 3 else ()

@@ -6,8 +6,8 @@ so state-dict keys, parameter shapes and forward semantics must all agree.
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 
 class Bias(nn.Module):

@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
-
 from tiec.compiler import ir, shapes, sharing
 from tiec.compiler.ir import frozen
 from tiec.compiler.stats import model_stats, program_stats

@@ -13,9 +13,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from tiec.dsl.diagnostics import NOWHERE, Source, Span, TieError, TieErrors, TieWarning, did_you_mean, raise_all
 
 from tiec.cli import main
-from tiec.dsl.diagnostics import NOWHERE, Source, Span, TieError, TieErrors, TieWarning, did_you_mean, raise_all
 
 ROOT = Path(__file__).resolve().parent.parent
 DEEP = ROOT / "examples" / "deep_shared.tie"

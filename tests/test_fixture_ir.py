@@ -8,7 +8,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from tiec.compiler import ir
 from tiec.compiler.pipeline import compile_source
 from tiec.compiler.stats import program_stats

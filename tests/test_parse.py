@@ -11,7 +11,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-
 from tiec.compiler.elaborate import elaborate
 from tiec.compiler.pipeline import PASSES, compile_source
 from tiec.compiler.verify import verify

@@ -6,7 +6,6 @@ dims must agree exactly; convolution and pooling sizes follow ⌊(H + 2p − k)/
 from __future__ import annotations
 
 import pytest
-
 from tiec.compiler import ir, shapes
 from tiec.compiler.ir import frozen
 from tiec.dsl.diagnostics import Source, Span, TieError

@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import torch
-
-import tiec
 from tiec.backends.torch.liveness import local_names
 from tiec.compiler.ir import Graph, Input, Node, Output, TensorType, frozen
 from tiec.dsl.diagnostics import NOWHERE
+
+import tiec
 
 
 def _graph(nodes, outputs):

@@ -7,8 +7,9 @@ a submodule named after it); `python()` returns the standalone source of that sa
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from tiec.compiler import compile_source, ir
 from tiec.compiler.stats import program_stats

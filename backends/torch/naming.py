@@ -8,11 +8,11 @@ model parameters renamed the same way as the constructor's keyword arguments.
 from __future__ import annotations
 
 import ast
-from functools import lru_cache
 import builtins
 import keyword
 import math
 from collections.abc import Iterable, Mapping
+from functools import lru_cache
 from typing import Any
 
 # Module-level names of every emitted file, besides the model classes themselves.
