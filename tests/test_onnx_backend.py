@@ -6,129 +6,33 @@ through one file, so dynamic dims stay dynamic.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 
 import numpy as np
-import onnx
-import onnxruntime as ort
 import pytest
 import torch
 import torch.nn.functional as F
-from tiec.backends.onnx import export
 from tiec.compiler import ir as tir
-from tiec.dsl.diagnostics import NOWHERE, Source, TieError
 
-S = NOWHERE
-
-
-# ---------------------------------------------------------------------------- hand-built IR
-
-
-def ty(spec: str) -> tir.TensorType:
-    """`f32[B, 784]` → TensorType."""
-    dtype, dims = spec.rstrip("]").split("[")
-    return tir.TensorType(dtype, tuple(int(d) if d.strip().lstrip("-").isdigit() else d.strip()
-                                   for d in dims.split(",") if d.strip()))
-
-
-def n(op: str, name: str, *inputs: str, **attrs) -> tir.Node:
-    return tir.Node(op, name, inputs, tir.frozen(attrs), S)
-
-
-def layer(path: str, kind: str, **config) -> tir.Layer:
-    return tir.Layer(path, kind, tir.frozen(config), S)
-
-
-TORCH_LAYERS = {
-    "Linear": lambda c: torch.nn.Linear(c["in_features"], c["out_features"], c.get("bias", True)),
-    "Conv2d": lambda c: torch.nn.Conv2d(c["in_channels"], c["out_channels"], c["kernel_size"]),
-    "Embedding": lambda c: torch.nn.Embedding(c["num_embeddings"], c["embedding_dim"]),
-    "LayerNorm": lambda c: torch.nn.LayerNorm(c["normalized_shape"]),
-    "RMSNorm": lambda c: torch.nn.RMSNorm(c["normalized_shape"]),
-    "SelfAttention": lambda c: torch.nn.MultiheadAttention(c["embed_dim"], c["num_heads"], bias=c.get("bias", True)),
-    "Dropout": lambda c: torch.nn.Dropout(),
-}
-
-
-def slots(lay: tir.Layer) -> list[tuple[str, tuple[int, ...]]]:
-    """The parameter slots torch gives a layer of this kind and config."""
-    return [(k, tuple(v.shape)) for k, v in TORCH_LAYERS[lay.kind](lay.config).state_dict().items()]
-
-
-def graph(name: str, inputs: dict, layers: list, nodes: list, outputs: list) -> tir.Graph:
-    params = tuple(tir.Param(f"{lay.path}.{s}", lay.path, s, shape, "f32", S) for lay in layers for s, shape in slots(lay))
-    outs = tuple(tir.Output(o, o, S) if isinstance(o, str) else tir.Output(o[0], o[1], S) for o in outputs)
-    ins = tuple(tir.Input(k, ty(v), S) for k, v in inputs.items())
-    return tir.Graph(name, tir.frozen(), tir.frozen(), ins, tuple(layers), params, tuple(nodes), outs, S)
-
-
-def program(g: tir.Graph, types: dict, shares=(), ties=(), others=()) -> tir.ProgramIR:
-    """One model `g` (plus `others`), `types` in spec strings (inputs are added)."""
-    tt = {**{i.name: i.type for i in g.inputs}, **{k: ty(v) for k, v in types.items()}}
-    models = {g.name: g, **{o.name: o for o in others}}
-    return tir.ProgramIR(Source("<test>", ""), tir.frozen(models), share_groups=tuple(shares), tie_groups=tuple(ties),
-                     types=tir.frozen({g.name: tir.frozen(tt)}))
-
-
-def share(gid: int, *members: tuple[str, bool]) -> tir.ShareGroup:
-    return tir.ShareGroup(gid, tuple(tir.Member(p, t, S) for p, t in members))
-
-
-def random_weights(ir: tir.ProgramIR, model: str = "M", seed: int = 0) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    binds = tir.bindings(ir, model)
-    return {p.name: (rng.standard_normal(p.shape) * 0.3).astype(np.float32)
-            for p in ir.models[model].params if binds[p.name].canonical == p.name}
-
-
-def slot(ir: tir.ProgramIR, weights: dict, name: str, model: str = "M") -> torch.Tensor:
-    """The tensor a declared slot holds (its group's tensor, transposed where the binding says)."""
-    b = tir.bindings(ir, model)[name]
-    w = torch.from_numpy(weights[b.canonical])
-    return w.T if b.transposed else w
-
-
-def exported(tmp_path, ir: tir.ProgramIR, weights: dict, model: str = "M", name: str = "m.onnx"):
-    path = str(tmp_path / name)
-    info = export(ir, model, path, weights)
-    onnx.checker.check_model(path, full_check=True)
-    return path, onnx.load(path), info
-
-
-def run(path: str, feeds: dict) -> list[np.ndarray]:
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
-    return sess.run(None, {k: np.ascontiguousarray(v) for k, v in feeds.items()})
-
-
-def close(actual, expected) -> None:
-    np.testing.assert_allclose(actual, expected.detach().numpy(), rtol=1e-3, atol=1e-5)
-
-
-def floats(rng, *shape) -> np.ndarray:
-    return (rng.uniform(0.5, 2.0, shape) * rng.choice([-1.0, 1.0], shape)).astype(np.float32)
-
-
-def op_types(proto) -> list[str]:
-    return [node.op_type for node in proto.graph.node]
-
-
-def init_names(proto) -> list[str]:
-    return [t.name for t in proto.graph.initializer if not t.name.startswith("~")]
-
-
-# ---------------------------------------------------------------------------- models
-
-
-def mlp() -> tir.ProgramIR:
-    g = graph("M", {"x": "f32[B, 20]"}, [layer("fc1", "Linear", in_features=20, out_features=16, bias=True),
-                                         layer("fc2", "Linear", in_features=16, out_features=5, bias=True)],
-              [n("Linear", "h", "x", layer="fc1"), n("relu", "a", "h"), n("Linear", "logits", "a", layer="fc2"),
-               n("log_softmax", "y", "logits", dim=-1)], ["y"])
-    return program(g, {"h": "f32[B, 16]", "a": "f32[B, 16]", "logits": "f32[B, 5]", "y": "f32[B, 5]"})
+from tests.onnx_ir import (
+    attention_stack,
+    close,
+    exported,
+    floats,
+    graph,
+    init_names,
+    layer,
+    mlp,
+    n,
+    op_types,
+    program,
+    random_weights,
+    run,
+    share,
+    slot,
+    ty,
+)
 
 
 def test_mlp_matches_torch_at_two_batch_sizes(tmp_path):
@@ -303,16 +207,6 @@ def test_rms_norm(tmp_path, eps):
         close(run(path, {"x": x})[0], F.rms_norm(torch.from_numpy(x), (16,), torch.from_numpy(w["norm.weight"]), eps))
 
 
-def attention_stack(causal: bool, bias: bool, depth: int = 1, d: int = 16, heads: int = 4) -> tir.ProgramIR:
-    layers, nodes, types, h = [], [], {}, "x"
-    for i in range(depth):
-        layers.append(layer(f"attn{i}", "SelfAttention", embed_dim=d, num_heads=heads, causal=causal, bias=bias))
-        nodes += [n("SelfAttention", f"a{i}", h, layer=f"attn{i}"), n("add", f"h{i}", h, f"a{i}")]
-        types.update({f"a{i}": f"f32[B, T, {d}]", f"h{i}": f"f32[B, T, {d}]"})
-        h = f"h{i}"
-    return program(graph("M", {"x": f"f32[B, T, {d}]"}, layers, nodes, [("y", h)]), types)
-
-
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("bias", [True, False])
 def test_self_attention_matches_multihead_attention(tmp_path, causal, bias):
@@ -336,91 +230,3 @@ def test_self_attention_matches_multihead_attention(tmp_path, causal, bias):
         close(run(path, {"x": x})[0], h)
 
 
-def test_manifest_records_shares_and_ties_of_the_model(tmp_path):
-    g = graph("M", {"x": "f32[B, 8]"}, [layer(f"fc{i}", "Linear", in_features=8, out_features=8, bias=True)
-                                        for i in (1, 2, 3)],
-              [n("Linear", "h1", "x", layer="fc1"), n("Linear", "h2", "h1", layer="fc2"),
-               n("Linear", "y", "h2", layer="fc3")], ["y"])
-    other = graph("N", {"x": "f32[B, 8]"}, [layer("fc", "Linear", in_features=8, out_features=8, bias=True)],
-                  [n("Linear", "y", "x", layer="fc")], ["y"])
-    shares = [share(0, ("N.fc.weight", False), ("M.fc3.weight", True), ("M.fc1.weight", False)),
-              share(1, ("N.fc.bias", False), ("M.fc2.bias", False))]  # only one member here: not a group in M
-    ties = [tir.TieGroup(2, 0.01, "l2", (tir.Member("M.fc1.bias", False, S), tir.Member("M.fc2.bias", False, S)), S),
-            tir.TieGroup(4, 0.5, "l1", (tir.Member("M.fc2.weight", False, S), tir.Member("N.fc.weight", True, S)), S)]
-    v = "f32[B, 8]"
-    ir = program(g, {"h1": v, "h2": v, "y": v}, shares, ties, others=[other])
-    w = random_weights(ir)
-    path, proto, _ = exported(tmp_path, ir, w)
-    assert sorted(init_names(proto)) == ["fc1.bias", "fc2.bias", "fc2.weight", "fc3.bias", "fc3.weight"]
-    props = {p.key: p.value for p in proto.metadata_props}
-    assert json.loads(props["tiec.groups"]) == {
-        "model": "M",
-        "share_groups": [{"id": 0, "initializer": "fc3.weight", "members": [
-            {"param": "fc3.weight", "transposed": False}, {"param": "fc1.weight", "transposed": True}]}],
-        "tie_groups": [{"id": 2, "lambda": 0.01, "norm": "l2", "members": [
-            {"param": "fc1.bias", "transposed": False}, {"param": "fc2.bias", "transposed": False}]}],
-    }
-    x = floats(np.random.default_rng(8), 3, 8)
-
-    def fc(i, h):
-        return F.linear(h, slot(ir, w, f"fc{i}.weight"), slot(ir, w, f"fc{i}.bias"))
-
-    close(run(path, {"x": x})[0], fc(3, fc(2, fc(1, torch.from_numpy(x)))))
-
-
-def test_outputs_renamed_aliased_and_repeated(tmp_path):
-    g = graph("M", {"x": "f32[B, 4]"}, [layer("drop", "Dropout", p=0.1)],
-              [n("Dropout", "d", "x", layer="drop"), n("relu", "out", "d"), n("tanh", "t", "d")],
-              [("out", "t"), ("d", "d"), ("r", "out"), ("r2", "out")])
-    ir = program(g, {"d": "f32[B, 4]", "out": "f32[B, 4]", "t": "f32[B, 4]"})
-    path, proto, _ = exported(tmp_path, ir, {})
-    assert [o.name for o in proto.graph.output] == ["out", "d", "r", "r2"]
-    x = floats(np.random.default_rng(9), 2, 4)
-    t, d, r, r2 = run(path, {"x": x})
-    X = torch.from_numpy(x)
-    close(t, torch.tanh(X)), close(d, X), close(r, F.relu(X)), close(r2, F.relu(X))
-
-
-def test_export_is_deterministic(tmp_path):
-    ir = attention_stack(True, True, depth=2)
-    w = random_weights(ir)
-    a, _, _ = exported(tmp_path, ir, w, name="a.onnx")
-    b, _, _ = exported(tmp_path, ir, dict(reversed(list(w.items()))), name="b.onnx")
-    with open(a, "rb") as fa, open(b, "rb") as fb:
-        assert fa.read() == fb.read()
-
-
-def test_failed_export_leaves_no_file(tmp_path, monkeypatch):
-    ir = mlp()
-    w = random_weights(ir)
-    del w["fc2.bias"]
-    with pytest.raises(KeyError, match="fc2.bias"):
-        export(ir, "M", str(tmp_path / "m.onnx"), w)
-    w = random_weights(ir)
-    w["fc1.weight"] = w["fc1.weight"].T
-    with pytest.raises(ValueError, match="fc1.weight"):
-        export(ir, "M", str(tmp_path / "m.onnx"), w)
-    assert os.listdir(tmp_path) == []
-
-    def broken_replace(src, dst):
-        raise OSError("disk full")
-
-    monkeypatch.setattr(os, "replace", broken_replace)
-    with pytest.raises(OSError, match="disk full"):
-        export(ir, "M", str(tmp_path / "m.onnx"), random_weights(ir))
-    assert os.listdir(tmp_path) == []
-
-
-def test_rank_needed_without_types_is_a_tie_error(tmp_path):
-    g = graph("M", {"x": "f32[B, 4, 2]"}, [], [n("transpose", "y", "x", dim0=1, dim1=2)], ["y"])
-    ir = tir.ProgramIR(Source("<test>", ""), tir.frozen({"M": g}))
-    with pytest.raises(TieError, match="rank of 'x'"):
-        export(ir, "M", str(tmp_path / "m.onnx"), {})
-    assert os.listdir(tmp_path) == []
-
-
-def test_attention_stack_file_overhead_is_small(tmp_path):
-    ir = attention_stack(True, True, depth=4, d=64, heads=4)
-    _, proto, info = exported(tmp_path, ir, random_weights(ir))
-    assert len([t for t in proto.graph.initializer if t.name.startswith("~")]) < 10  # constants shared
-    assert info["overhead"] < 4096
