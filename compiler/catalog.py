@@ -22,6 +22,7 @@ class Arg:
     key: str = ""  # config / attrs key; defaults to `name`
     aliases: tuple[str, ...] = ()
     choices: tuple[str, ...] = ()
+    minimum: int = 0  # for pairs: kernel sizes and strides are at least 1
 
     @property
     def target(self) -> str:
@@ -61,8 +62,8 @@ LAYERS: dict[str, LayerSpec] = {
     "Conv2d": LayerSpec(
         (Arg("in", "int", key="in_channels", aliases=("in_channels",)),
          Arg("out", "int", key="out_channels", aliases=("out_channels",)),
-         Arg("kernel", "pair", key="kernel_size", aliases=("kernel_size",)),
-         Arg("stride", "pair", (1, 1)), Arg("padding", "pair", (0, 0)), Arg("bias", "bool", True)),
+         Arg("kernel", "pair", key="kernel_size", aliases=("kernel_size",), minimum=1),
+         Arg("stride", "pair", (1, 1), minimum=1), Arg("padding", "pair", (0, 0)), Arg("bias", "bool", True)),
         _conv2d),  # y = W ⋆ x + b
     "Embedding": LayerSpec(
         (Arg("num", "int", key="num_embeddings", aliases=("num_embeddings",)),
@@ -96,9 +97,9 @@ OP_SIGNATURES: dict[str, tuple[Arg, ...]] = {
     "flatten": (_X, Arg("start_dim", "int", 1), Arg("end_dim", "int", -1)),
     "reshape": (_X, Arg("shape", "dims")),
     "transpose": (_X, Arg("dim0", "int"), Arg("dim1", "int")),
-    "max_pool2d": (_X, Arg("kernel", "pair", aliases=("kernel_size",)), Arg("stride", "opt_pair", None),
+    "max_pool2d": (_X, Arg("kernel", "pair", aliases=("kernel_size",), minimum=1), Arg("stride", "opt_pair", None, minimum=1),
                    Arg("padding", "pair", (0, 0))),
-    "avg_pool2d": (_X, Arg("kernel", "pair", aliases=("kernel_size",)), Arg("stride", "opt_pair", None),
+    "avg_pool2d": (_X, Arg("kernel", "pair", aliases=("kernel_size",), minimum=1), Arg("stride", "opt_pair", None, minimum=1),
                    Arg("padding", "pair", (0, 0))),
     "mean": (_X, Arg("dim", "int"), Arg("keepdim", "bool", False)),
     "concat": (Arg("tensors", "tensors"), Arg("dim", "int", 0)),

@@ -79,8 +79,9 @@ def evaluate(expr: ast.Expr, env: Mapping[str, CVal], what: str = "a configurati
     raise TieError(f"expected {what}: a number or arithmetic over parameters", expr.span)
 
 
-def coerce(v: CVal, kind: str, span: Span, name: str) -> CVal:
-    """Check a config value against an argument kind (int, float, bool, pair, str…)."""
+def coerce(v: CVal, kind: str, span: Span, name: str, minimum: int = 0) -> CVal:
+    """Check a config value against an argument kind (int, float, bool, pair, str…); pairs
+    (kernel sizes, strides, paddings) must be at least `minimum`."""
     val = v.value
     if kind == "int":
         if isinstance(val, float) and val.is_integer() and not isinstance(val, bool):
@@ -91,17 +92,19 @@ def coerce(v: CVal, kind: str, span: Span, name: str) -> CVal:
     if kind in ("float", "opt_float"):
         if isinstance(val, bool) or not isinstance(val, (int, float)):
             raise TieError(f"'{name}' must be a number, got {val!r}", span)
-        return v
+        return CVal(float(val), v.src, v.deps, v.prec)
     if kind == "bool":
         if not isinstance(val, bool):
             raise TieError(f"'{name}' must be true or false, got {val!r}", span)
         return v
     if kind in ("pair", "opt_pair"):
         if isinstance(val, int) and not isinstance(val, bool):
-            return CVal((val, val), f"({v.src}, {v.src})" if v.deps else _py_literal((val, val)), v.deps)
-        if isinstance(val, tuple) and len(val) == 2 and all(isinstance(x, int) for x in val):
-            return v
-        raise TieError(f"'{name}' must be an integer or a pair [a, b], got {val!r}", span)
+            v = CVal((val, val), f"({v.src}, {v.src})" if v.deps else _py_literal((val, val)), v.deps)
+        elif not (isinstance(val, tuple) and len(val) == 2 and all(isinstance(x, int) for x in val)):
+            raise TieError(f"'{name}' must be an integer or a pair [a, b], got {val!r}", span)
+        if min(v.value) < minimum:
+            raise TieError(f"'{name}' must be at least {minimum}, got {val!r}", span)
+        return v
     if kind == "str":
         if not isinstance(val, str):
             raise TieError(f"'{name}' must be a string, got {val!r}", span)

@@ -46,6 +46,7 @@ class ModelElaborator(Binder):
         self.structural: set[str] = set()
         self.scope = Scope()
         self.active_blocks: list[str] = []
+        self.replaying = False  # inside a later iteration of `repeat … share`
 
     # ------------------------------------------------------------------ driver
     def run(self) -> ir.Graph:
@@ -100,9 +101,9 @@ class ModelElaborator(Binder):
                     return
                 raise _Return([(self.tensor(v, scope), v) for v in stmt.values])
             elif isinstance(stmt, ast.ShareStmt):
-                if mode != "call":
+                if mode != "call" and not self.replaying:
                     self.share_refs(stmt.refs, scope, stmt.span)
-            elif isinstance(stmt, ast.TieStmt) and mode != "call":
+            elif isinstance(stmt, ast.TieStmt) and mode != "call" and not self.replaying:
                 self.tie_refs(stmt, stmt.refs, scope)
 
     def input(self, stmt: ast.Input, scope: dict, mode: str, args: list | None):
@@ -160,8 +161,9 @@ class ModelElaborator(Binder):
             except TieError:
                 pass
             return
+        before = len(self.g.nodes)
         result = self.operand(value, scope)
-        if isinstance(result, str):
+        if isinstance(result, str) and len(self.g.nodes) > before:  # `b = a` only aliases: no node to name
             result = self.g.rename(result, stmt.name)
         scope[stmt.name] = result
 
@@ -183,9 +185,14 @@ class ModelElaborator(Binder):
             raise TieError(f"repeat count must be at least 1, got {count.value}", stmt.count.span)
         self.structural |= count.deps
         declared = self.declared_names(stmt.body, scope)
+        replaying = self.replaying
         for i in range(count.value):
             inner = indices if stmt.shared else (*indices, i)
+            # a shared repeat's later iterations reuse the first one's layers: its share and tie
+            # statements would only restate the same relations, so they run once
+            self.replaying = replaying or (stmt.shared and i > 0)
             self.body(stmt.body, scope, prefix, inner, mode, args)
+        self.replaying = replaying
         if not stmt.shared:  # after the loop, a name stands for all its copies: blk[3]
             for name in declared:
                 bound = scope.get(name)
@@ -290,8 +297,10 @@ class ModelElaborator(Binder):
 
     # ------------------------------------------------------------------ sharing and tying
     def target(self, ref: ast.Ref, scope: dict) -> Target:
-        config = scope.config
-        return resolve(ref, scope, self.index, config)
+        for part in ref.parts:  # an index fixes which copy is meant: the unrolled graph depends on it
+            if not isinstance(part, str):
+                self.structural |= evaluate(part, scope.config, "an index").deps
+        return resolve(ref, scope, self.index, scope.config)
 
     def annotate(self, ann, inst: Instance, scope: dict, stmt: ast.Assign):
         own = Target({n[len(inst.path) + 1:]: n for n in self.index.under.get(inst.path, [])}, False,
@@ -326,7 +335,9 @@ class ModelElaborator(Binder):
     def add_tie(self, stmt, targets: list[Target], scope: dict):
         model = self.definition.name
         config = scope.config
-        strength = coerce(evaluate(stmt.strength, config, "a tie strength"), "float", stmt.strength.span, "λ").value
+        strength = coerce(evaluate(stmt.strength, config, "a tie strength"), "float", stmt.strength.span, "λ")
+        self.structural |= strength.deps  # a literal in tie_penalty
+        strength = strength.value
         if strength < 0:
             raise TieError(f"tie strength must be ≥ 0, got {strength}", stmt.strength.span)
         columns = [pair_up(targets[0], t, "tie") for t in targets[1:]]

@@ -120,6 +120,7 @@ class Binder:
     def const(self, v: CVal, span: Span) -> str:
         if isinstance(v.value, (str, bool, tuple)):
             raise TieError(f"{v.value!r} cannot be used in tensor arithmetic", span)
+        self.structural |= v.deps  # baked into the graph as a literal
         return self.g.add("const", "const", (), {"value": v.value}, span)
 
     def param_ref(self, e: ast.Expr, scope: dict) -> str:
@@ -195,7 +196,7 @@ class Binder:
             elif isinstance(x, CVal):
                 attrs[arg.target] = x.value
             else:
-                v = coerce(evaluate(x, config, f"'{arg.name}'"), arg.kind, x.span, arg.name)
+                v = coerce(evaluate(x, config, f"'{arg.name}'"), arg.kind, x.span, arg.name, arg.minimum)
                 if arg.choices and v.value not in arg.choices:
                     raise TieError(f"{op}: '{arg.name}' must be one of {', '.join(map(repr, arg.choices))}", x.span)
                 self.structural |= v.deps
@@ -223,7 +224,7 @@ class Binder:
         for arg in args:
             x = exprs[arg.name]
             v = x if isinstance(x, CVal) else evaluate(x, config, f"argument '{arg.name}' of {what}")
-            out[arg.target] = coerce(v, arg.kind, getattr(x, "span", call.span), arg.name)
+            out[arg.target] = coerce(v, arg.kind, getattr(x, "span", call.span), arg.name, arg.minimum)
         return out
 
 

@@ -14,6 +14,7 @@ from math import prod
 from tiec.dsl.diagnostics import TieError, raise_all
 
 from . import ir
+from .catalog import LAYERS
 
 T = ir.TensorType
 FLOATS = ("f32", "f16", "bf16", "f64")
@@ -74,13 +75,16 @@ def broadcast(ctx: Ctx, a: tuple, b: tuple) -> tuple:
 def _elementwise(ctx: Ctx) -> T:
     a, b = ctx.ins
     na, nb = ctx.node.inputs
-    if na in ctx.consts:
-        return T(b.dtype, b.shape)
-    if nb in ctx.consts:
-        return T(a.dtype, a.shape)
+    if na in ctx.consts or nb in ctx.consts:  # a literal takes the tensor's dtype, as in PyTorch…
+        tensor, literal = (b, a) if na in ctx.consts else (a, b)
+        dtype = tensor.dtype
+        if dtype not in FLOATS and (literal.dtype in FLOATS or ctx.node.op == "div"):
+            dtype = "f32"  # …except that a float literal, or true division, makes an integer tensor float
+        return T(dtype, tensor.shape)
     if a.dtype != b.dtype:
-        ctx.fail(f"{ctx.node.op}: dtypes differ ({a.dtype} and {b.dtype})")
-    return T(a.dtype, broadcast(ctx, a.shape, b.shape))
+        ctx.fail(f"{ctx.node.op}: dtypes differ ({a.dtype} and {b.dtype})", hint="inputs and layers must agree on dtype")
+    dtype = "f32" if ctx.node.op == "div" and a.dtype not in FLOATS else a.dtype  # int / int is float division
+    return T(dtype, broadcast(ctx, a.shape, b.shape))
 
 
 def _matmul(ctx: Ctx) -> T:
@@ -107,8 +111,21 @@ def _unary(ctx: Ctx) -> T:
     return x
 
 
-def _last_dim(ctx: Ctx, want: int, what: str) -> T:
+def _layer_input(ctx: Ctx) -> T:
+    """A layer's input must have its parameters' dtype (PyTorch does not promote inside layers)."""
     x = ctx.ins[0]
+    slots = LAYERS[ctx.layer.kind].slots(ctx.layer.config)
+    if slots and ctx.layer.kind != "Embedding":  # an embedding's input is indices
+        param = ctx.graph.param_map().get(f"{ctx.layer.path}.{slots[0][0]}")
+        dtype = param.dtype if param is not None else "f32"
+        if x.dtype != dtype:
+            ctx.fail(f"{ctx.layer.kind} '{ctx.layer.path}' has {dtype} parameters but its input is {x.dtype}",
+                     hint=f"declare the model input as {dtype}[…]")
+    return x
+
+
+def _last_dim(ctx: Ctx, want: int, what: str) -> T:
+    x = _layer_input(ctx)
     if not x.shape or not same(x.shape[-1], want):
         ctx.fail(f"{ctx.layer.kind} '{ctx.layer.path}' expects {what} {want} in the last dim, got {_fmt(x.shape)}",
                  hint=f"the input comes in as {x}")
@@ -131,7 +148,7 @@ def _spatial(ctx: Ctx, size, k, s, p, what: str) -> ir.Dim:
 
 
 def _conv2d(ctx: Ctx) -> T:
-    c, x = ctx.layer.config, ctx.ins[0]
+    c, x = ctx.layer.config, _layer_input(ctx)
     if len(x.shape) != 4:
         ctx.fail(f"Conv2d '{ctx.layer.path}' expects [N, C, H, W], got {_fmt(x.shape)}")
     if not same(x.shape[1], c["in_channels"]):
@@ -144,7 +161,7 @@ def _conv2d(ctx: Ctx) -> T:
 
 def _pool(ctx: Ctx) -> T:
     x, a = ctx.ins[0], ctx.node.attrs
-    if len(x.shape) not in (3, 4):
+    if len(x.shape) != 4:
         ctx.fail(f"{ctx.node.op} expects [N, C, H, W], got {_fmt(x.shape)}")
     (kh, kw), (sh, sw), (ph, pw) = a["kernel"], a["stride"], a["padding"]
     if ph > kh // 2 or pw > kw // 2:
