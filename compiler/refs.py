@@ -116,8 +116,8 @@ def module_path(ref: ast.Ref, scope: Mapping[str, object], config: Mapping[str, 
         if isinstance(bound, Copies) and path == bound.path and not 0 <= i < bound.count:
             raise TieError(f"index {i} is out of range: '{head}' has {bound.count} copies", part.span)
         if isinstance(bound, Instance) and path == bound.path:
-            raise TieError(f"'{head}' has one copy shared by every repeat; it cannot be indexed", part.span,
-                           hint=f"refer to it as '{head}'")
+            raise TieError(f"'{head}' is one layer, not a list of copies; it cannot be indexed", part.span,
+                           hint=f"refer to it as '{head}' (a layer declared in `repeat … share` has one copy)")
         path += f".{i}"
     return path, transposed
 

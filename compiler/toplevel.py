@@ -146,6 +146,8 @@ def _top_shares(stmt: ast.ShareStmt, targets) -> list[ir.ShareRequest]:
     (ma, a), out = targets[0], []
     for mb, b in targets[1:]:
         for pa, pb, transposed in pair_up(a, b, "share"):
+            if (ma, pa) == (mb, pb):
+                raise TieError(f"'{b.label}' is shared with itself", b.span)
             out.append(ir.ShareRequest(ir.qualify(ma, pa), ir.qualify(mb, pb), transposed, stmt.span, a.span, b.span))
     return out
 

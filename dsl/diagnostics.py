@@ -20,8 +20,10 @@ class Source:
     text: str
 
     def line(self, n: int) -> str:
-        lines = self.text.splitlines()
-        return lines[n - 1] if 0 < n <= len(lines) else ""
+        lines = self.text.split("\n")  # as the lexer counts lines: not at form feeds or U+2028
+        if 0 < n <= len(lines):
+            return lines[n - 1].rstrip("\r")
+        return ""
 
 
 @dataclass(frozen=True)

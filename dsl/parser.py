@@ -269,7 +269,9 @@ def _syntax_error(err: UnexpectedInput, src: Source) -> TieError:
         hint = "strings use double quotes" if ch == "'" else None
         return TieError(f"unexpected character '{ch}'", Span(src, line, col, line, col + 1), hint=hint)
     if isinstance(err, UnexpectedEOF) or (isinstance(err, UnexpectedToken) and err.token.type == "$END"):
-        lines = src.text.splitlines() or [""]
+        lines = [line.rstrip("\r") for line in src.text.split("\n")]
+        while len(lines) > 1 and not lines[-1].strip():  # point at the last line with text
+            lines.pop()
         last = len(lines)
         return TieError("unexpected end of file", Span(src, last, len(lines[-1]) + 1, last, len(lines[-1]) + 2),
                         hint=_POSTLEX.unclosed("$END") or "a '{' or '(' is probably not closed")

@@ -97,3 +97,56 @@ model M(d = 8, n = 3) {
     want = 0.5 * sum(((getattr(m.blk[0].up, s) - getattr(m.blk[2].up, s)) ** 2).sum() for s in ("weight", "bias"))
     torch.testing.assert_close(m.tie_penalty(), want)
     assert program.stats()["models"]["M"]["unique_params"] == 3 * (8 * 16 + 16 + 8)
+
+
+def test_aliasing_a_value_adds_no_node():
+    program = tiec.loads("model M {\n in x: [B, 4]\n a = relu(x)\n b = a\n return a + b\n}\n")
+    x = torch.randn(2, 4)
+    torch.testing.assert_close(program.torch("M")(x), 2 * torch.relu(x))
+
+
+def test_model_parameters_baked_into_the_graph_are_fixed_in_the_emitted_class():
+    program = tiec.loads("model M(d = 4, scale = 2) {\n in x: [B, d]\n fc = Linear(d, d)\n"
+                         " return fc(x) * scale\n}\n")
+    assert "scale" in program.ir.models["M"].structural
+    namespace: dict = {}
+    exec(compile(program.python("M"), "<emitted>", "exec"), namespace)
+    namespace["M"](d=8)  # sizes follow the parameter …
+    try:
+        namespace["M"](scale=3)  # … a literal in the forward cannot
+    except ValueError as e:
+        assert "scale" in str(e)
+    else:
+        raise AssertionError("a changed structural parameter was accepted")
+
+
+def test_a_tie_inside_repeat_share_counts_once():
+    program = tiec.loads("""
+model M {
+    in x: [B, 4]
+    o = Linear(4, 4)
+    repeat 3 share {
+        l = Linear(4, 4)
+        tie(0.1) l.weight, o.weight
+        x = l(x)
+    }
+    return o(x)
+}""")
+    m = program.torch("M").double()
+    assert len(program.stats()["tie_groups"]) == 1
+    torch.testing.assert_close(m.tie_penalty(), 0.1 * ((m.l.weight - m.o.weight) ** 2).sum())
+
+
+def test_integer_tensors_promote_like_torch(tmp_path):
+    program = tiec.loads("model M {\n in t: i64[B, T]\n p = positions(t)\n return p * 0.5, p / 2, p * 2\n}\n")
+    types = program.stats()["models"]["M"]["outputs"]
+    assert list(types.values()) == ["f32[T]", "f32[T]", "i64[T]"]
+    m = program.torch("M")
+    t = torch.zeros(2, 5, dtype=torch.int64)
+    want = m(t)
+    path = tmp_path / "m.onnx"
+    program.onnx(path, model="M", weights=m)
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"t": t.numpy()})
+    for g, w in zip(got, want):
+        assert g.dtype == w.numpy().dtype
+        np.testing.assert_allclose(g, w.numpy())

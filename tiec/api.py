@@ -132,11 +132,13 @@ def loads(text: str, overrides: Mapping[str, int | float] | None = None, filenam
 
 def load(path: str | os.PathLike, overrides: Mapping[str, int | float] | None = None) -> Program:
     """Compile the .tie file at `path`."""
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as e:
-        from tiec.dsl.diagnostics import Source, Span
+    from tiec.dsl.diagnostics import Source, Span
 
-        raise TieError(f"cannot read {path}: {e.strerror or e}", Span(Source(str(path), ""), 0, 0, 0, 0)) from None
+    nowhere = Span(Source(str(path), ""), 0, 0, 0, 0)
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig")  # a byte-order mark is not part of the spec
+    except OSError as e:
+        raise TieError(f"cannot read {path}: {e.strerror or e}", nowhere) from None
+    except UnicodeDecodeError as e:
+        raise TieError(f"{path} is not UTF-8 text (byte {e.start} is {e.object[e.start]:#04x})", nowhere) from None
     return Program(compile_source(text, str(path), overrides), str(path))

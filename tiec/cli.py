@@ -60,7 +60,10 @@ def _parser() -> argparse.ArgumentParser:
 def _write_atomic(path: str, text: str) -> None:
     target = Path(path)
     fd, tmp = tempfile.mkstemp(dir=target.parent or ".", prefix=f".{target.name}.", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
     try:
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; the output is an ordinary file
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
         os.replace(tmp, target)
@@ -118,9 +121,9 @@ def run(argv: list[str]) -> int:
     for w in program.warnings:
         print(w.render(), file=sys.stderr)
     if args.command == "check":
-        stats = program.stats()
+        program.python()  # the PyTorch backend's own rules (names PyTorch reserves, …) are checked too
         print(f"{args.file}: ok: {len(program.models)} model(s) ({', '.join(program.models)}), "
-              f"{len(stats['share_groups'])} share group(s), {len(stats['tie_groups'])} tie(s)")
+              f"{len(program.ir.share_groups)} share group(s), {len(program.ir.tie_groups)} tie(s)")
     elif args.command == "stats":
         stats = program.stats()
         print(json.dumps(stats, indent=2) if args.json else stats_table(stats))
@@ -147,6 +150,13 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except (OSError, ValueError, RuntimeError) as e:  # I/O and backend failures, reported plainly
         print(f"tiec: error: {e}", file=sys.stderr)
+        return 1
+    except Exception as e:  # noqa: BLE001 - a bug of ours: say so, without a traceback unless asked
+        if os.environ.get("TIEC_TRACEBACK"):
+            raise
+        print(f"tiec: internal error: {type(e).__name__}: {e}\n"
+              "    this is a bug in tiec; please report it with the .tie file (TIEC_TRACEBACK=1 shows where)",
+              file=sys.stderr)
         return 1
 
 

@@ -1,0 +1,54 @@
+"""The command line's edges: encodings, output files, and failures that are not the user's."""
+from __future__ import annotations
+
+import os
+import stat
+
+import tiec.cli as cli
+
+SPEC = "model M {\n    in x: [B, 2]\n    return relu(x)\n}\n"
+
+
+def test_a_byte_order_mark_is_ignored(tmp_path, capsys):
+    path = tmp_path / "bom.tie"
+    path.write_bytes(b"\xef\xbb\xbf" + SPEC.encode())
+    assert cli.main(["check", str(path)]) == 0
+    assert "ok: 1 model(s)" in capsys.readouterr().out
+
+
+def test_a_file_that_is_not_utf8_is_reported_with_its_name(tmp_path, capsys):
+    path = tmp_path / "latin.tie"
+    path.write_bytes(b"model M {\xff\n}\n")
+    assert cli.main(["check", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert f"{path}: error: {path} is not UTF-8 text (byte 9 is 0xff)" in err and "Traceback" not in err
+
+
+def test_compiled_source_is_an_ordinary_file(tmp_path):
+    spec, out = tmp_path / "m.tie", tmp_path / "m.py"
+    spec.write_text(SPEC)
+    assert cli.main(["compile", str(spec), "-o", str(out)]) == 0
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~umask
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.py", "m.tie"]  # no temporary file left
+
+
+def test_an_internal_error_is_reported_without_a_traceback(tmp_path, capsys, monkeypatch):
+    spec = tmp_path / "m.tie"
+    spec.write_text(SPEC)
+
+    def broken(*args, **kwargs):
+        raise KeyError("boom")
+
+    monkeypatch.setattr("tiec.api.Program.stats", broken)
+    assert cli.main(["stats", str(spec)]) == 1
+    err = capsys.readouterr().err
+    assert "internal error: KeyError" in err and "please report" in err and "Traceback" not in err
+
+
+def test_a_missing_output_folder_is_reported_before_compiling(tmp_path, capsys):
+    spec = tmp_path / "m.tie"
+    spec.write_text(SPEC)
+    assert cli.main(["export", str(spec), "-o", str(tmp_path / "no" / "m.onnx")]) == 1
+    assert "does not exist" in capsys.readouterr().err
