@@ -109,11 +109,10 @@ def test_model_parameters_baked_into_the_graph_are_fixed_in_the_emitted_class():
     program = tiec.loads("model M(d = 4, scale = 2) {\n in x: [B, d]\n fc = Linear(d, d)\n"
                          " return fc(x) * scale\n}\n")
     assert "scale" in program.ir.models["M"].structural
-    namespace: dict = {}
-    exec(compile(program.python("M"), "<emitted>", "exec"), namespace)
-    namespace["M"](d=8)  # sizes follow the parameter …
+    emitted = type(program.torch("M"))  # the class compiled from the emitted source
+    emitted(d=8)  # sizes follow the parameter …
     try:
-        namespace["M"](scale=3)  # … a literal in the forward cannot
+        emitted(scale=3)  # … a literal in the forward cannot
     except ValueError as e:
         assert "scale" in str(e)
     else:

@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError, RuntimeError) as e:  # I/O and backend failures, reported plainly
         print(f"tiec: error: {e}", file=sys.stderr)
         return 1
-    except Exception as e:  # noqa: BLE001 - a bug of ours: say so, without a traceback unless asked
+    except Exception as e:
         if os.environ.get("TIEC_TRACEBACK"):
             raise
         print(f"tiec: internal error: {type(e).__name__}: {e}\n"
