@@ -29,6 +29,7 @@ bench: setup
 	$(PY) benchmarks/run.py
 
 lint: setup
+	$(PY) -m pip install -q ruff
 	$(VENV)/bin/ruff check .
 
 clean:
