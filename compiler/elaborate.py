@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from tiec.dsl import ast
-from tiec.dsl.diagnostics import Span, TieError, TieWarning, did_you_mean, raise_all
+from tiec.dsl.diagnostics import Span, TieError, did_you_mean
 
 from . import ir
 from .catalog import LAYERS, REQUIRED, Arg
@@ -316,8 +316,8 @@ class ModelElaborator(Binder):
         else:
             self.add_tie(ann, [own, other], scope)
 
-    def share_refs(self, refs, scope: dict, span: Span, resolver=None):
-        targets = [(resolver or self.target)(r, scope) for r in refs]
+    def share_refs(self, refs, scope: dict, span: Span):
+        targets = [self.target(r, scope) for r in refs]
         for other in targets[1:]:
             self.add_shares(targets[0], other, span)
 
@@ -329,8 +329,8 @@ class ModelElaborator(Binder):
             self.shares.append(ir.ShareRequest(ir.qualify(model, pa), ir.qualify(model, pb), transposed,
                                                span, a.span, b.span))
 
-    def tie_refs(self, stmt, refs, scope: dict, resolver=None):
-        self.add_tie(stmt, [(resolver or self.target)(r, scope) for r in refs], scope)
+    def tie_refs(self, stmt, refs, scope: dict):
+        self.add_tie(stmt, [self.target(r, scope) for r in refs], scope)
 
     def add_tie(self, stmt, targets: list[Target], scope: dict):
         model = self.definition.name
@@ -345,13 +345,3 @@ class ModelElaborator(Binder):
             members = [ir.Member(ir.qualify(model, row[0][0]), False, targets[0].span)]
             members += [ir.Member(ir.qualify(model, pb), tr, t.span) for (_, pb, tr), t in zip(row, targets[1:])]
             self.ties.append(ir.TieRequest(float(strength), stmt.norm, tuple(members), stmt.span))
-
-
-def elaborate(program: ast.Program, overrides: Mapping[str, int | float] | None = None) -> ir.ProgramIR:
-    """Build the `ProgramIR` of every model in `program`, model parameters overridden."""
-    from .toplevel import elaborate_program
-
-    return elaborate_program(program, overrides or {}, ModelElaborator)
-
-
-__all__ = ["ModelElaborator", "TieWarning", "elaborate", "raise_all"]

@@ -15,8 +15,6 @@ from .catalog import BINARY_OPS, LAYERS, OP_SIGNATURES, REQUIRED, Arg
 from .config import CVal, _arith, _wrap, coerce, evaluate
 from .refs import Copies, Instance, module_path
 
-_RESERVED = {"self", "F", "nn", "torch", "math"}
-
 
 class GraphBuilder:
     """Accumulates nodes with unique value names."""

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from tiec.dsl.parser import parse
 
 from . import ir, shapes, sharing
-from .elaborate import elaborate
+from .toplevel import elaborate
 from .verify import verify
 
 PASSES = (sharing.run, shapes.run)

@@ -15,6 +15,7 @@ from tiec.dsl.diagnostics import Span, TieError, TieWarning, did_you_mean, raise
 from . import ir
 from .catalog import LAYERS, OP_SIGNATURES
 from .config import CVal, evaluate
+from .elaborate import ModelElaborator
 from .refs import pair_up, resolve
 
 
@@ -80,7 +81,9 @@ def _unused_warnings(graph: ir.Graph) -> list[TieWarning]:
             for layer in graph.layers if layer.path not in used and layer.kind != "Dropout"]
 
 
-def elaborate_program(program: ast.Program, overrides: Mapping, elaborator_cls) -> ir.ProgramIR:
+def elaborate(program: ast.Program, overrides: Mapping[str, int | float] | None = None) -> ir.ProgramIR:
+    """Build the `ProgramIR` of every model in `program`, model parameters overridden."""
+    overrides = overrides or {}
     blocks, models, errors = _definitions(program)
     known = {p.name for d in models.values() for p in d.params}
     nowhere = Span(program.span.source, 0, 0, 0, 0)  # an override is not in the file: no line to show
@@ -98,7 +101,7 @@ def elaborate_program(program: ast.Program, overrides: Mapping, elaborator_cls) 
     graphs, elaborators, warnings = {}, {}, []
     for name, d in models.items():
         try:
-            el = elaborator_cls(d, blocks, _model_config(d, overrides))
+            el = ModelElaborator(d, blocks, _model_config(d, overrides))
             graphs[name] = el.run()
             elaborators[name] = el
             warnings += _unused_warnings(graphs[name])

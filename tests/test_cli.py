@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import stat
 
-import tiec.cli as cli
+from tiec import cli
 
 SPEC = "model M {\n    in x: [B, 2]\n    return relu(x)\n}\n"
 

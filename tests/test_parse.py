@@ -11,8 +11,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from tiec.compiler.elaborate import elaborate
 from tiec.compiler.pipeline import PASSES, compile_source
+from tiec.compiler.toplevel import elaborate
 from tiec.compiler.verify import verify
 from tiec.dsl import ast, parse
 
