@@ -230,3 +230,19 @@ def test_self_attention_matches_multihead_attention(tmp_path, causal, bias):
         close(run(path, {"x": x})[0], h)
 
 
+
+
+def test_integer_tensor_promotes_to_float_as_in_torch(tmp_path):
+    """i64 * 0.5 and i64 / 2 are f32 in torch: the tensor is cast, the literal never truncated; a
+    node ir.types does not cover ("h") promotes by the same rule."""
+    nodes = [n("const", "half", value=0.5), n("mul", "a", "p", "half"), n("const", "two", value=2),
+             n("div", "b", "p", "two"), n("mul", "c", "p", "two"), n("const", "one", value=1),
+             n("sub", "d", "one", "p"), n("div", "h", "p", "two"), n("relu", "e", "h")]
+    types = {"a": "f32[B, 3]", "b": "f32[B, 3]", "c": "i64[B, 3]", "d": "i64[B, 3]", "e": "f32[B, 3]"}
+    ir = program(graph("M", {"p": "i64[B, 3]"}, [], nodes, list("abcde")), types)
+    path, _, _ = exported(tmp_path, ir, {})
+    p = np.array([[1, 2, 3], [-4, 5, 7]], dtype=np.int64)
+    t = torch.from_numpy(p)
+    for got, want in zip(run(path, {"p": p}), (t * 0.5, t / 2, t * 2, 1 - t, torch.relu(t / 2))):
+        assert got.dtype == want.numpy().dtype
+        np.testing.assert_array_equal(got, want.numpy())

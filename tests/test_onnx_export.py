@@ -3,14 +3,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import numpy as np
+import onnx
 import pytest
 import torch
 import torch.nn.functional as F
 from tiec.backends.onnx import export
 from tiec.compiler import ir as tir
-from tiec.dsl.diagnostics import Source, TieError
+from tiec.dsl.diagnostics import Source, Span, TieError
 
 from tests.onnx_ir import (
     S,
@@ -119,3 +121,32 @@ def test_attention_stack_file_overhead_is_small(tmp_path):
     _, proto, info = exported(tmp_path, ir, random_weights(ir))
     assert len([t for t in proto.graph.initializer if t.name.startswith("~")]) < 10  # constants shared
     assert info["overhead"] < 4096
+
+
+def test_checker_rejection_is_a_tie_error_at_the_node(tmp_path):
+    src = Source("bad.tie", "model M {\n    in x: [B, 2]\n    return cat([x, i], dim=1)\n}\n")
+    at = Span(src, 3, 12, 3, 30)
+    concat = tir.Node("concat", "c", ("x", "i"), tir.frozen({"dim": 1}), at)  # f32 with i64: no ONNX Concat
+    g = graph("M", {"x": "f32[B, 2]", "i": "i64[B, 2]"}, [], [concat], ["c"])
+    with pytest.raises(TieError) as err:
+        export(program(g, {"c": "f32[B, 4]"}), "M", str(tmp_path / "m.onnx"), {})
+    assert err.value.span == at and "node 'c' (concat)" in err.value.message and "Concat" in err.value.message
+    assert "bad.tie:3:12: error: ONNX export of model M" in err.value.render()
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("error, blamed", [
+    (onnx.checker.ValidationError("Field 'shape' of 'type' is required but missing."), "model M"),
+    (onnx.shape_inference.InferenceError("[TypeInferenceError] input 'h' has the wrong type"), "node 'h' (Linear)"),
+    (onnx.checker.ValidationError("Bad tensor 'fc2.bias'"), "parameter 'fc2.bias'"),
+])
+def test_any_checker_error_becomes_a_tie_error(tmp_path, monkeypatch, error, blamed):
+    def reject(*args, **kwargs):
+        raise error
+
+    ir = mlp()
+    monkeypatch.setattr(onnx.checker, "check_model", reject)
+    with pytest.raises(TieError, match=f"onnx.checker rejects {re.escape(blamed)}: ") as err:
+        export(ir, "M", str(tmp_path / "m.onnx"), random_weights(ir))
+    assert str(error) in err.value.message
+    assert os.listdir(tmp_path) == []

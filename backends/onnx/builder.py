@@ -16,13 +16,14 @@ import numpy as np
 import onnx
 from onnx import helper
 from tiec.compiler.ir import LAYER_KINDS, Binding, Graph, Node, Param, TensorType
-from tiec.dsl.diagnostics import TieError
+from tiec.dsl.diagnostics import Span, TieError
 
 ONNX_DTYPES: Mapping[str, int] = {
     "f32": onnx.TensorProto.FLOAT, "f16": onnx.TensorProto.FLOAT16, "bf16": onnx.TensorProto.BFLOAT16,
     "f64": onnx.TensorProto.DOUBLE, "i32": onnx.TensorProto.INT32, "i64": onnx.TensorProto.INT64,
     "bool": onnx.TensorProto.BOOL,
 }
+_FLOATS = ("f32", "f16", "bf16", "f64")
 _NUMPY_DTYPES = {"f32": np.float32, "f16": np.float16, "f64": np.float64, "i32": np.int32, "i64": np.int64,
                  "bool": np.bool_}
 
@@ -69,6 +70,10 @@ class GraphBuilder:
         self._cache: dict[Hashable, Any] = {}
         self._fresh: set[str] = set()  # temporaries a rule may hand back to be renamed
         self._count = 0
+        # What each ONNX node was made for, parallel to `nodes` ("node 'h' (add)", its span), so a
+        # checker failure can point at the spec; the lowering loop sets `blame` before each rule.
+        self.blame: tuple[str, Span] = (f"model {graph.name}", graph.span)
+        self.origins: list[tuple[str, Span]] = []
         # An output's name must not be taken by a different value (outputs may rename values).
         self._reserved = {o.name for o in graph.outputs if o.name != o.value}
         for inp in graph.inputs:
@@ -130,6 +135,7 @@ class GraphBuilder:
         if out is None:
             self._fresh.update(outs)
         self.nodes.append(helper.make_node(op_type, [i or "" for i in ins], outs, **attrs))
+        self.origins.append(self.blame)
         return outs[0] if n == 1 else outs
 
     def cached(self, key: Hashable, make: Callable[[], Any]) -> Any:
@@ -194,7 +200,23 @@ class GraphBuilder:
         if node.name not in self.types:
             self._dtypes[node.name] = self._fallback_dtype(node)
 
+    def result_dtype(self, node: Node) -> str | None:
+        """An arithmetic node's dtype: ir.types's, else PyTorch's promotion of its operands (a float
+        literal, or true division, makes an integer tensor f32; a literal takes the tensor's dtype)."""
+        if node.name in self.types:
+            return self.types[node.name].dtype
+        tensors = [self.dtype(i) for i in node.inputs if not self.is_literal(i)]
+        floats = [t for t in tensors if t in _FLOATS]
+        if floats or not tensors:
+            return floats[0] if floats else None
+        literals = [self._literals[i] for i in node.inputs if self.is_literal(i)]
+        if node.op == "div" or any(isinstance(v, float) for v in literals):
+            return "f32"
+        return tensors[0]
+
     def _fallback_dtype(self, node: Node) -> str:
+        if node.op in ("add", "sub", "mul", "div"):
+            return self.result_dtype(node) or "f32"
         if node.op == "positions":
             return "i64"
         if node.op == "param":

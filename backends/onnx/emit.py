@@ -5,7 +5,8 @@ parameter; every use, transposed or not, reads that one tensor. Graph inputs kee
 and types (symbolic dims become `dim_param`s, so batch and sequence sizes stay dynamic); graph
 outputs take `Output.name`. The `tiec.groups` metadata entry records the model's share and tie
 groups (ties are a training-time penalty, absent from the graph). Same IR and weights → same
-bytes; the file appears atomically or not at all.
+bytes; the file appears atomically or not at all, and only once the ONNX checker accepts it (a
+rejection is a `TieError` at the IR node responsible: `check.py`).
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import numpy as np
 import onnx
 from onnx import helper
 from tiec.backends.onnx.builder import ONNX_DTYPES, GraphBuilder, fill_tensor, numpy_dtype
+from tiec.backends.onnx.check import check as check_model
 from tiec.backends.onnx.ops import ONNX_EMIT
 from tiec.compiler import ir as tir
 from tiec.compiler.ir import DTYPE_BYTES, ProgramIR, TensorType
@@ -40,15 +42,18 @@ def export(ir: ProgramIR, model: str, path: str, weights: Mapping[str, np.ndarra
         opset: the default-domain opset (18 or later).
         check: run `onnx.checker.check_model(full_check=True)` before writing.
 
+    Raises:
+        TieError: the checker rejects the model; the error points at the IR node responsible.
+
     Returns:
         {"model", "path", "nodes", "initializers", "constants", "param_bytes", "bytes", "overhead"}:
         counts of graph nodes, parameter initializers and small constant initializers; bytes of
         unique parameters, of the file, and their difference.
     """
-    proto, param_bytes = build(ir, model, weights, opset)
+    proto, param_bytes, builder = _lower(ir, model, weights, opset)
     data = proto.SerializeToString(deterministic=True)
     if check:
-        onnx.checker.check_model(data, full_check=True)
+        check_model(proto, data, builder)
     write_atomic(path, data)
     n_params = sum(1 for t in proto.graph.initializer if not t.name.startswith("~"))
     return {
@@ -60,23 +65,33 @@ def export(ir: ProgramIR, model: str, path: str, weights: Mapping[str, np.ndarra
 
 def build(ir: ProgramIR, model: str, weights: Mapping[str, np.ndarray], opset: int = 18) -> tuple[onnx.ModelProto, int]:
     """The ModelProto for `model` and its unique parameter bytes (see `export`)."""
+    proto, param_bytes, _ = _lower(ir, model, weights, opset)
+    return proto, param_bytes
+
+
+def _lower(ir: ProgramIR, model: str, weights: Mapping[str, np.ndarray], opset: int
+           ) -> tuple[onnx.ModelProto, int, GraphBuilder]:
+    """`build`, and the builder that made the graph (its `origins` lead ONNX nodes back to the IR)."""
     if model not in ir.models:
         raise KeyError(f"no model {model!r} in the program (models: {', '.join(ir.models)})")
     if opset < MIN_OPSET:
         raise ValueError(f"opset {opset} is too old: tiec emits opset {MIN_OPSET} or later")
     graph = ir.models[model]
     types = ir.types.get(model, {})
-    arrays, param_bytes = _checked_weights(ir, model, weights)
+    binds = tir.bindings(ir, model)
+    arrays, param_bytes = _checked_weights(ir, model, weights, binds)
 
-    b = GraphBuilder(graph, types, tir.bindings(ir, model))
+    b = GraphBuilder(graph, types, binds)
     for node in graph.nodes:
         rule = ONNX_EMIT.get(node.op)
         if rule is None:
             raise b.fail(node, "no ONNX lowering for this op")
+        b.blame = (f"node '{node.name}' ({node.op})", node.span)
         b.define(node, rule(b, node))
 
     outputs = []
     for out in graph.outputs:
+        b.blame = (f"output '{out.name}'", out.span)
         value = b.value(out.value)
         if value != out.name:
             b.node("Identity", [value], out=out.name)
@@ -91,14 +106,16 @@ def build(ir: ProgramIR, model: str, weights: Mapping[str, np.ndarray], opset: i
     for p, arr in arrays:  # filled in place: make_graph/make_model would copy every tensor
         fill_tensor(proto.graph.initializer.add(), p.name, arr, p.dtype)
     proto.graph.initializer.extend(b.constants)
-    helper.set_model_props(proto, {"tiec.groups": json.dumps(manifest(ir, model), separators=(",", ":"))})
-    return proto, param_bytes
+    groups = json.dumps(manifest(ir, model, binds), separators=(",", ":"))
+    helper.set_model_props(proto, {"tiec.groups": groups})
+    return proto, param_bytes, b
 
 
-def manifest(ir: ProgramIR, model: str) -> dict[str, Any]:
+def manifest(ir: ProgramIR, model: str, binds: Mapping[str, tir.Binding] | None = None) -> dict[str, Any]:
     """The `tiec.groups` metadata: the model's share groups (with their initializer) and ties,
-    in local names, orientation relative to the group's first member."""
-    binds = tir.bindings(ir, model)
+    in local names, orientation relative to the group's first member. `binds`: the model's
+    `bindings`, when the caller has them already."""
+    binds = tir.bindings(ir, model) if binds is None else binds
     shares = []
     for group in ir.share_groups:
         members = [tir.split(m.param)[1] for m in group.members if tir.split(m.param)[0] == model]
@@ -141,9 +158,9 @@ def _umask() -> int:
     return mask
 
 
-def _checked_weights(ir: ProgramIR, model: str, weights: Mapping[str, np.ndarray]) -> tuple[list, int]:
+def _checked_weights(ir: ProgramIR, model: str, weights: Mapping[str, np.ndarray],
+                     binds: Mapping[str, tir.Binding]) -> tuple[list, int]:
     """(Param, array) per canonical parameter, in declaration order, checked; and their bytes."""
-    binds = tir.bindings(ir, model)
     out, total = [], 0
     for p in (p for p in ir.models[model].params if binds[p.name].canonical == p.name):
         if p.name not in weights:

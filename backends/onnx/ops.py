@@ -38,8 +38,9 @@ def _const(b: GraphBuilder, node: Node) -> None:
 def _binary(op_type: str) -> Rule:
     def rule(b: GraphBuilder, node: Node) -> str:
         operands = [i for i in node.inputs if not b.is_literal(i)]
-        # A literal takes the other operand's dtype; so does a mismatched operand (torch promotes).
-        target = (b.dtype(node.name) if op_type != "MatMul" else None) or (
+        # Every operand is cast to the result's dtype, as torch promotes: i64 * 0.5 and i64 / 2 are
+        # f32, so the integer tensor is cast before the op, never the literal truncated to an int.
+        target = (b.result_dtype(node) if op_type != "MatMul" else None) or (
             b.dtype(operands[0]) if operands else None)
         args = []
         for i in node.inputs:
@@ -265,7 +266,7 @@ def _self_attention(b: GraphBuilder, node: Node) -> str:
 
 ONNX_EMIT: Mapping[str, Rule] = {
     "param": _param,  # W, or the shared Transpose(W) when read transposed
-    "const": _const,  # no node: a scalar initializer in the other operand's dtype, per use
+    "const": _const,  # no node: a scalar initializer in the result's dtype, per use
     "add": _binary("Add"),  # a + b
     "sub": _binary("Sub"),  # a - b
     "mul": _binary("Mul"),  # a * b

@@ -120,7 +120,7 @@ TORCH_EMIT: Mapping[str, Callable[[Call], str]] = {
     "avg_pool2d": _pool("avg_pool2d"),  # mean over each window (padding counted, torch's default)
     "mean": lambda c: f"{c.args[0]}.mean(dim={c.attrs['dim']}, keepdim={c.attrs['keepdim']})",  # Σx / n
     "concat": lambda c: f"torch.cat([{', '.join(c.args)}], dim={c.attrs['dim']})",  # [x1; …; xn]
-    "cosine_similarity": lambda c: (  # a·b / max(‖a‖‖b‖, eps)
+    "cosine_similarity": lambda c: (  # a·b / (max(‖a‖, eps) · max(‖b‖, eps)), as torch 2.x computes it
         f"F.cosine_similarity({c.args[0]}, {c.args[1]}, dim={c.attrs['dim']}, eps={literal(c.attrs['eps'])})"
     ),
     "positions": lambda c: f"torch.arange({c.args[0]}.shape[-1], device={c.args[0]}.device)",  # 0 … T-1

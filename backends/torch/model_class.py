@@ -17,7 +17,7 @@ from tiec.compiler.ir import Graph, Layer, Param, ProgramIR, TieGroup, bindings,
 from tiec.dsl.diagnostics import TieError
 
 from .emit_table import TORCH_EMIT, TORCH_LAYER, Call
-from .liveness import local_names
+from .liveness import inlined_literals, local_names
 from .naming import Namer, config_expr, literal
 from .tree import ModuleTree
 
@@ -202,13 +202,19 @@ class ModelClass:
 
     def forward_lines(self) -> list[str]:
         g, types = self.graph, self.ir.types.get(self.name, {})
-        py = Namer(self.ir.models).claim([i.name for i in g.inputs] + [n.name for n in g.nodes])
+        inline = inlined_literals(g)
+        bound = [i.name for i in g.inputs] + [n.name for n in g.nodes if n.name not in inline]
+        py = Namer(self.ir.models).claim(bound)
         args = ", ".join(["self", *(py(i.name) for i in g.inputs)])
         ins = ", ".join(f"{py(i.name)}: {i.type}" for i in g.inputs)
         outs = ", ".join(f"{o.name}: {types[o.value]}" if o.value in types else o.name for o in g.outputs)
-        local = local_names(g, py).__getitem__
+        names = local_names(g, py, skip=inline)
+
+        def local(value: str) -> str:
+            return inline[value] if value in inline else names[value]
+
         body = []
-        for node in g.nodes:
+        for node in (n for n in g.nodes if n.name not in inline):
             rhs = TORCH_EMIT[node.op](self._call(node, local))
             t = types.get(node.name)
             shape = "" if t is None else f"[{', '.join(map(str, t.shape))}]"

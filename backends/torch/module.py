@@ -1,6 +1,6 @@
 """The live module: the emitted source, compiled and executed, then instantiated deterministically.
 
-The source is registered with `linecache` under `<tiec:Model>` so tracebacks and `inspect`
+The source is registered with `linecache` under `<tiec:ClassName>` so tracebacks and `inspect`
 show the generated lines. Construction runs under a forked RNG seeded with `seed`: the same
 seed gives the same weights, and the caller's global RNG state is left as it was.
 """
@@ -20,17 +20,18 @@ def build_module(ir: ProgramIR, model: str | None = None, seed: int = 0) -> nn.M
 
     Args:
         ir: a verified program.
-        model: the model to build; None builds `Program`, holding every model.
+        model: the model to build; None builds `Program` (or `Program_`, see `class_names`), holding
+            every model.
         seed: seeds weight initialisation (the global RNG is not disturbed).
 
     Returns:
         The module, with its model parameters at their compiled values.
     """
     source = generate_source(ir, model)
-    cls_name = "Program" if model is None else class_names(ir)[model]
-    filename = f"<tiec:{model or 'Program'}>"
+    cls_name = class_names(ir)[model]
+    filename = f"<tiec:{cls_name}>"  # the class name: a model named Program has a file of its own
     linecache.cache[filename] = (len(source), None, source.splitlines(keepends=True), filename)
-    namespace: dict = {"__name__": f"tiec_generated_{model or 'Program'}"}
+    namespace: dict = {"__name__": f"tiec_generated_{cls_name}"}
     exec(compile(source, filename, "exec"), namespace)  # noqa: S102 - our own generated source
     with torch.random.fork_rng():
         torch.manual_seed(seed)

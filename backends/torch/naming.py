@@ -15,8 +15,12 @@ from collections.abc import Iterable, Mapping
 from functools import lru_cache
 from typing import Any
 
-# Module-level names of every emitted file, besides the model classes themselves.
-EMITTED_GLOBALS = frozenset({"self", "F", "nn", "torch", "math", "causal_mask", "Program"})
+# Module-level names of every emitted file, besides the classes (which `class_names` picks).
+EMITTED_GLOBALS = frozenset({"self", "F", "nn", "torch", "math", "causal_mask"})
+# Locals the emitted methods and helpers bind (`Program.__init__`'s `peers`, `tie_penalty`'s
+# `penalty` and `w`, `causal_mask`'s `x` and `T`). A class may not take one of these names: the
+# local would shadow it inside a method that reads it (`peers = {}` then `self.peers = peers()`).
+EMITTED_LOCALS = frozenset({"peers", "penalty", "w", "x", "T"})
 RESERVED = (
     frozenset(keyword.kwlist) | (frozenset(keyword.softkwlist) - {"_"}) | frozenset(dir(builtins)) | EMITTED_GLOBALS
 )
@@ -41,8 +45,13 @@ class Namer:
         return self
 
     def __call__(self, name: str) -> str:
-        if name in self._names:
-            return self._names[name]
+        if name not in self._names:
+            self._names[name] = self.fresh(name)
+        return self._names[name]
+
+    def fresh(self, name: str) -> str:
+        """A new identifier spelt like `name`, taken but bound to no IR name (for a name the
+        generator introduces itself, such as the all-models class)."""
         base = "".join(c if c.isalnum() or c == "_" else "_" for c in name) or "_"
         if not base.isidentifier():
             base = "_" + base
@@ -50,7 +59,6 @@ class Namer:
         while candidate in self._taken:
             candidate += "_"
         self._taken.add(candidate)
-        self._names[name] = candidate
         return candidate
 
     def mapping(self) -> dict[str, str]:
