@@ -82,7 +82,20 @@ def model_stats(program: ir.ProgramIR, name: str) -> dict:
         "share_groups": [_group_json(members, params) for _, members in sorted(groups.items())],
         "tie_groups": [_tie_json(t) for t in ir.ties(program, name)],
         "convolutions": _convolutions(graph, program.types.get(name) if program.types else None),
+        "modules": _by_module(uses, [params[c] for c in canon]),
     }
+
+
+def _by_module(uses: list[ir.Param], tensors: list[ir.Param]) -> dict[str, dict[str, int]]:
+    """Logical and unique parameters per top-level module (`layer`, `blk`, `embed`, …): where the
+    sharing happens. A tensor counts under the module of its canonical slot."""
+    out: dict[str, dict[str, int]] = {}
+    for key, params in (("logical_params", uses), ("unique_params", tensors)):
+        for p in params:
+            top = p.name.split(".", 1)[0]
+            row = out.setdefault(top, {"logical_params": 0, "unique_params": 0})
+            row[key] += _numel(p)
+    return out
 
 
 def _group_json(members: list[tuple[str, bool]], params) -> dict:

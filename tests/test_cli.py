@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import os
 import stat
+from pathlib import Path
 
+import tiec
 from tiec import cli
 
 SPEC = "model M {\n    in x: [B, 2]\n    return relu(x)\n}\n"
@@ -52,3 +54,12 @@ def test_a_missing_output_folder_is_reported_before_compiling(tmp_path, capsys):
     spec.write_text(SPEC)
     assert cli.main(["export", str(spec), "-o", str(tmp_path / "no" / "m.onnx")]) == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_stats_show_where_sharing_saves(capsys):
+    examples = Path(__file__).resolve().parent.parent / "examples"
+    albert = tiec.load(examples / "albert.tie").stats()["models"]["Albert"]["modules"]["layer"]
+    bert = tiec.load(examples / "bert.tie").stats()["models"]["Bert"]["modules"]["layer"]
+    assert albert["logical_params"] == 12 * albert["unique_params"] == bert["unique_params"] == 85_054_464
+    assert cli.main(["stats", str(examples / "albert.tie")]) == 0
+    assert "Albert.layer: 85,054,464 / 7,087,872 (12.00x)" in capsys.readouterr().out
