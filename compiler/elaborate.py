@@ -19,7 +19,8 @@ from . import ir
 from .catalog import LAYERS, REQUIRED, Arg
 from .config import CVal, coerce, evaluate
 from .expressions import Binder, GraphBuilder, bind_args
-from .refs import Copies, Instance, ParamIndex, Scope, Target, pair_up, resolve
+from .refs import Copies, Instance, ParamIndex, Scope, Target, resolve
+from .relations import share_requests, tie_requests
 
 
 class _Return(Exception):
@@ -322,26 +323,14 @@ class ModelElaborator(Binder):
             self.add_shares(targets[0], other, span)
 
     def add_shares(self, a: Target, b: Target, span: Span):
-        model = self.definition.name
-        for pa, pb, transposed in pair_up(a, b, "share"):
-            if pa == pb:
-                raise TieError(f"'{b.label}' is shared with itself", b.span)
-            self.shares.append(ir.ShareRequest(ir.qualify(model, pa), ir.qualify(model, pb), transposed,
-                                               span, a.span, b.span))
+        self.shares += share_requests([(self.definition.name, a), (self.definition.name, b)], span)
 
     def tie_refs(self, stmt, refs, scope: dict):
         self.add_tie(stmt, [self.target(r, scope) for r in refs], scope)
 
     def add_tie(self, stmt, targets: list[Target], scope: dict):
-        model = self.definition.name
-        config = scope.config
-        strength = coerce(evaluate(stmt.strength, config, "a tie strength"), "float", stmt.strength.span, "λ")
+        strength = coerce(evaluate(stmt.strength, scope.config, "a tie strength"), "float", stmt.strength.span, "λ")
         self.structural |= strength.deps  # a literal in tie_penalty
-        strength = strength.value
-        if strength < 0:
-            raise TieError(f"tie strength must be ≥ 0, got {strength}", stmt.strength.span)
-        columns = [pair_up(targets[0], t, "tie") for t in targets[1:]]
-        for row in zip(*columns):
-            members = [ir.Member(ir.qualify(model, row[0][0]), False, targets[0].span)]
-            members += [ir.Member(ir.qualify(model, pb), tr, t.span) for (_, pb, tr), t in zip(row, targets[1:])]
-            self.ties.append(ir.TieRequest(float(strength), stmt.norm, tuple(members), stmt.span))
+        model = self.definition.name
+        self.ties += tie_requests([(model, t) for t in targets], strength.value, stmt.norm, stmt.span,
+                                  stmt.strength.span)

@@ -16,7 +16,8 @@ from . import ir
 from .catalog import LAYERS, OP_SIGNATURES
 from .config import CVal, evaluate
 from .elaborate import ModelElaborator
-from .refs import pair_up, resolve
+from .refs import resolve
+from .relations import share_requests, tie_requests
 
 
 def _definitions(program: ast.Program) -> tuple[dict, dict, list[TieError]]:
@@ -119,9 +120,9 @@ def elaborate(program: ast.Program, overrides: Mapping[str, int | float] | None 
             continue  # the model had errors of its own, already reported
         try:
             if isinstance(stmt, ast.ShareStmt):
-                shares += _top_shares(stmt, targets)
+                shares += share_requests(targets, stmt.span)
             else:
-                ties += _top_ties(stmt, targets)
+                ties += tie_requests(targets, _top_strength(stmt), stmt.norm, stmt.span, stmt.strength.span)
         except TieError as e:
             errors.append(e)
     raise_all(errors)
@@ -145,17 +146,7 @@ def _top_target(ref: ast.Ref, models, elaborators):
     return head, t
 
 
-def _top_shares(stmt: ast.ShareStmt, targets) -> list[ir.ShareRequest]:
-    (ma, a), out = targets[0], []
-    for mb, b in targets[1:]:
-        for pa, pb, transposed in pair_up(a, b, "share"):
-            if (ma, pa) == (mb, pb):
-                raise TieError(f"'{b.label}' is shared with itself", b.span)
-            out.append(ir.ShareRequest(ir.qualify(ma, pa), ir.qualify(mb, pb), transposed, stmt.span, a.span, b.span))
-    return out
-
-
-def _top_ties(stmt: ast.TieStmt, targets) -> list[ir.TieRequest]:
+def _top_strength(stmt: ast.TieStmt) -> float:
     try:
         strength = evaluate(stmt.strength, {}, "a tie strength").value
     except TieError as e:
@@ -163,12 +154,4 @@ def _top_ties(stmt: ast.TieStmt, targets) -> list[ir.TieRequest]:
                        "or put the tie inside the model") from None
     if isinstance(strength, bool) or not isinstance(strength, (int, float)):
         raise TieError("tie strength must be a number", stmt.strength.span)
-    if strength < 0:
-        raise TieError(f"tie strength must be ≥ 0, got {strength}", stmt.strength.span)
-    (m0, t0), out = targets[0], []
-    columns = [(mb, pair_up(t0, t, "tie"), t) for mb, t in targets[1:]]
-    for k in range(len(columns[0][1]) if columns else 0):
-        members = [ir.Member(ir.qualify(m0, columns[0][1][k][0]), False, t0.span)]
-        members += [ir.Member(ir.qualify(mb, col[k][1]), col[k][2], t.span) for mb, col, t in columns]
-        out.append(ir.TieRequest(float(strength), stmt.norm, tuple(members), stmt.span))
-    return out
+    return float(strength)
