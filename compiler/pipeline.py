@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import gc
+import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
+from tiec.dsl.diagnostics import Source, Span, TieError
 from tiec.dsl.parser import parse
 
 from . import ir, shapes, sharing
@@ -15,15 +17,18 @@ PASSES = (sharing.run, shapes.run)
 
 
 @contextmanager
-def _gc_paused() -> Iterator[None]:
+def _compiling() -> Iterator[None]:
     # Compiling allocates many long-lived objects (AST, IR, spans) and frees almost nothing;
     # the cyclic collector would rescan them again and again, costing about half the time of a
     # large spec. Reference counting still frees everything; collection resumes afterwards.
-    enabled = gc.isenabled()
+    # Expressions are walked recursively: a generated spec may sum hundreds of terms.
+    enabled, limit = gc.isenabled(), sys.getrecursionlimit()
     gc.disable()
+    sys.setrecursionlimit(max(limit, 20_000))
     try:
         yield
     finally:
+        sys.setrecursionlimit(limit)
         if enabled:
             gc.enable()
 
@@ -31,10 +36,14 @@ def _gc_paused() -> Iterator[None]:
 def compile_source(text: str, filename: str = "<string>",
                    overrides: Mapping[str, int | float] | None = None, check: bool = True) -> ir.ProgramIR:
     """Compile .tie source to a verified `ProgramIR`; raises `TieError` on bad input."""
-    with _gc_paused():
-        program = elaborate(parse(text, filename), overrides)
-        for run in PASSES:
-            program = run(program)
-            if check:
-                verify(program)
+    try:
+        with _compiling():
+            program = elaborate(parse(text, filename), overrides)
+            for run in PASSES:
+                program = run(program)
+                if check:
+                    verify(program)
+    except RecursionError:
+        raise TieError("an expression is nested too deeply to compile", Span(Source(filename, text), 0, 0, 0, 0),
+                       hint="split it into several assignments") from None
     return program

@@ -149,3 +149,20 @@ def test_integer_tensors_promote_like_torch(tmp_path):
     for g, w in zip(got, want):
         assert g.dtype == w.numpy().dtype
         np.testing.assert_allclose(g, w.numpy())
+
+
+def test_long_expressions_compile_and_absurd_ones_are_refused():
+    terms = " + ".join(["x"] * 600)
+    m = tiec.loads(f"model M {{\n in x: [B, 4]\n return {terms}\n}}\n").torch("M")
+    x = torch.randn(2, 4)
+    want = x
+    for _ in range(599):  # left to right, as the expression associates
+        want = want + x
+    torch.testing.assert_close(m(x), want)
+    terms = " + ".join(["x"] * 30_000)
+    try:
+        tiec.loads(f"model M {{\n in x: [B, 4]\n return {terms}\n}}\n")
+    except tiec.TieError as e:
+        assert "nested too deeply" in str(e)
+    else:
+        raise AssertionError("a 30,000-deep expression compiled")
