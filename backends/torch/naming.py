@@ -83,6 +83,21 @@ def literal(value: Any) -> str:
     return repr(value)
 
 
+def doc_text(text: str) -> str:
+    """`text` escaped for the inside of a triple-quoted docstring: a backslash, a quote or a
+    character that is not printable (a newline, a NUL, a lone surrogate from a file name) becomes
+    its escape, so text from outside the spec (a path) can never end the string or the line."""
+    out = []
+    for ch in text:
+        if ch in '\\"':
+            out.append("\\" + ch)
+        elif ch.isprintable():
+            out.append(ch)
+        else:
+            out.append(repr(ch)[1:-1])
+    return "".join(out)
+
+
 def _same(a: Any, b: Any) -> bool:
     """Equal with the same types (a float size where an int is expected must not slip through)."""
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
