@@ -1,12 +1,19 @@
-"""The live module: the emitted source, compiled and executed, then instantiated deterministically.
+"""The live module: the emitted source, run as a real Python module, then instantiated deterministically.
 
-The source is registered with `linecache` under `<tiec:ClassName>` so tracebacks and `inspect`
-show the generated lines. Construction runs under a forked RNG seeded with `seed`: the same
-seed gives the same weights, and the caller's global RNG state is left as it was.
+Each distinct source text becomes one module, registered in `sys.modules` under a name derived
+from its hash (`tiec_generated_<hash>`) and in `linecache` under a file name of its own, so
+tracebacks, `inspect.getsource` and `pickle` find the lines that really ran, even when two specs
+define a model of the same name. An instance pickles (and deep-copies) as "the class `qualname`
+of this source", carrying the source text itself, so `torch.load(weights_only=False)` rebuilds
+it in a fresh process that has only `import tiec`. Construction runs under a forked RNG seeded
+with `seed`: the same seed gives the same weights, and the caller's RNG state is left alone.
 """
 from __future__ import annotations
 
+import hashlib
 import linecache
+import sys
+import types
 
 import torch
 from tiec.compiler.ir import ProgramIR, bindings
@@ -27,17 +34,54 @@ def build_module(ir: ProgramIR, model: str | None = None, seed: int = 0) -> nn.M
     Returns:
         The module, with its model parameters at their compiled values.
     """
-    source = generate_source(ir, model)
-    cls_name = class_names(ir)[model]
-    filename = f"<tiec:{cls_name}>"  # the class name: a model named Program has a file of its own
-    linecache.cache[filename] = (len(source), None, source.splitlines(keepends=True), filename)
-    namespace: dict = {"__name__": f"tiec_generated_{cls_name}"}
-    exec(compile(source, filename, "exec"), namespace)  # noqa: S102 - our own generated source
+    cls = _class(generate_source(ir, model), class_names(ir)[model])
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        module = namespace[cls_name]()
+        module = cls()
     _check_keys(ir, model, module)
     return module
+
+
+def source_module(source: str) -> types.ModuleType:
+    """The module that runs `source`: made (and registered) once per distinct text."""
+    digest = hashlib.sha256(source.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    name = f"tiec_generated_{digest}"
+    mod = sys.modules.get(name)
+    if mod is not None and getattr(mod, "__tiec_source__", None) == source:
+        return mod
+    filename = f"<tiec-generated-{digest}>"
+    linecache.cache[filename] = (len(source), None, source.splitlines(keepends=True), filename)
+    mod = types.ModuleType(name)
+    mod.__file__ = filename
+    mod.__tiec_source__ = source
+    sys.modules[name] = mod
+    try:
+        exec(compile(source, filename, "exec"), mod.__dict__)  # noqa: S102 - our own generated source
+    except BaseException:
+        del sys.modules[name]
+        raise
+    for value in list(mod.__dict__.values()):
+        if isinstance(value, type) and issubclass(value, nn.Module) and value.__module__ == name:
+            value.__reduce_ex__ = _reduce_ex
+    return mod
+
+
+def _class(source: str, qualname: str) -> type:
+    return getattr(source_module(source), qualname)
+
+
+def _reduce_ex(self: nn.Module, protocol: int):
+    # object's own reduction, with the class replaced by (source, name): pickling by reference
+    # would need the generated module importable, which no fresh process has
+    rv = object.__reduce_ex__(self, protocol)
+    source = sys.modules[type(self).__module__].__tiec_source__
+    return (_new_instance, (source, type(self).__qualname__), *rv[2:])
+
+
+def _new_instance(source: str, qualname: str) -> nn.Module:
+    """Unpickling: an empty instance of class `qualname` of `source`; pickle restores its state."""
+    cls = _class(source, qualname)
+    return cls.__new__(cls)
 
 
 def _check_keys(ir: ProgramIR, model: str | None, module: nn.Module) -> None:
