@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 
 @dataclass(frozen=True)
@@ -19,8 +20,15 @@ class Source:
     name: str
     text: str
 
+    @cached_property
+    def lines(self) -> tuple[str, ...]:
+        """The text split once, however many diagnostics quote it (re-splitting per diagnostic
+        made printing n warnings cost O(n · file size)). Split as the lexer counts lines: on
+        `\\n` only, not at form feeds or U+2028."""
+        return tuple(self.text.split("\n"))
+
     def line(self, n: int) -> str:
-        lines = self.text.split("\n")  # as the lexer counts lines: not at form feeds or U+2028
+        lines = self.lines
         if 0 < n <= len(lines):
             return lines[n - 1].rstrip("\r")
         return ""

@@ -18,12 +18,14 @@ def test_a_byte_order_mark_is_ignored(tmp_path, capsys):
     assert "ok: 1 model(s)" in capsys.readouterr().out
 
 
-def test_a_file_that_is_not_utf8_is_reported_with_its_name(tmp_path, capsys):
+def test_a_file_that_is_not_utf8_is_reported_at_the_bad_byte(tmp_path, capsys):
     path = tmp_path / "latin.tie"
     path.write_bytes(b"model M {\xff\n}\n")
     assert cli.main(["check", str(path)]) == 1
-    err = capsys.readouterr().err
-    assert f"{path}: error: {path} is not UTF-8 text (byte 9 is 0xff)" in err and "Traceback" not in err
+    assert capsys.readouterr().err == (f"{path}:1:10: error: the file is not UTF-8 text (byte 9 is 0xff)\n"
+                                       "    model M {\ufffd\n"
+                                       "             ^\n"
+                                       "    hint: save it as UTF-8\n")
 
 
 def test_compiled_source_is_an_ordinary_file(tmp_path):

@@ -6,14 +6,14 @@ a submodule named after it); `python()` returns the standalone source of that sa
 """
 from __future__ import annotations
 
+import codecs
 import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from tiec.compiler import compile_source, ir
 from tiec.compiler.stats import program_stats
-from tiec.dsl.diagnostics import TieError
+from tiec.dsl.diagnostics import Source, Span, TieError
 
 
 class Program:
@@ -131,14 +131,35 @@ def loads(text: str, overrides: Mapping[str, int | float] | None = None, filenam
 
 
 def load(path: str | os.PathLike, overrides: Mapping[str, int | float] | None = None) -> Program:
-    """Compile the .tie file at `path`."""
-    from tiec.dsl.diagnostics import Source, Span
+    """Compile the .tie file at `path` (at most `MAX_SOURCE_BYTES`, UTF-8)."""
+    return Program(compile_source(_read_source(str(path)), str(path), overrides), str(path))
 
-    nowhere = Span(Source(str(path), ""), 0, 0, 0, 0)
+
+MAX_SOURCE_BYTES = 16 * 2**20  # far beyond any real spec; /dev/zero or a misnamed dataset stops here
+
+
+def _read_source(path: str) -> str:
+    nowhere = Span(Source(path, ""), 0, 0, 0, 0)
     try:
-        text = Path(path).read_text(encoding="utf-8-sig")  # a byte-order mark is not part of the spec
+        with open(path, "rb") as f:
+            data = f.read(MAX_SOURCE_BYTES + 1)  # never the whole of an endless or huge file
     except OSError as e:
         raise TieError(f"cannot read {path}: {e.strerror or e}", nowhere) from None
+    if len(data) > MAX_SOURCE_BYTES:
+        raise TieError(f"cannot read {path}: it is larger than {MAX_SOURCE_BYTES // 2**20} MiB, "
+                       "the limit for a .tie file", nowhere)
+    bom = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0  # not part of the spec
+    try:
+        return data[bom:].decode("utf-8")
     except UnicodeDecodeError as e:
-        raise TieError(f"{path} is not UTF-8 text (byte {e.start} is {e.object[e.start]:#04x})", nowhere) from None
-    return Program(compile_source(text, str(path), overrides), str(path))
+        raise _not_utf8(path, data[bom:], e.start, bom) from None
+
+
+def _not_utf8(path: str, body: bytes, start: int, offset: int) -> TieError:
+    """The error for the bad byte at `body[start]`, at the line and column the lexer would count."""
+    before = body[:start].decode("utf-8")  # valid: the decoder stopped at the first bad byte
+    line = before.count("\n") + 1
+    col = len(before) - (before.rfind("\n") + 1) + 1
+    src = Source(path, body.decode("utf-8", errors="replace"))  # the excerpt shows the byte as U+FFFD
+    return TieError(f"the file is not UTF-8 text (byte {start + offset} is {body[start]:#04x})",
+                    Span(src, line, col, line, col + 1), hint="save it as UTF-8")
