@@ -1,26 +1,31 @@
-"""Elaboration: AST → IR. Blocks are inlined, repeats unrolled, names resolved.
+"""Elaboration: AST → structured IR. Each definition's body runs once per configuration.
 
-Rule: a model body runs once, top to bottom. `name = Layer(...)` or `name = Block(...)` declares
-an instance at module path `name` (inside a block, `<instance>.name`; inside a non-shared repeat,
-`name.<i>`; inside `repeat … share`, one instance for every iteration). Calling an instance adds
-nodes that use its parameters; calling it again reuses them (that is sharing). A block instance's
-layers are declared when the block is instantiated; each call inlines its body against them.
-Other assignments bind values (SSA: a rebinding is a new value). `share`/`tie` annotations and
-statements become requests, solved by the sharing pass.
+Rule: a model, and a block at each distinct set of parameter values it is instantiated with,
+becomes one `Subgraph`, whose body runs once, top to bottom. `name = Layer(...)` or
+`name = Block(...)` declares an instance under the local name `name`: inside a non-shared
+`repeat`, one copy per iteration (`name[i]` after the loop); inside `repeat … share`, one instance
+for every iteration. Calling a layer adds a node; calling a block instance adds a `call` node
+whose outputs are the block's return values. A `repeat` becomes a `Loop` whose body runs once
+here: a name it rebinds is carried from one iteration to the next. Other assignments bind values
+(SSA: a rebinding is a new value). `share`/`tie` annotations and statements become requests over
+local names, placed in the body where they were written; `lower` solves them per copy.
 """
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 
 from tiec.dsl import ast
 from tiec.dsl.diagnostics import Span, TieError, did_you_mean
 
-from . import ir
+from . import ir, lower
 from .catalog import LAYERS, REQUIRED, Arg
 from .config import CVal, coerce, evaluate
 from .expressions import Binder, GraphBuilder, bind_args
 from .refs import Copies, Instance, ParamIndex, Scope, Target, resolve
 from .relations import share_requests, tie_requests
+
+LOCAL = ""  # the qualifier of a subgraph's own requests: `lower` re-qualifies them per copy
 
 
 class _Return(Exception):
@@ -28,48 +33,81 @@ class _Return(Exception):
         self.values = values
 
 
-class ModelElaborator(Binder):
-    """Builds one model's graph (and its share/tie requests) from its definition."""
+class Blocks:
+    """The program's block subgraphs, built on demand: one per definition and parameter values."""
 
-    def __init__(self, definition: ast.Definition, blocks: Mapping[str, ast.Definition], config: dict):
+    def __init__(self, definitions: Mapping[str, ast.Definition]):
+        self.definitions = definitions
+        self.subgraphs: dict[str, ir.Subgraph] = {}
+        self._keys: dict[tuple, str] = {}
+        self._active: list[str] = []
+        self.declared: dict[str, lower.Declared] = {}  # key → its layers and parameters, flat-named
+
+    def get(self, name: str, values: tuple, call_span: Span) -> ir.Subgraph:
+        signature = (name, tuple((type(v).__name__, v) for v in values))
+        key = self._keys.get(signature)
+        if key is not None:
+            return self.subgraphs[key]
+        if name in self._active:
+            raise TieError(f"block '{name}' instantiates itself", call_span)
+        d = self.definitions[name]
+        config = {p.name: CVal(v, p.name, frozenset({p.name})) for p, v in zip(d.params, values)}
+        self._active.append(name)
+        try:
+            same = sum(1 for s in self.subgraphs.values() if s.definition == name)
+            sub = SubgraphElaborator(d, self, config, name if same == 0 else f"{name}@{same}").run()
+        finally:
+            self._active.pop()
+        self._keys[signature] = sub.key
+        self.subgraphs[sub.key] = sub
+        self.declared[sub.key] = lower.declared(sub, self.subgraphs, self.declared)
+        return sub
+
+
+class SubgraphElaborator(Binder):
+    """Builds one subgraph (a model, or a block at one configuration) from its definition."""
+
+    def __init__(self, definition: ast.Definition, blocks: Blocks, config: dict[str, CVal], key: str | None = None):
         super().__init__(GraphBuilder(definition.name))
         self.definition = definition
-        self.blocks = blocks
+        self.kind = definition.kind
+        self.key = key or definition.name
+        self.registry = blocks
+        self.blocks = blocks.definitions
         self.config = config
         self.index = ParamIndex()
-        self.instances: dict[str, Instance] = {}
-        self.layers: list[ir.Layer] = []
+        self.input_names: set[str] = set()
+        self.instances: dict[str, ir.Instance] = {}
         self.inputs: list[ir.Input] = []
         self.outputs: list[ir.Output] = []
-        self.checks: list[ir.Check] = []
-        self.shares: list[ir.ShareRequest] = []
-        self.ties: list[ir.TieRequest] = []
-        self.structural: set[str] = set()
-        self.scope = Scope()
-        self.active_blocks: list[str] = []
-        self.replaying = False  # inside a later iteration of `repeat … share`
+        self.structural: set[str] = set()  # baked into the body
+        self.unrolled: set[str] = set()  # what the flat view also depends on (counts, children's)
+        self.counts: list[tuple[str, int, str]] = []
+        self.loops: list[tuple[int, bool]] = []  # enclosing loops: (id, shared)
+        self._loop_ids = itertools.count()
+        self.scope = Scope(config)
 
     # ------------------------------------------------------------------ driver
-    def run(self) -> ir.Graph:
+    def run(self) -> ir.Subgraph:
         d = self.definition
-        self.scope = Scope(self.config)
         try:
-            self.body(d.body, self.scope, prefix="", indices=(), mode="model")
+            self.body(d.body, self.scope)
         except _Return as ret:
             self.outputs = self.name_outputs(ret.values)
         if not self.outputs:
+            if d.kind == "block":
+                raise TieError(f"block '{d.name}' has no return statement", d.name_span)
             raise TieError(f"model '{d.name}' has no return statement", d.name_span,
                            hint="end the model with: return <expression>")
-        if not self.inputs:
+        if not self.inputs and d.kind == "model":
             raise TieError(f"model '{d.name}' declares no input", d.name_span, hint="add: in x: [B, 784]")
-        defaults: dict[str, CVal] = {}
-        for p in d.params:  # as declared: a default may use earlier parameters (h = 4 * d)
-            defaults[p.name] = evaluate(p.default, defaults, "a default")
-        return ir.Graph(
-            d.name, ir.frozen({k: v.value for k, v in self.config.items()}),
-            ir.frozen({k: v.value for k, v in defaults.items()}),
-            tuple(self.inputs), tuple(self.layers), tuple(self.index.params.values()), tuple(self.g.nodes),
-            tuple(self.outputs), d.span, frozenset(self.structural), tuple(self.checks))
+        own = {p.name: CVal(p.name, p.name, frozenset({p.name})) for p in d.params}
+        defaults = {p.name: None if p.default is None else _default_src(p.default, own) for p in d.params}
+        return ir.Subgraph(
+            self.key, d.kind, d.name, ir.frozen({k: v.value for k, v in self.config.items()}), ir.frozen(defaults),
+            tuple(self.inputs), tuple(self.instances.values()), tuple(self.g.nodes), tuple(self.outputs),
+            ir.frozen(self.g.naming), frozenset(self.structural), tuple(self.counts), d.span,
+            frozenset(self.structural | self.unrolled))
 
     def name_outputs(self, values: list[tuple[str, ast.Expr]]) -> list[ir.Output]:
         taken = {i.name for i in self.inputs}
@@ -87,46 +125,35 @@ class ModelElaborator(Binder):
         return out
 
     # ------------------------------------------------------------------ statements
-    def body(self, stmts, scope: dict, prefix: str, indices: tuple, mode: str, args: list | None = None):
-        """Run statements. mode: "model" (declare + compute), "declare" (a block's layers),
-        "call" (a block's computation against its declared layers)."""
+    def body(self, stmts, scope: Scope):
         for stmt in stmts:
             if isinstance(stmt, ast.Input):
-                self.input(stmt, scope, mode, args)
-            elif isinstance(stmt, ast.Assign):
-                self.assign(stmt, scope, prefix, indices, mode)
+                self.input(stmt, scope)
+            elif isinstance(stmt, (ast.Assign, ast.Unpack)):
+                self.assign(stmt, scope)
             elif isinstance(stmt, ast.Repeat):
-                self.repeat(stmt, scope, prefix, indices, mode, args)
+                self.repeat(stmt, scope)
             elif isinstance(stmt, ast.Return):
-                if mode == "declare":
-                    return
                 raise _Return([(self.tensor(v, scope), v) for v in stmt.values])
             elif isinstance(stmt, ast.ShareStmt):
-                if mode != "call" and not self.replaying:
-                    self.share_refs(stmt.refs, scope, stmt.span)
-            elif isinstance(stmt, ast.TieStmt) and mode != "call" and not self.replaying:
-                self.tie_refs(stmt, stmt.refs, scope)
+                self.relations(self.share_refs(stmt.refs, scope, stmt.span), ())
+            elif isinstance(stmt, ast.TieStmt):
+                self.relations((), self.tie_refs(stmt, stmt.refs, scope))
 
-    def input(self, stmt: ast.Input, scope: dict, mode: str, args: list | None):
-        if mode == "declare":
-            return
+    def relations(self, shares, ties):
+        if shares or ties:
+            self.g.nodes.append(ir.Relations(tuple(shares), tuple(ties)))
+
+    def input(self, stmt: ast.Input, scope: Scope):
+        if stmt.name in self.input_names:
+            raise TieError(f"input '{stmt.name}' is declared twice", stmt.span)
+        self.input_names.add(stmt.name)
         ttype = self.tensor_type(stmt.type, scope)
-        if mode == "model":
-            if any(i.name == stmt.name for i in self.inputs):
-                raise TieError(f"input '{stmt.name}' is declared twice", stmt.span)
-            name = self.g.fresh(stmt.name)
-            self.inputs.append(ir.Input(name, ttype, stmt.span))
-            scope[stmt.name] = name
-            return
-        if not args:
-            raise TieError(f"block input '{stmt.name}' has no argument", self.call_span,
-                           notes=[(stmt.span, "the block declares it here")],
-                           hint="pass one tensor per `in` declaration")
-        value, span = args.pop(0)
-        self.checks.append(ir.Check(value, ttype, span, stmt.span))
-        scope[stmt.name] = value
+        name = self.g.fresh(stmt.name)
+        self.inputs.append(ir.Input(name, ttype, stmt.span))
+        scope[stmt.name] = name
 
-    def tensor_type(self, t: ast.TensorType, scope: dict) -> ir.TensorType:
+    def tensor_type(self, t: ast.TensorType, scope: Scope) -> ir.TensorType:
         config = scope.config
         dims = []
         for d in t.dims:
@@ -139,36 +166,48 @@ class ModelElaborator(Binder):
             dims.append(v)
         return ir.TensorType(t.dtype or "f32", tuple(dims))
 
-    def assign(self, stmt: ast.Assign, scope: dict, prefix: str, indices: tuple, mode: str):
-        value = stmt.value
-        kind = self.declared_kind(value, scope)
+    def assign(self, stmt, scope: Scope):
+        if isinstance(stmt, ast.Unpack):
+            return self.unpack(stmt, scope)
+        kind = self.declared_kind(stmt.value, scope)
         if kind is not None:
-            inst = self.declare(stmt, kind, scope, prefix, indices, mode)
-            scope[stmt.name] = inst
+            scope[stmt.name] = self.declare(stmt, kind, scope)
             return
-        bound = scope.get(stmt.name)
-        if isinstance(bound, (Instance, Copies)):
-            raise TieError(f"'{stmt.name}' names a layer; assigning a value to it would hide the layer",
-                           stmt.name_span, notes=[(self.instances[bound.path].span if bound.path in self.instances
-                                                   else stmt.span, f"'{stmt.name}' is declared here")],
-                           hint="give the value another name")
+        self.check_rebind(stmt.name, stmt.name_span, scope)
         if stmt.annotations:
             raise TieError("share/tie annotations go on layer declarations", stmt.annotations[0].span,
                            hint=f"'{stmt.name}' is a value; annotate the layer it comes from")
-        if mode == "declare":
-            config = scope.config
-            try:  # config bindings such as `hidden = 4 * d` can size later layers
-                scope[stmt.name] = evaluate(value, config)
-            except TieError:
-                pass
-            return
         before = len(self.g.nodes)
-        result = self.operand(value, scope)
+        result = self.operand(stmt.value, scope)
+        if isinstance(result, tuple):
+            raise TieError(f"this call returns {len(result)} values; bind them all: "
+                           f"{', '.join(f'v{i}' for i in range(len(result)))} = …", stmt.value.span)
         if isinstance(result, str) and len(self.g.nodes) > before:  # `b = a` only aliases: no node to name
             result = self.g.rename(result, stmt.name)
         scope[stmt.name] = result
 
-    def declared_kind(self, value: ast.Expr, scope: dict) -> str | None:
+    def unpack(self, stmt: ast.Unpack, scope: Scope):
+        for name, span in zip(stmt.names, stmt.name_spans):
+            self.check_rebind(name, span, scope)
+        result = self.operand(stmt.value, scope)
+        values = result if isinstance(result, tuple) else (result,)
+        if len(values) != len(stmt.names):
+            raise TieError(f"{len(stmt.names)} names for {len(values)} value(s)", stmt.span,
+                           hint="a block call gives one value per expression in its `return`")
+        for name, value in zip(stmt.names, values):
+            if isinstance(value, CVal):
+                raise TieError("only tensors can be unpacked", stmt.value.span)
+            scope[name] = value
+
+    def check_rebind(self, name: str, span: Span, scope: Scope):
+        bound = scope.get(name)
+        if isinstance(bound, (Instance, Copies)):
+            where = self.instances[bound.path.split(".")[0]].span if bound.path.split(".")[0] in self.instances \
+                else span
+            raise TieError(f"'{name}' names a layer; assigning a value to it would hide the layer", span,
+                           notes=[(where, f"'{name}' is declared here")], hint="give the value another name")
+
+    def declared_kind(self, value: ast.Expr, scope: Scope) -> str | None:
         if isinstance(value, ast.Call) and isinstance(value.func, ast.Name):
             name = value.func.id
             if name in scope:
@@ -179,61 +218,65 @@ class ModelElaborator(Binder):
                 return f"block:{name}"
         return None
 
-    def repeat(self, stmt: ast.Repeat, scope: dict, prefix: str, indices: tuple, mode: str, args):
-        config = scope.config
-        count = coerce(evaluate(stmt.count, config, "a repeat count"), "int", stmt.count.span, "repeat count")
+    def repeat(self, stmt: ast.Repeat, scope: Scope):
+        count = coerce(evaluate(stmt.count, scope.config, "a repeat count"), "int", stmt.count.span, "repeat count")
         if count.value < 1:
             raise TieError(f"repeat count must be at least 1, got {count.value}", stmt.count.span)
-        self.structural |= count.deps
-        declared = self.declared_names(stmt.body, scope)
-        replaying = self.replaying
-        for i in range(count.value):
-            inner = indices if stmt.shared else (*indices, i)
-            # a shared repeat's later iterations reuse the first one's layers: its share and tie
-            # statements would only restate the same relations, so they run once
-            self.replaying = replaying or (stmt.shared and i > 0)
-            self.body(stmt.body, scope, prefix, inner, mode, args)
-        self.replaying = replaying
+        self.unrolled |= count.deps
+        loop_id = next(self._loop_ids)
+        rebound = _rebound(stmt.body)
+        outer_body, self.g.nodes = self.g.nodes, []
+        carried_in = []
+        for name in rebound:
+            if isinstance(scope.get(name), str):  # a tensor before the loop: carried between iterations
+                inner = self.g.fresh(name)
+                carried_in.append((name, scope[name], inner))
+                scope[name] = inner
+        self.loops.append((loop_id, stmt.shared))
+        try:
+            self.body(stmt.body, scope)
+        finally:
+            self.loops.pop()
+            body, self.g.nodes = tuple(self.g.nodes), outer_body
+        carried = []
+        for name, outer, inner in carried_in:
+            result = scope[name]
+            if not isinstance(result, str):
+                raise TieError(f"'{name}' is a tensor before the repeat; it cannot become a number inside it",
+                               stmt.span)
+            carried.append((outer, inner, result))
+        exports = tuple(dict.fromkeys(scope[n] for n in rebound if isinstance(scope.get(n), str)))
+        self.g.nodes.append(ir.Loop(loop_id, count.value, count.src, stmt.shared, body, tuple(carried), exports,
+                                    stmt.count.span))
         if not stmt.shared:  # after the loop, a name stands for all its copies: blk[3]
-            for name in declared:
-                bound = scope.get(name)
-                if isinstance(bound, (Instance, Copies)):
-                    scope[name] = Copies(bound.path.rpartition(".")[0], count.value)
-
-    def declared_names(self, stmts, scope: dict) -> list[str]:
-        """Names declared as layers or blocks in `stmts`, nested repeats included."""
-        names = []
-        for s in stmts:
-            if isinstance(s, ast.Assign) and self.declared_kind(s.value, scope) is not None:
-                names.append(s.name)
-            elif isinstance(s, ast.Repeat):
-                names += self.declared_names(s.body, scope)
-        return names
+            for name in _declared_names(stmt.body, self, scope):
+                if isinstance(scope.get(name), (Instance, Copies)):
+                    scope[name] = Copies(name, count.value, count.src)
+            self.index.expand(loop_id, count.value)
 
     # ------------------------------------------------------------------ declarations
-    def declare(self, stmt: ast.Assign, kind: str, scope: dict, prefix: str, indices: tuple, mode: str) -> Instance:
-        path = prefix + stmt.name + "".join(f".{i}" for i in indices)
-        existing = self.instances.get(path)
+    def declare(self, stmt: ast.Assign, kind: str, scope: Scope) -> Instance:
+        existing = self.instances.get(stmt.name)
         if existing is not None:
-            if existing.decl_id == id(stmt):
-                return existing  # a shared repeat's later iteration, or a block call
             raise TieError(f"'{stmt.name}' is already declared", stmt.name_span,
                            notes=[(existing.span, "first declared here")], hint="pick another name")
-        if mode == "call":
-            raise AssertionError(f"{path} was not declared")
+        loops = tuple(i for i, shared in self.loops if not shared)
         call: ast.Call = stmt.value
-        config = scope.config
         if kind.startswith("block:"):
-            inst = self.declare_block(stmt, kind, call, config, path)
+            inst, ref = self.declare_block(stmt, kind.split(":", 1)[1], call, scope, loops)
         else:
-            inst = self.declare_layer(stmt, kind, call, config, path)
+            inst, ref = self.declare_layer(stmt, kind, call, scope, loops)
+        self.instances[stmt.name] = inst
+        self.g.nodes.append(ir.Decl(stmt.name))
+        shares, ties = [], []
         for ann in stmt.annotations:
-            self.annotate(ann, inst, scope, stmt)
-        return inst
+            self.annotate(ann, ref, scope, stmt, shares, ties)
+        self.relations(shares, ties)
+        return ref
 
-    def declare_layer(self, stmt, kind, call, config, path) -> Instance:
+    def declare_layer(self, stmt, kind, call, scope, loops):
         spec = LAYERS[kind]
-        bound = self.bind_config(spec.args, call, config, kind)
+        bound = self.bind_config(spec.args, call, scope.config, kind)
         values = {k: v.value for k, v in bound.items()}
         for key in ("in_features", "out_features", "in_channels", "out_channels", "num_embeddings",
                     "embedding_dim", "normalized_shape", "embed_dim", "num_heads"):
@@ -244,66 +287,95 @@ class ModelElaborator(Binder):
                            call.span)
         if kind == "Dropout" and not 0 <= values["p"] < 1:
             raise TieError(f"Dropout probability must be in [0, 1), got {values['p']}", call.span)
-        layer = ir.Layer(path, kind, ir.frozen(values), stmt.span, ir.frozen({k: v.src for k, v in bound.items()}))
-        self.layers.append(layer)
+        name = stmt.name
+        layer = ir.Layer(name, kind, ir.frozen(values), stmt.span, ir.frozen({k: v.src for k, v in bound.items()}))
         for slot, shape in spec.slots(values):
-            self.index.add(ir.Param(f"{path}.{slot}", path, slot, tuple(shape), "f32", stmt.span))
-        inst = Instance(path, kind, stmt.span, id(stmt))
-        self.instances[path] = inst
-        return inst
+            self.index.add(ir.Param(f"{name}.{slot}", name, slot, tuple(shape), "f32", stmt.span), loops)
+        inst = ir.Instance(name, layer, None, ir.frozen(), loops, stmt.span)
+        return inst, Instance(name, kind, stmt.span, id(stmt))
 
-    def declare_block(self, stmt, kind, call, config, path) -> Instance:
-        name = kind.split(":", 1)[1]
+    def declare_block(self, stmt, name, call, scope, loops):
         block = self.blocks[name]
-        if name in self.active_blocks:
-            raise TieError(f"block '{name}' instantiates itself", call.span)
         sig = tuple(Arg(p.name, "any", None if p.default is not None else REQUIRED) for p in block.params)
         exprs = bind_args(sig, call, name)
         bound: dict[str, CVal] = {}
+        given: dict[str, CVal] = {}
         for p in block.params:  # defaults may use earlier parameters: block B(d, hidden = 4 * d)
-            given = exprs[p.name]
-            bound[p.name] = evaluate(given, config, f"argument '{p.name}' of {name}") if given is not None \
-                else evaluate(p.default, bound, f"the default of '{p.name}'")
-        inst = Instance(path, kind, stmt.span, id(stmt), block, dict(bound))
-        self.instances[path] = inst
-        self.active_blocks.append(name)
-        try:
-            self.body(block.body, Scope(bound), path + ".", (), "declare")
-        finally:
-            self.active_blocks.pop()
-        return inst
+            x = exprs[p.name]
+            if x is not None:
+                bound[p.name] = given[p.name] = evaluate(x, scope.config, f"argument '{p.name}' of {name}")
+            else:
+                bound[p.name] = evaluate(p.default, bound, f"the default of '{p.name}'")
+        sub = self.registry.get(name, tuple(v.value for v in bound.values()), call.span)
+        for p, v in bound.items():  # a parameter the block bakes in, or unrolls by, is baked in here too
+            if p in sub.unrolled:
+                self.unrolled |= v.deps
+            if p in sub.structural:
+                self.structural |= v.deps
+        for p in self.registry.declared[sub.key].params:
+            self.index.add(ir.Param(f"{stmt.name}.{p.name}", f"{stmt.name}.{p.layer}", p.slot, p.shape, p.dtype,
+                                    p.span), loops)
+        inst = ir.Instance(stmt.name, None, sub.key, ir.frozen({k: v.src for k, v in given.items()}), loops, stmt.span)
+        return inst, Instance(stmt.name, f"block:{name}", stmt.span, id(stmt), sub)
+
+    def instance_at(self, path: str) -> Instance | None:
+        """The layer or block instance at a local module path (`blk.3`, `tower.fc`), if it is one."""
+        parts, instances, pending = path.split("."), self.instances, None
+        enclosing = {i for i, _ in self.loops}
+        i, inst = 0, None
+        while i < len(parts):
+            inst = instances.get(parts[i])
+            if inst is None:
+                return None
+            i += 1
+            need = len([lp for lp in inst.loops if lp not in enclosing]) if pending is None else len(inst.loops)
+            if len(parts) - i < need or not all(p.isdigit() for p in parts[i:i + need]):
+                return None
+            i += need
+            pending = True
+            if i < len(parts):
+                if inst.block is None:
+                    return None
+                instances = self.registry.subgraphs[inst.block].instance_map
+        if inst.layer is not None:
+            return Instance(path, inst.layer.kind, inst.span, 0)
+        sub = self.registry.subgraphs[inst.block]
+        return Instance(path, f"block:{sub.definition}", inst.span, 0, sub)
 
     # ------------------------------------------------------------------ block calls
-    def call_block(self, inst: Instance, call: ast.Call, scope: dict) -> str:
-        block: ast.Definition = inst.definition
+    def call_block(self, inst: Instance, call: ast.Call, scope: Scope):
+        sub: ir.Subgraph = inst.definition
         if call.kwargs:
             raise TieError("a block call takes its inputs positionally", call.kwargs[0].span)
-        args = [(self.tensor(a, scope), a.span) for a in call.args]
-        n_inputs = sum(isinstance(s, ast.Input) for s in block.body)
-        if len(args) != n_inputs:
-            raise TieError(f"block '{block.name}' takes {n_inputs} input(s), got {len(args)}", call.span,
+        args = [self.tensor(a, scope) for a in call.args]
+        if len(args) != len(sub.inputs):
+            block = self.blocks[sub.definition]
+            raise TieError(f"block '{block.name}' takes {len(sub.inputs)} input(s), got {len(args)}", call.span,
                            notes=[(block.name_span, f"'{block.name}' is defined here")])
-        saved = self.call_span
-        self.call_span = call.span
-        try:
-            self.body(block.body, Scope(inst.config), inst.path + ".", (), "call", args)
-        except _Return as ret:
-            if len(ret.values) != 1:
-                raise TieError(f"block '{block.name}' returns {len(ret.values)} values; a call needs one",
-                               call.span) from None
-            return ret.values[0][0]
-        finally:
-            self.call_span = saved
-        raise TieError(f"block '{block.name}' has no return statement", block.name_span)
+        base = inst.path.split(".")[0]
+        outputs = [self.g.fresh(base) for _ in sub.outputs]
+        self.g.naming[outputs[0]] = (base, None)
+        attrs = {"instance": inst.path, "outputs": tuple(outputs), "arg_spans": tuple(a.span for a in call.args)}
+        self.g.nodes.append(ir.Node("call", outputs[0], tuple(args), ir.frozen(attrs), call.span))
+        return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
     # ------------------------------------------------------------------ sharing and tying
-    def target(self, ref: ast.Ref, scope: dict) -> Target:
-        for part in ref.parts:  # an index fixes which copy is meant: the unrolled graph depends on it
-            if not isinstance(part, str):
-                self.structural |= evaluate(part, scope.config, "an index").deps
+    def target(self, ref: ast.Ref, scope: Scope) -> Target:
+        self.note_indices(ref, scope)
         return resolve(ref, scope, self.index, scope.config)
 
-    def annotate(self, ann, inst: Instance, scope: dict, stmt: ast.Assign):
+    def note_indices(self, ref: ast.Ref, scope: Scope):
+        """An index fixes which copy is meant: the constructor must have that many copies."""
+        for part in ref.parts:
+            if not isinstance(part, str):
+                self.structural |= evaluate(part, scope.config, "an index").deps
+        head = scope.get(ref.parts[0]) if isinstance(ref.parts[0], str) else None
+        if isinstance(head, Copies) and len(ref.parts) > 1 and not isinstance(ref.parts[1], str):
+            i = coerce(evaluate(ref.parts[1], scope.config, "an index"), "int", ref.parts[1].span, "index").value
+            if 0 <= i < head.count:
+                self.counts.append((head.path, i, head.src))
+
+    def annotate(self, ann, inst: Instance, scope: Scope, stmt: ast.Assign, shares: list, ties: list):
         own = Target({n[len(inst.path) + 1:]: n for n in self.index.under.get(inst.path, [])}, False,
                      stmt.name_span, stmt.name)
         if isinstance(ann, ast.ShareAnn) and ann.slot is not None:
@@ -313,24 +385,50 @@ class ModelElaborator(Binder):
             own = Target({"": own.params[ann.slot]}, False, stmt.name_span, f"{stmt.name}.{ann.slot}")
         other = self.target(ann.ref, scope)
         if isinstance(ann, ast.ShareAnn):
-            self.add_shares(own, other, ann.span)
+            shares += share_requests([(LOCAL, own), (LOCAL, other)], ann.span)
         else:
-            self.add_tie(ann, [own, other], scope)
+            ties += self.tie([own, other], ann, scope)
 
-    def share_refs(self, refs, scope: dict, span: Span):
-        targets = [self.target(r, scope) for r in refs]
-        for other in targets[1:]:
-            self.add_shares(targets[0], other, span)
+    def share_refs(self, refs, scope: Scope, span: Span) -> list[ir.ShareRequest]:
+        targets = [(LOCAL, self.target(r, scope)) for r in refs]
+        return share_requests(targets, span)
 
-    def add_shares(self, a: Target, b: Target, span: Span):
-        self.shares += share_requests([(self.definition.name, a), (self.definition.name, b)], span)
+    def tie_refs(self, stmt, refs, scope: Scope) -> list[ir.TieRequest]:
+        return self.tie([self.target(r, scope) for r in refs], stmt, scope)
 
-    def tie_refs(self, stmt, refs, scope: dict):
-        self.add_tie(stmt, [self.target(r, scope) for r in refs], scope)
-
-    def add_tie(self, stmt, targets: list[Target], scope: dict):
+    def tie(self, targets: list[Target], stmt, scope: Scope) -> list[ir.TieRequest]:
         strength = coerce(evaluate(stmt.strength, scope.config, "a tie strength"), "float", stmt.strength.span, "λ")
         self.structural |= strength.deps  # a literal in tie_penalty
-        model = self.definition.name
-        self.ties += tie_requests([(model, t) for t in targets], strength.value, stmt.norm, stmt.span,
-                                  stmt.strength.span)
+        return tie_requests([(LOCAL, t) for t in targets], strength.value, stmt.norm, stmt.span, stmt.strength.span)
+
+
+def _default_src(expr: ast.Expr, own: dict[str, CVal]) -> str | None:
+    """A default as Python source over the definition's own parameters (None if it is not one)."""
+    try:
+        return evaluate(expr, own, "a default").src
+    except TieError:
+        return None
+
+
+def _rebound(stmts) -> list[str]:
+    """Value names (not declarations) that `stmts` bind, nested repeats included, in order."""
+    out: list[str] = []
+    for s in stmts:
+        if isinstance(s, ast.Assign):
+            out.append(s.name)
+        elif isinstance(s, ast.Unpack):
+            out.extend(s.names)
+        elif isinstance(s, ast.Repeat):
+            out.extend(_rebound(s.body))
+    return list(dict.fromkeys(out))
+
+
+def _declared_names(stmts, el: SubgraphElaborator, scope: Scope) -> list[str]:
+    """Names declared as layers or blocks in `stmts`, nested repeats included."""
+    names = []
+    for s in stmts:
+        if isinstance(s, ast.Assign) and el.declared_kind(s.value, scope) is not None:
+            names.append(s.name)
+        elif isinstance(s, ast.Repeat):
+            names += _declared_names(s.body, el, scope)
+    return names

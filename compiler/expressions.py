@@ -24,6 +24,7 @@ class GraphBuilder:
         self.nodes: list[ir.Node] = []
         self.names: set[str] = set()
         self.counts: dict[str, int] = {}
+        self.naming: dict[str, tuple[str, str | None]] = {}  # value → (its base name, the user's name)
 
     def fresh(self, base: str) -> str:
         base = base if base.isidentifier() else "v"
@@ -39,16 +40,21 @@ class GraphBuilder:
     def add(self, op: str, base: str, inputs: tuple[str, ...], attrs: dict, span: Span) -> str:
         name = self.fresh(base)
         self.nodes.append(ir.Node(op, name, inputs, ir.frozen(attrs), span))
+        self.naming[name] = (base, None)
         return name
 
     def rename(self, value: str, user_name: str) -> str:
         """Give the node that defined `value` the user's name (SSA: h, h_1, …), if it is the last."""
         last = self.nodes[-1] if self.nodes else None
-        if last is None or last.name != value or not user_name.isidentifier():
+        if not isinstance(last, ir.Node) or last.name != value or not user_name.isidentifier():
             return value
         new = self.fresh(user_name)
-        self.nodes[-1] = ir.Node(last.op, new, last.inputs, last.attrs, last.span)
+        attrs = last.attrs
+        if last.op == "call":
+            attrs = ir.frozen({**attrs, "outputs": (new, *attrs["outputs"][1:])})
+        self.nodes[-1] = ir.Node(last.op, new, last.inputs, attrs, last.span)
         self.names.discard(value)
+        self.naming[new] = (self.naming.pop(value, (last.op, None))[0], user_name)
         return new
 
 
@@ -61,13 +67,18 @@ class Binder:
         self.g = graph
 
     # subclass hooks
-    def call_block(self, inst: Instance, call: ast.Call, scope: dict) -> str: ...
+    def call_block(self, inst: Instance, call: ast.Call, scope: dict) -> str | tuple[str, ...]: ...
     def target(self, ref: ast.Ref, scope: dict): ...
+    def instance_at(self, path: str) -> Instance | None: ...
+    def note_indices(self, ref: ast.Ref, scope: dict) -> None: ...
 
     def tensor(self, e: ast.Expr, scope: dict) -> str:
         v = self.operand(e, scope)
         if isinstance(v, CVal):
             raise TieError("expected a tensor here, got a number", e.span)
+        if isinstance(v, tuple):
+            raise TieError(f"this block call returns {len(v)} values; a call needs one", e.span,
+                           hint=f"bind them first: {', '.join(f'v{i}' for i in range(len(v)))} = …")
         return v
 
     def operand(self, e: ast.Expr, scope: dict):
@@ -157,9 +168,10 @@ class Binder:
                            f"declare a layer before calling it: {func.id} = Linear(…)")
         ref = _as_ref(func)
         if ref is not None and isinstance(scope.get(ref.parts[0]), (Instance, Copies)):
+            self.note_indices(ref, scope)
             config = scope.config
             path, _ = module_path(ref, scope, config)
-            inst = self.instances.get(path)
+            inst = self.instance_at(path)
             if inst is not None:
                 return self.call_instance(inst, e, scope)
         raise TieError("only layers, blocks and ops can be called", e.span)

@@ -1,7 +1,17 @@
 """The intermediate representation: small, closed, and shared by every pass and backend.
 
-A `ProgramIR` holds one `Graph` per model, fully elaborated: blocks are inlined, repeats
-unrolled, names resolved. A graph has
+A `ProgramIR` keeps the structure the user wrote and, beside it, the flat view passes need.
+
+Structured (`ProgramIR.structure`, `ProgramIR.blocks`): one `Subgraph` per model and per block
+definition at each configuration it is instantiated with. A subgraph has its own inputs,
+instances (layers and block instances, under local names), a body of `Node`s, `Decl`s and
+`Loop`s, and outputs. A block instance is run by a `call` node, with any number of inputs and
+outputs; `repeat N { … }` is a `Loop` whose body declares per-iteration instances (N of each);
+`repeat N share { … }` is a `Loop` whose instances exist once. N stays an expression over the
+subgraph's parameters (`Loop.count_src`).
+
+Flat (`ProgramIR.models`, made by `lower.run` from the structure): one `Graph` per model, blocks
+inlined and repeats unrolled. A graph has
 
 - `layers`: every layer instance, by dotted module path (`tower.conv1`, `blk.3.up`, `blk.up`),
   with its evaluated configuration (keys are those of `LAYER_KINDS` below);
@@ -34,6 +44,8 @@ Node ops (the closed set `OPS`), with their `attrs`:
     cosine_similarity (a, b)      {"dim": int, "eps": float}
     positions    (x)              {}        i64 [T]: 0 … T-1 where T is x's last dim
     <LayerKind>  (x)              {"layer": layer path}   a call of that layer instance
+    call         (x1, …, xn)      {"instance": path, "outputs": (value names), "arg_spans": (spans)}
+                                  a block instance run on its inputs (structured IR only)
 
 Dims are `int` or `str` (a symbol such as "B", "T", or a product such as "B*T"); symbols stay
 dynamic in both backends.
@@ -69,7 +81,8 @@ FUNCTION_OPS = (
     "silu", "gelu", "softmax", "log_softmax", "flatten", "reshape", "transpose", "max_pool2d",
     "avg_pool2d", "mean", "concat", "cosine_similarity", "positions",
 )
-OPS = frozenset(FUNCTION_OPS) | frozenset(LAYER_KINDS)
+STRUCTURED_OPS = ("call",)
+OPS = frozenset(FUNCTION_OPS) | frozenset(LAYER_KINDS) | frozenset(STRUCTURED_OPS)
 
 
 def frozen(mapping: Mapping | None = None) -> Mapping:
@@ -223,6 +236,75 @@ class TieGroup:
 
 
 @dataclass(frozen=True)
+class Instance:
+    """A child of a subgraph: a layer (`layer` set) or a block instance (`block`: a subgraph key,
+    `args`: its parameters as Python source over the parent's parameters). `loops`: the ids of
+    the non-shared loops that declare it, outermost first: one copy per iteration of each."""
+
+    name: str
+    layer: Layer | None
+    block: str | None
+    args: Mapping[str, str]
+    loops: tuple[int, ...]
+    span: Span
+
+
+@dataclass(frozen=True)
+class Decl:
+    """The point in a body where an instance is declared (its layers, then its relations)."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class Relations:
+    """Share and tie requests written at this point of a body, over the subgraph's local names."""
+
+    shares: tuple[ShareRequest, ...]
+    ties: tuple[TieRequest, ...]
+
+
+@dataclass(frozen=True)
+class Loop:
+    """`repeat count { body }`. `carried`: (value before the loop, the body's name for it, the
+    body's result), one per name the body rebinds that existed before; `exports`: (value after
+    the loop, the body value it is), one per name the body binds; both follow the last iteration."""
+
+    id: int
+    count: int
+    count_src: str
+    shared: bool
+    body: tuple[Any, ...]  # Node | Decl | Relations | Loop
+    carried: tuple[tuple[str, str, str], ...]
+    exports: tuple[tuple[str, str], ...]
+    span: Span
+
+
+@dataclass(frozen=True)
+class Subgraph:
+    """A model, or a block definition at one configuration (`key`: unique in the program)."""
+
+    key: str
+    kind: str  # "model" | "block"
+    definition: str  # the name in the spec
+    params: Mapping[str, Any]  # parameter → value
+    defaults: Mapping[str, str | None]  # parameter → its default as Python source (None: required)
+    inputs: tuple[Input, ...]
+    instances: tuple[Instance, ...]
+    body: tuple[Any, ...]  # Node | Decl | Relations | Loop
+    outputs: tuple[Output, ...]
+    naming: Mapping[str, tuple[str, str | None]]  # value → (the base its name was made from, the user's name)
+    structural: frozenset  # parameters baked into the body as literals (a new value needs a recompile)
+    counts: tuple[tuple[str, int, str], ...]  # (instance, index, count source): an index the spec uses
+    span: Span
+    unrolled: frozenset = frozenset()  # parameters the flat view depends on: `structural`, counts, children's
+
+    @cached_property
+    def instance_map(self) -> dict[str, Instance]:
+        return {i.name: i for i in self.instances}
+
+
+@dataclass(frozen=True)
 class ProgramIR:
     source: Source
     models: Mapping[str, Graph]
@@ -232,6 +314,8 @@ class ProgramIR:
     tie_groups: tuple[TieGroup, ...] = ()
     types: Mapping[str, Mapping[str, TensorType]] = field(default_factory=frozen)
     warnings: tuple[TieWarning, ...] = ()
+    structure: Mapping[str, Subgraph] = field(default_factory=frozen)  # model → its subgraph
+    blocks: Mapping[str, Subgraph] = field(default_factory=frozen)  # key → block subgraph
 
 
 def qualify(model: str, local: str) -> str:

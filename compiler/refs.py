@@ -36,6 +36,7 @@ class Copies:
 
     path: str
     count: int
+    src: str = ""  # the count as Python source over the definition's parameters
 
 
 class Scope(dict):
@@ -67,17 +68,48 @@ class Target:
 
 
 class ParamIndex:
-    """Parameters of one model by name, and by every module path that contains them."""
+    """Parameters of one model or block by name, and by every module path that contains them.
+
+    Inside a non-shared loop a copy's parameters are named as the current iteration sees them
+    (`fc.weight`); when the loop closes they are renamed once per copy (`fc.0.weight` …), since
+    only indexed references can reach them then. `pending` is the loops a name still awaits.
+    """
 
     def __init__(self) -> None:
         self.params: dict[str, Param] = {}
-        self.under: dict[str, list[str]] = {}
+        self.under: dict[str, dict[str, None]] = {}
+        self.pending: dict[str, tuple[int, ...]] = {}
 
-    def add(self, p: Param) -> None:
+    def add(self, p: Param, pending: tuple[int, ...] = ()) -> None:
         self.params[p.name] = p
+        if pending:
+            self.pending[p.name] = pending
         parts = p.name.split(".")
         for i in range(1, len(parts)):
-            self.under.setdefault(".".join(parts[:i]), []).append(p.name)
+            self.under.setdefault(".".join(parts[:i]), {})[p.name] = None
+
+    def _remove(self, name: str) -> Param:
+        p = self.params.pop(name)
+        self.pending.pop(name, None)
+        parts = name.split(".")
+        for i in range(1, len(parts)):
+            prefix = ".".join(parts[:i])
+            names = self.under[prefix]
+            del names[name]
+            if not names:
+                del self.under[prefix]
+        return p
+
+    def expand(self, loop: int, count: int) -> None:
+        """`loop` has closed after `count` iterations: its copies' parameters take their index."""
+        for name in [n for n, pend in self.pending.items() if pend[-1] == loop]:
+            pend = self.pending[name]
+            p = self._remove(name)
+            head, _, rest = name.partition(".")
+            layer_rest = p.layer.partition(".")[2]
+            for i in range(count):
+                layer = ".".join(x for x in (head, str(i), layer_rest) if x)
+                self.add(Param(f"{head}.{i}.{rest}", layer, p.slot, p.shape, p.dtype, p.span), pend[:-1])
 
 
 def render(ref: ast.Ref) -> str:

@@ -354,5 +354,4 @@ def run(program: ir.ProgramIR) -> ir.ProgramIR:
         except TieError as e:
             errors.append(e)
     raise_all(errors)
-    return ir.ProgramIR(program.source, ir.frozen(models), program.share_requests, program.tie_requests,
-                        program.share_groups, program.tie_groups, ir.frozen(types), program.warnings)
+    return replace(program, models=ir.frozen(models), types=ir.frozen(types))

@@ -10,6 +10,7 @@ canonical's. Ties keep their members; a tie whose members are all one tensor is 
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import replace
 
 import networkx as nx
 from tiec.dsl.diagnostics import TieError, TieWarning, raise_all
@@ -74,8 +75,8 @@ def run(program: ir.ProgramIR) -> ir.ProgramIR:
             orient_of[m] = (gid, orient[m])
     ties, warnings = _ties(program, params, orient_of, errors)
     raise_all(errors)
-    return ir.ProgramIR(program.source, program.models, program.share_requests, program.tie_requests,
-                        tuple(groups), tuple(ties), program.types, program.warnings + tuple(warnings))
+    return replace(program, share_groups=tuple(groups), tie_groups=tuple(ties),
+                   warnings=program.warnings + tuple(warnings))
 
 
 def _orient(g: nx.Graph, root: str) -> tuple[dict[str, bool], TieError | None]:

@@ -8,6 +8,7 @@ Each model is elaborated on its own, so errors in independent models are all rep
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 
 from tiec.dsl import ast
 from tiec.dsl.diagnostics import Span, TieError, TieWarning, did_you_mean, raise_all
@@ -15,8 +16,9 @@ from tiec.dsl.diagnostics import Span, TieError, TieWarning, did_you_mean, raise
 from . import ir
 from .catalog import LAYERS, OP_SIGNATURES
 from .config import CVal, evaluate
-from .elaborate import ModelElaborator
-from .refs import resolve
+from . import lower
+from .elaborate import Blocks, SubgraphElaborator
+from .refs import ParamIndex, resolve
 from .relations import share_requests, tie_requests
 
 
@@ -99,20 +101,35 @@ def elaborate(program: ast.Program, overrides: Mapping[str, int | float] | None 
         errors.append(TieError("no model defined", program.span, hint="add: model Name { in x: [B, 4] … return … }"))
     raise_all(errors)
 
-    graphs, elaborators, warnings = {}, {}, []
+    registry = Blocks(blocks)
+    structure, elaborators = {}, {}
     for name, d in models.items():
         try:
-            el = ModelElaborator(d, blocks, _model_config(d, overrides))
-            graphs[name] = el.run()
+            el = SubgraphElaborator(d, registry, _model_config(d, overrides))
+            structure[name] = el.run()
             elaborators[name] = el
-            warnings += _unused_warnings(graphs[name])
         except TieError as e:
             errors.extend(getattr(e, "errors", (e,)))
-    shares = [r for el in elaborators.values() for r in el.shares]
-    ties = [r for el in elaborators.values() for r in el.ties]
+    shaped = ir.ProgramIR(program.span.source, ir.frozen(), structure=ir.frozen(structure),
+                          blocks=ir.frozen(registry.subgraphs))
+    graphs, indexes, shares, ties, warnings = {}, {}, [], [], []
+    for name, d in models.items():
+        if name not in structure:
+            continue
+        graph, decl = lower.run(shaped, name, registry.declared)
+        defaults: dict[str, CVal] = {}
+        for p in d.params:  # as declared: a default may use earlier parameters (h = 4 * d)
+            defaults[p.name] = evaluate(p.default, defaults, "a default")
+        graphs[name] = replace(graph, defaults=ir.frozen({k: v.value for k, v in defaults.items()}))
+        indexes[name] = ParamIndex()
+        for p in graph.params:
+            indexes[name].add(p)
+        shares += decl.shares
+        ties += decl.ties
+        warnings += _unused_warnings(graphs[name])
     for stmt in program.statements:
         try:
-            targets = [_top_target(ref, models, elaborators) for ref in stmt.refs]
+            targets = [_top_target(ref, models, elaborators, indexes) for ref in stmt.refs]
         except TieError as e:
             errors.append(e)
             continue
@@ -126,10 +143,11 @@ def elaborate(program: ast.Program, overrides: Mapping[str, int | float] | None 
         except TieError as e:
             errors.append(e)
     raise_all(errors)
-    return ir.ProgramIR(program.span.source, ir.frozen(graphs), tuple(shares), tuple(ties), warnings=tuple(warnings))
+    return replace(shaped, models=ir.frozen(graphs), share_requests=tuple(shares), tie_requests=tuple(ties),
+                   warnings=tuple(warnings))
 
 
-def _top_target(ref: ast.Ref, models, elaborators):
+def _top_target(ref: ast.Ref, models, elaborators, indexes):
     head = ref.parts[0]
     if not isinstance(head, str) or head not in models:
         hint = did_you_mean(head, models) if isinstance(head, str) else None
@@ -142,7 +160,7 @@ def _top_target(ref: ast.Ref, models, elaborators):
     if el is None:
         return None
     config = el.scope.config
-    t = resolve(ref, el.scope, el.index, config, start=1)
+    t = resolve(ref, el.scope, indexes[head], config, start=1)
     return head, t
 
 

@@ -142,6 +142,16 @@ class Assign:
 
 
 @dataclass(frozen=True)
+class Unpack:
+    """`a, b = Pair(x, y)`: one name per value a block call returns."""
+
+    names: tuple[str, ...]
+    value: Expr
+    span: Span
+    name_spans: tuple[Span, ...]
+
+
+@dataclass(frozen=True)
 class Repeat:
     count: Expr
     shared: bool
@@ -169,7 +179,7 @@ class TieStmt:
     span: Span
 
 
-Stmt = Input | Assign | Repeat | Return | ShareStmt | TieStmt
+Stmt = Input | Assign | Unpack | Repeat | Return | ShareStmt | TieStmt
 
 # ----------------------------------------------------------------------------- definitions
 

@@ -187,6 +187,10 @@ class _Builder(Transformer):
         name = self._span(c[0])
         return ast.Assign(str(c[0]), c[1], tuple(c[2:]), _join(name, c[1].span), name)
 
+    def unpack(self, c):
+        names = [self._span(t) for t in c[:-1]]
+        return ast.Unpack(tuple(str(t) for t in c[:-1]), c[-1], _join(names[0], c[-1].span), tuple(names))
+
     def body(self, c):
         return tuple(c)
 

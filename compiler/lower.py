@@ -1,0 +1,174 @@
+"""Lowering: the structured IR → the flat view (one `Graph` per model), blocks inlined, loops unrolled.
+
+Rule: a subgraph's body is walked twice. The declaring walk visits `Decl`s and `Relations` in
+order, through every iteration of a non-shared loop and the first of a shared one: each
+instance's layers and parameters are declared at its module path (`blk.3.up`: a copy of a loop
+takes the iteration's index after its name) and each share/tie request is restated over those
+paths. The computing walk visits nodes through every iteration: a `call` inlines the block's
+body against its layers, a loop carries the values it rebinds into the next iteration. Value
+names are made again, in that order, from the base each structured node was named from, so the
+flat names are those a single pass over the spec would give (`x`, `x_1`, `norm_5`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from . import ir
+from .catalog import LAYERS
+from .expressions import GraphBuilder
+
+
+@dataclass
+class Declared:
+    """A subgraph's layers, parameters and requests, named by module path from the subgraph."""
+
+    layers: list[ir.Layer] = field(default_factory=list)
+    params: list[ir.Param] = field(default_factory=list)
+    shares: list[ir.ShareRequest] = field(default_factory=list)
+    ties: list[ir.TieRequest] = field(default_factory=list)
+
+
+def _flat(sub: ir.Subgraph, local: str, indices: dict[int, int], prefix: str) -> str:
+    """A local module path → the flat path: copies of enclosing loops take their iteration index."""
+    head, _, rest = local.partition(".")
+    inst = sub.instance_map.get(head)
+    implicit = [str(indices[lp]) for lp in inst.loops if lp in indices] if inst is not None else []
+    return prefix + ".".join(p for p in (head, *implicit, rest) if p)
+
+
+def _qualified(sub: ir.Subgraph, qualified: str, indices, prefix: str, model: str) -> str:
+    return ir.qualify(model, _flat(sub, ir.split(qualified)[1], indices, prefix))
+
+
+def declared(sub: ir.Subgraph, subgraphs: dict[str, ir.Subgraph], cache: dict[str, Declared]) -> Declared:
+    """What `sub` declares (see the module docstring), relative to it; child blocks come from `cache`."""
+    out = Declared()
+    _declare(sub.body, sub, subgraphs, cache, {}, out)
+    return out
+
+
+def _declare(body, sub, subgraphs, cache, indices: dict[int, int], out: Declared) -> None:
+    for item in body:
+        if isinstance(item, ir.Decl):
+            inst = sub.instance_map[item.name]
+            path = _flat(sub, item.name, indices, "")
+            if inst.layer is not None:
+                layer = replace(inst.layer, path=path)
+                out.layers.append(layer)
+                for slot, shape in LAYERS[layer.kind].slots(layer.config):
+                    out.params.append(ir.Param(f"{path}.{slot}", path, slot, tuple(shape), "f32", layer.span))
+            else:
+                _extend(out, cache[inst.block], path + ".")
+        elif isinstance(item, ir.Relations):
+            for r in item.shares:
+                out.shares.append(replace(r, a=_qualified(sub, r.a, indices, "", ""),
+                                          b=_qualified(sub, r.b, indices, "", "")))
+            for t in item.ties:
+                members = tuple(replace(m, param=_qualified(sub, m.param, indices, "", "")) for m in t.members)
+                out.ties.append(replace(t, members=members))
+        elif isinstance(item, ir.Loop):
+            for i in range(1 if item.shared else item.count):  # a shared loop declares, and relates, once
+                _declare(item.body, sub, subgraphs, cache, indices if item.shared else {**indices, item.id: i}, out)
+
+
+def _extend(out: Declared, child: Declared, prefix: str) -> None:
+    def move(q: str) -> str:
+        return ir.qualify("", prefix + ir.split(q)[1])
+
+    out.layers += [replace(layer, path=prefix + layer.path) for layer in child.layers]
+    out.params += [replace(p, name=prefix + p.name, layer=prefix + p.layer) for p in child.params]
+    out.shares += [replace(r, a=move(r.a), b=move(r.b)) for r in child.shares]
+    out.ties += [replace(t, members=tuple(replace(m, param=move(m.param)) for m in t.members)) for t in child.ties]
+
+
+def _requalify(d: Declared, model: str) -> Declared:
+    def q(name: str) -> str:
+        return ir.qualify(model, ir.split(name)[1])
+
+    return Declared(d.layers, d.params, [replace(r, a=q(r.a), b=q(r.b)) for r in d.shares],
+                    [replace(t, members=tuple(replace(m, param=q(m.param)) for m in t.members)) for t in d.ties])
+
+
+class _Computer:
+    """The computing walk over one model: flat nodes and the declared-type checks of block inputs."""
+
+    def __init__(self, subgraphs: dict[str, ir.Subgraph], model: ir.Subgraph):
+        self.subgraphs = subgraphs
+        self.g = GraphBuilder(model.definition)
+        for i in model.inputs:  # inputs keep their names; nodes take others
+            self.g.names.add(i.name)
+            self.g.counts[i.name] = 1
+        self.checks: list[ir.Check] = []
+
+    def walk(self, body, sub: ir.Subgraph, env: dict[str, str], indices: dict[int, int], prefix: str) -> None:
+        for item in body:
+            if isinstance(item, ir.Node):
+                if item.op == "call":
+                    self.call(item, sub, env, indices, prefix)
+                else:
+                    self.node(item, sub, env, indices, prefix)
+            elif isinstance(item, ir.Loop):
+                self.loop(item, sub, env, indices, prefix)
+
+    def node(self, n: ir.Node, sub, env, indices, prefix) -> None:
+        attrs = dict(n.attrs)
+        base, user = sub.naming.get(n.name, (n.op, None))
+        if "layer" in attrs:
+            attrs["layer"] = path = _flat(sub, attrs["layer"], indices, prefix)
+            last = path.rsplit(".", 1)[-1]
+            base = last if not last.isdigit() else path.replace(".", "_")
+        elif n.op == "param":
+            attrs["param"] = name = _flat(sub, attrs["param"], indices, prefix)
+            base = name.replace(".", "_") + ("_T" if attrs["transposed"] else "")
+        value = self.g.add(n.op, base, tuple(env[v] for v in n.inputs), attrs, n.span)
+        env[n.name] = self.g.rename(value, user) if user else value
+
+    def call(self, n: ir.Node, sub, env, indices, prefix) -> None:
+        path = _flat(sub, n.attrs["instance"], indices, prefix)
+        child = self.subgraphs[instance_block(sub, n.attrs["instance"], self.subgraphs)]
+        args = [env[v] for v in n.inputs]
+        for value, inp, span in zip(args, child.inputs, n.attrs["arg_spans"]):
+            self.checks.append(ir.Check(value, inp.type, span, inp.span))
+        inner = {inp.name: value for inp, value in zip(child.inputs, args)}
+        before = len(self.g.nodes)
+        self.walk(child.body, child, inner, {}, path + ".")
+        outs = [inner[o.value] for o in child.outputs]
+        user = sub.naming.get(n.name, (None, None))[1]
+        if user and len(outs) == 1 and len(self.g.nodes) > before:
+            outs[0] = self.g.rename(outs[0], user)
+        for name, value in zip(n.attrs["outputs"], outs):
+            env[name] = value
+
+    def loop(self, loop: ir.Loop, sub, env, indices, prefix) -> None:
+        for outer, inner, _ in loop.carried:
+            env[inner] = env[outer]
+        for i in range(loop.count):
+            self.walk(loop.body, sub, env, indices if loop.shared else {**indices, loop.id: i}, prefix)
+            following = {inner: env[result] for _, inner, result in loop.carried}
+            env.update(following)
+
+
+def instance_block(sub: ir.Subgraph, path: str, subgraphs: dict[str, ir.Subgraph]) -> str:
+    """The block key of the instance a local path names (`blk`, `blk.3`, `tower.inner`)."""
+    parts = [p for p in path.split(".") if not p.isdigit()]
+    key = None
+    for part in parts:
+        inst = sub.instance_map[part]
+        key = inst.block
+        if key is not None:
+            sub = subgraphs[key]
+    return key
+
+
+def run(program: ir.ProgramIR, model: str, cache: dict[str, Declared]) -> tuple[ir.Graph, Declared]:
+    """The flat `Graph` of `model` and its requests (qualified by the model's name)."""
+    sub = program.structure[model]
+    subgraphs = dict(program.blocks)
+    decl = _requalify(declared(sub, subgraphs, cache), model)
+    computer = _Computer(subgraphs, sub)
+    env = {i.name: i.name for i in sub.inputs}
+    computer.walk(sub.body, sub, env, {}, "")
+    outputs = tuple(replace(o, value=env[o.value]) for o in sub.outputs)
+    graph = ir.Graph(model, sub.params, ir.frozen(), sub.inputs, tuple(decl.layers), tuple(decl.params),
+                     tuple(computer.g.nodes), outputs, sub.span, sub.unrolled, tuple(computer.checks))
+    return graph, decl
