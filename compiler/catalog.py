@@ -17,7 +17,7 @@ REQUIRED = object()
 @dataclass(frozen=True)
 class Arg:
     name: str  # the spec's name for it
-    kind: str  # tensor | tensors | int | float | bool | pair | str | dims | opt_pair | opt_float
+    kind: str  # tensor | tensors | int | float | eps (a float ≥ 0) | bool | pair | str | dims | opt_pair | opt_float
     default: Any = REQUIRED
     key: str = ""  # config / attrs key; defaults to `name`
     aliases: tuple[str, ...] = ()
@@ -70,10 +70,10 @@ LAYERS: dict[str, LayerSpec] = {
          Arg("dim", "int", key="embedding_dim", aliases=("embedding_dim",))),
         lambda c: [("weight", (c["num_embeddings"], c["embedding_dim"]))]),  # y = W[i]
     "LayerNorm": LayerSpec(
-        (Arg("d", "int", key="normalized_shape", aliases=("normalized_shape",)), Arg("eps", "float", 1e-5)),
+        (Arg("d", "int", key="normalized_shape", aliases=("normalized_shape",)), Arg("eps", "eps", 1e-5)),
         lambda c: [("weight", (c["normalized_shape"],)), ("bias", (c["normalized_shape"],))]),
     "RMSNorm": LayerSpec(
-        (Arg("d", "int", key="normalized_shape", aliases=("normalized_shape",)), Arg("eps", "float", 1e-6)),
+        (Arg("d", "int", key="normalized_shape", aliases=("normalized_shape",)), Arg("eps", "eps", 1e-6)),
         lambda c: [("weight", (c["normalized_shape"],))]),
     "SelfAttention": LayerSpec(
         (Arg("d", "int", key="embed_dim", aliases=("embed_dim",)),
@@ -104,7 +104,7 @@ OP_SIGNATURES: dict[str, tuple[Arg, ...]] = {
     "mean": (_X, Arg("dim", "int"), Arg("keepdim", "bool", False)),
     "concat": (Arg("tensors", "tensors"), Arg("dim", "int", 0)),
     "cosine_similarity": (Arg("x1", "tensor", aliases=("a",)), Arg("x2", "tensor", aliases=("b",)),
-                          Arg("dim", "int", 1), Arg("eps", "float", 1e-8)),
+                          Arg("dim", "int", 1), Arg("eps", "eps", 1e-8)),
     "positions": _UNARY,
 }
 

@@ -4,9 +4,13 @@ Rule: a config expression is integer/float arithmetic (`+ - * / //`, unary `-`) 
 `true`/`false`, strings and the enclosing model's or block's parameters. Each value remembers a
 Python rendering over the model's parameters (`4 * d`) and which model parameters it depends on,
 so emitted code can stay parameterised and the compiler knows what shapes the unrolled graph.
+Every number is finite: a literal, an override or a result that is inf, nan or beyond the largest
+float is an error where it appears.
 """
 from __future__ import annotations
 
+import math
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -47,18 +51,31 @@ def _arith(op: str, a: Any, b: Any, span: Span) -> Any:
         raise TieError(f"'{op}' needs numbers here", span)
     if op in ("/", "//") and b == 0:
         raise TieError("division by zero", span)
-    return {"+": lambda: a + b, "-": lambda: a - b, "*": lambda: a * b, "/": lambda: a / b,
-            "//": lambda: a // b}[op]()
+    value = {"+": lambda: a + b, "-": lambda: a - b, "*": lambda: a * b, "/": lambda: a / b,
+             "//": lambda: a // b}[op]()
+    return _finite(value, span, f"'{op}' gives")
+
+
+def _finite(value: Any, span: Span, what: str) -> Any:
+    """`value`, unless it is an inf or nan float or an integer too large for any float: nan passes
+    `λ ≥ 0`, inf sizes reach the backends, and such an integer makes a later `float()` raise."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise TieError(f"{what} {value}: configuration values must be finite numbers", span)
+    if isinstance(value, int) and abs(value) > sys.float_info.max:
+        raise TieError(f"{what} a number larger than about 1.8e308: configuration values must be finite numbers",
+                       span)
+    return value
 
 
 def evaluate(expr: ast.Expr, env: Mapping[str, CVal], what: str = "a configuration value") -> CVal:
     """Evaluate a config expression; names come from `env` (parameters in scope)."""
     if isinstance(expr, ast.Num):
-        return CVal.literal(expr.value)
+        return CVal.literal(_finite(expr.value, expr.span, "this number is"))
     if isinstance(expr, ast.Str):
         return CVal.literal(expr.value)
     if isinstance(expr, ast.Name):
         if expr.id in env:
+            _finite(env[expr.id].value, expr.span, f"'{expr.id}' is")
             return env[expr.id]
         if expr.id in ("true", "false"):
             return CVal.literal(expr.id == "true")
@@ -80,8 +97,8 @@ def evaluate(expr: ast.Expr, env: Mapping[str, CVal], what: str = "a configurati
 
 
 def coerce(v: CVal, kind: str, span: Span, name: str, minimum: int = 0) -> CVal:
-    """Check a config value against an argument kind (int, float, bool, pair, str…); pairs
-    (kernel sizes, strides, paddings) must be at least `minimum`."""
+    """Check a config value against an argument kind (int, float, eps, bool, pair, str…); pairs
+    (kernel sizes, strides, paddings) must be at least `minimum`; an eps is a float ≥ 0."""
     val = v.value
     if kind == "int":
         if isinstance(val, float) and val.is_integer() and not isinstance(val, bool):
@@ -89,9 +106,12 @@ def coerce(v: CVal, kind: str, span: Span, name: str, minimum: int = 0) -> CVal:
         if not isinstance(val, int) or isinstance(val, bool):
             raise TieError(f"'{name}' must be an integer, got {val!r}", span)
         return v
-    if kind in ("float", "opt_float"):
+    if kind in ("float", "opt_float", "eps"):
         if isinstance(val, bool) or not isinstance(val, (int, float)):
             raise TieError(f"'{name}' must be a number, got {val!r}", span)
+        _finite(val, span, f"'{name}' is")
+        if kind == "eps" and val < 0:  # a negative eps can make a variance or a norm 0 (or less): nan
+            raise TieError(f"'{name}' must be at least 0, got {val!r}", span)
         return CVal(float(val), v.src, v.deps, v.prec)
     if kind == "bool":
         if not isinstance(val, bool):

@@ -7,6 +7,8 @@ Used alike inside models (every target in one model) and at top level (targets a
 """
 from __future__ import annotations
 
+import math
+
 from tiec.dsl.diagnostics import Span, TieError
 
 from . import ir
@@ -27,8 +29,8 @@ def share_requests(targets: list[tuple[str, Target]], span: Span) -> list[ir.Sha
 def tie_requests(targets: list[tuple[str, Target]], strength: float, norm: str, span: Span,
                  strength_span: Span) -> list[ir.TieRequest]:
     """One request per slot, λ · Σ_{i<j} over the counterparts of that slot in every target."""
-    if strength < 0:
-        raise TieError(f"tie strength must be ≥ 0, got {strength}", strength_span)
+    if not (math.isfinite(strength) and strength >= 0):  # nan passes `strength < 0`
+        raise TieError(f"tie strength must be a finite number ≥ 0, got {strength}", strength_span)
     (m0, t0) = targets[0]
     columns = [(mb, pair_up(t0, t, "tie"), t) for mb, t in targets[1:]]
     out = []

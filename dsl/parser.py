@@ -6,7 +6,9 @@ offending token's span and a readable list of what was expected.
 """
 from __future__ import annotations
 
+import math
 import re
+import sys
 import threading
 from collections.abc import Iterator
 from importlib import resources
@@ -22,6 +24,7 @@ from .diagnostics import Source, Span, TieError
 DTYPES = ("f32", "f16", "bf16", "f64", "i32", "i64", "bool")
 NORMS = ("l2", "l1")
 KEYWORDS = ("model", "block", "in", "repeat", "share", "tie", "return")
+_FLOAT_MAX_DIGITS = len(str(int(sys.float_info.max)))
 
 
 def _tok_span(src: Source, tok: Token) -> Span:
@@ -87,9 +90,15 @@ class _Builder(Transformer):
 
     # --- expressions
     def number(self, c):
-        text = str(c[0])
-        is_int = text.isdigit()
-        return ast.Num(int(text) if is_int else float(text), self._span(c[0]))
+        text, span = str(c[0]), self._span(c[0])
+        if not text.isdigit():
+            value = float(text)
+        else:  # longer than the largest float it is too large anyway, and int() refuses 4300+ digits
+            value = int(text) if len(text) <= _FLOAT_MAX_DIGITS else math.inf
+        if value > sys.float_info.max:  # a float literal past it would silently be inf
+            shown = text if len(text) <= 24 else f"{text[:8]}… ({len(text)} characters)"
+            raise TieError(f"the number {shown} is too large: the largest is about 1.8e308", span)
+        return ast.Num(value, span)
 
     def string(self, c):
         return ast.Str(str(c[0])[1:-1], self._span(c[0]))

@@ -18,10 +18,15 @@ from tiec.dsl.diagnostics import TieError
 def _value(text: str) -> int | float:
     for kind in (int, float):
         try:
-            return kind(text)
+            value = kind(text)
+            break
         except ValueError:
             pass
-    raise argparse.ArgumentTypeError(f"'{text}' is not a number")
+    else:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number")
+    if not abs(value) <= sys.float_info.max:  # float() takes nan, inf, and 1e400 as inf
+        raise argparse.ArgumentTypeError(f"'{text}' is not a finite number")
+    return value
 
 
 def _setting(text: str) -> tuple[str, int | float]:
