@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import codecs
 import os
+import reprlib
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tiec.compiler import compile_source, ir
 from tiec.compiler.stats import program_stats
 from tiec.dsl.diagnostics import Source, Span, TieError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 class Program:
@@ -77,19 +81,26 @@ class Program:
 
         if weights is None:
             weights = self.torch(model, seed)
+        origin = None
         if isinstance(weights, (str, os.PathLike)):
+            origin = os.fspath(weights)
             try:
-                weights = torch.load(str(weights), map_location="cpu", weights_only=True)
+                weights = torch.load(origin, map_location="cpu", weights_only=True)
             except Exception as e:  # noqa: BLE001 - any unreadable file is the user's to fix
-                raise TieError(f"cannot read weights from {weights}: {e}", self.ir.models[model].span) from None
+                raise TieError(f"cannot read weights from {origin}: {e}", self.ir.models[model].span) from None
         state = weights.state_dict() if isinstance(weights, torch.nn.Module) else weights
         if not isinstance(state, Mapping):
-            raise TieError("weights must be a module, a state dict or a saved state dict file",
-                           self.ir.models[model].span)
+            if origin is None:
+                raise TieError(f"weights must be a module, a state dict or a saved state dict file: got {_got(state)}",
+                               self.ir.models[model].span)
+            raise TieError(f"{origin} does not hold a state dict: got {_got(state)}", self.ir.models[model].span,
+                           hint="save a mapping of parameter names to tensors: torch.save(module.state_dict(), path)")
         return _canonical_arrays(self.ir, model, state)
 
 
 def _canonical_arrays(program: ir.ProgramIR, model: str, state: Mapping) -> dict:
+    import numpy as np
+
     graph = program.models[model]
     params = graph.param_map()
     local = ir.bindings(program, model)
@@ -97,19 +108,16 @@ def _canonical_arrays(program: ir.ProgramIR, model: str, state: Mapping) -> dict
     out, missing = {}, []
     for canon in sorted({b.canonical for b in local.values()}):
         qualified = ir.qualify(model, canon)
-        tensor = None
-        for key in (canon, qualified):
-            if key in state:
-                tensor = state[key]
-                break
-        if tensor is None:  # in the all-models module it may be another model's tensor, transposed
+        key, transposed = next((k for k in (canon, qualified) if k in state), None), False
+        if key is None:  # in the all-models module it may be another model's tensor, transposed
             b = everywhere[qualified]
-            if b.canonical in state:
-                tensor = state[b.canonical].T if b.transposed else state[b.canonical]
-        if tensor is None:
+            key, transposed = (b.canonical, b.transposed) if b.canonical in state else (None, False)
+        if key is None:
             missing.append(canon)
             continue
-        arr = tensor.detach().cpu().float().contiguous().numpy() if hasattr(tensor, "detach") else tensor
+        arr = _array(key, state[key], params[canon])
+        if transposed:
+            arr = np.ascontiguousarray(arr.T)
         if tuple(arr.shape) != params[canon].shape:
             raise TieError(f"weight '{canon}' has shape {list(arr.shape)}, the model needs {list(params[canon].shape)}",
                            params[canon].span)
@@ -123,6 +131,65 @@ def _canonical_arrays(program: ir.ProgramIR, model: str, state: Mapping) -> dict
         raise TieError(f"the weights lack {len(missing)} parameter(s) of {model}: {', '.join(missing[:5])}",
                        graph.span, hint=hint)
     return out
+
+
+_PARAM_KINDS = {"f16": "float", "bf16": "float", "f32": "float", "f64": "float", "i32": "integer",
+                "i64": "integer", "bool": "bool"}
+_CAST_HINTS = {  # for a float parameter
+    "complex": "converting it would drop the imaginary part; pass the real values you mean",
+    "bool": "convert it explicitly (tensor.float()) if these are the values you mean",
+    "integer": "convert it explicitly (tensor.float()) if these are the values you mean",
+}
+
+
+def _array(key: Any, value: Any, param: ir.Param) -> np.ndarray:
+    """`value` (the state dict's entry `key` for `param`) as a dense numpy array, checked: never
+    cast across kinds (an integer, bool or complex tensor is no float weight), never read a tensor
+    with no values (meta) or another layout (sparse, quantized, nested). nan and inf pass: a
+    trained model may hold them, and the exported file should hold what was trained."""
+    import numpy as np
+    import torch
+
+    where = param.span
+    if isinstance(value, torch.Tensor):
+        unreadable = _unreadable(value)
+        if unreadable:
+            raise TieError(f"weight '{key}' is {unreadable[0]}", where, hint=unreadable[1])
+        kind = ("float" if value.is_floating_point() else "complex" if value.is_complex()
+                else "bool" if value.dtype == torch.bool else "integer")
+        dtype = str(value.dtype).removeprefix("torch.")
+    elif isinstance(value, np.ndarray):
+        kind = {"f": "float", "c": "complex", "b": "bool", "i": "integer", "u": "integer"}.get(value.dtype.kind, "other")
+        dtype = str(value.dtype)
+    else:
+        raise TieError(f"weight '{key}' is not a tensor: got {_got(value)}", where,
+                       hint="a state dict maps each parameter name to a torch.Tensor")
+    if kind != _PARAM_KINDS[param.dtype]:
+        raise TieError(f"weight '{key}' has dtype {dtype}, but the parameter is {param.dtype}", where,
+                       hint=_CAST_HINTS.get(kind) if _PARAM_KINDS[param.dtype] == "float" else None)
+    if isinstance(value, np.ndarray):
+        return value
+    value = value.detach().cpu()
+    return (value.float() if kind == "float" else value).contiguous().numpy()  # numpy has no bfloat16
+
+
+def _got(value: Any) -> str:
+    return f"{type(value).__name__} {reprlib.repr(value)}"
+
+
+def _unreadable(tensor: Any) -> tuple[str, str | None] | None:
+    """What keeps `tensor`'s values from being read as a dense array, and the fix, if anything."""
+    import torch
+
+    if tensor.is_meta:
+        return "a meta tensor, which has a shape but no values", "save the weights after loading or initialising them"
+    if tensor.layout != torch.strided:
+        return f"a sparse tensor ({tensor.layout})", "pass it dense: tensor.to_dense()"
+    if tensor.is_quantized:
+        return f"a quantized tensor ({tensor.dtype})", "pass it dequantized: tensor.dequantize()"
+    if tensor.is_nested:
+        return "a nested tensor", "pass one dense tensor of the parameter's shape"
+    return None
 
 
 def loads(text: str, overrides: Mapping[str, int | float] | None = None, filename: str = "<string>") -> Program:

@@ -1,0 +1,135 @@
+"""`--weights` files and state dicts that hold something other than float tensors.
+
+A checkpoint is a file saved with `torch.save` of a state dict. Each bad entry is reported at the
+layer whose parameter it was meant for, naming the key and what is wrong with it; nothing is cast
+across kinds (an integer, bool or complex tensor is no float weight) and no tensor without dense
+values (meta, sparse, quantized) is read. nan is not an error: a trained model may hold it.
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import tiec
+from tiec import cli
+
+SPEC = "model M {\n    in x: [B, 4]\n    enc = Linear(4, 3)\n    return relu(enc(x))\n}\n"
+LAYER = ("        enc = Linear(4, 3)\n"
+         "        ^^^^^^^^^^^^^^^^^^\n")
+
+
+def _quantized() -> torch.Tensor:
+    with warnings.catch_warnings():  # quantized tensors are deprecated, not gone
+        warnings.simplefilter("ignore")
+        return torch.quantize_per_tensor(torch.zeros(3, 4), 0.1, 0, torch.qint8)
+
+
+BAD = {
+    "str": ("x", "is not a tensor: got str 'x'", "a state dict maps each parameter name to a torch.Tensor"),
+    "int": (3, "is not a tensor: got int 3", "a state dict maps each parameter name to a torch.Tensor"),
+    "list": ([[0.0] * 4] * 3, "is not a tensor: got list " + str([[0.0] * 4] * 3),
+             "a state dict maps each parameter name to a torch.Tensor"),
+    "none": (None, "is not a tensor: got NoneType None", "a state dict maps each parameter name to a torch.Tensor"),
+    "sparse": (lambda: torch.zeros(3, 4).to_sparse(), "is a sparse tensor (torch.sparse_coo)",
+               "pass it dense: tensor.to_dense()"),
+    "meta": (lambda: torch.zeros(3, 4, device="meta"), "is a meta tensor, which has a shape but no values",
+             "save the weights after loading or initialising them"),
+    "quantized": (_quantized, "is a quantized tensor (torch.qint8)", "pass it dequantized: tensor.dequantize()"),
+    "bool": (lambda: torch.ones(3, 4, dtype=torch.bool), "has dtype bool, but the parameter is f32",
+             "convert it explicitly (tensor.float()) if these are the values you mean"),
+    "int64": (lambda: torch.ones(3, 4, dtype=torch.int64), "has dtype int64, but the parameter is f32",
+              "convert it explicitly (tensor.float()) if these are the values you mean"),
+    "complex": (lambda: torch.ones(3, 4, dtype=torch.complex64), "has dtype complex64, but the parameter is f32",
+                "converting it would drop the imaginary part; pass the real values you mean"),
+}
+
+
+@pytest.fixture
+def spec(tmp_path):
+    path = tmp_path / "m.tie"
+    path.write_text(SPEC)
+    return path
+
+
+def _export(spec, weights, capsys) -> str:
+    out = spec.parent / "out"
+    out.mkdir()
+    assert cli.main(["export", str(spec), "-o", str(out / "m.onnx"), "--weights", str(weights)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "" and list(out.iterdir()) == []  # no file, not even a temporary
+    return captured.err
+
+
+@pytest.mark.filterwarnings("ignore:TypedStorage is deprecated")  # torch.load of a quantized tensor
+@pytest.mark.parametrize("case", BAD, ids=str)
+def test_a_bad_entry_in_a_checkpoint_names_its_key(case, spec, capsys):
+    value, message, hint = BAD[case]
+    path = spec.parent / "w.pt"
+    torch.save({"enc.weight": value() if callable(value) else value, "enc.bias": torch.zeros(3)}, path)
+    assert _export(spec, path, capsys) == f"{spec}:3:5: error: weight 'enc.weight' {message}\n{LAYER}    hint: {hint}\n"
+
+
+def test_the_qualified_key_of_the_all_models_module_is_named(spec):
+    program = tiec.load(spec)
+    with pytest.raises(tiec.TieError) as info:
+        program.weights_for("M", {"M.enc.weight": torch.zeros(3, 4, dtype=torch.int32), "M.enc.bias": torch.zeros(3)})
+    assert info.value.message == "weight 'M.enc.weight' has dtype int32, but the parameter is f32"
+
+
+@pytest.mark.parametrize("value", [[1, 2], torch.zeros(3), 7])
+def test_a_checkpoint_that_is_not_a_mapping(value, spec, capsys):
+    path = spec.parent / "w.pt"
+    torch.save(value, path)
+    got = {list: "list [1, 2]", torch.Tensor: "Tensor tensor([0., 0., 0.])", int: "int 7"}[type(value)]
+    assert _export(spec, path, capsys) == (
+        f"{spec}:1:7: error: {path} does not hold a state dict: got {got}\n"
+        "    model M {\n"
+        "          ^\n"
+        "    hint: save a mapping of parameter names to tensors: torch.save(module.state_dict(), path)\n")
+
+
+def test_api_weights_that_are_not_a_mapping(spec):
+    with pytest.raises(tiec.TieError) as info:
+        tiec.load(spec).weights_for("M", [1, 2])
+    assert info.value.message == "weights must be a module, a state dict or a saved state dict file: got list [1, 2]"
+
+
+def test_a_meta_module_is_refused(spec):
+    with torch.device("meta"):
+        module = tiec.load(spec).torch("M")
+    with pytest.raises(tiec.TieError) as info:
+        tiec.load(spec).weights_for("M", module)
+    assert info.value.message == "weight 'enc.bias' is a meta tensor, which has a shape but no values"
+    assert (info.value.span.line, info.value.span.col) == (3, 5)
+
+
+def test_numpy_arrays_are_checked_the_same_way(spec):
+    program = tiec.load(spec)
+    with pytest.raises(tiec.TieError) as info:
+        program.weights_for("M", {"enc.weight": np.zeros((3, 4), np.complex128), "enc.bias": np.zeros(3)})
+    assert info.value.message == "weight 'enc.weight' has dtype complex128, but the parameter is f32"
+    arrays = program.weights_for("M", {"enc.weight": np.ones((3, 4)), "enc.bias": np.zeros(3, np.float32)})
+    assert arrays["enc.weight"].dtype == np.float64 and arrays["enc.weight"].sum() == 12
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+def test_other_float_dtypes_are_accepted(dtype, spec, tmp_path):
+    weight = torch.arange(12, dtype=torch.float32).reshape(3, 4)
+    torch.save({"enc.weight": weight.to(dtype), "enc.bias": torch.zeros(3, dtype=dtype)}, tmp_path / "w.pt")
+    arrays = tiec.load(spec).weights_for("M", tmp_path / "w.pt")
+    assert arrays["enc.weight"].dtype == np.float32 and np.array_equal(arrays["enc.weight"], weight.numpy())
+
+
+def test_nan_and_inf_weights_are_exported_as_they_are(spec, tmp_path):
+    weight = torch.tensor([[float("nan"), float("inf"), -float("inf"), 0.0]] * 3)
+    torch.save({"enc.weight": weight, "enc.bias": torch.zeros(3)}, tmp_path / "w.pt")
+    out = tmp_path / "m.onnx"
+    assert cli.main(["export", str(spec), "-o", str(out), "--weights", str(tmp_path / "w.pt")]) == 0
+    import onnx
+    from onnx import numpy_helper
+
+    init = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(out)).graph.initializer}
+    assert np.array_equal(init["enc.weight"], weight.numpy(), equal_nan=True)
