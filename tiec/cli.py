@@ -8,11 +8,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import stat
 import sys
-import tempfile
-from pathlib import Path
 
-from tiec.dsl.diagnostics import TieError
+from tiec.dsl.diagnostics import Source, Span, TieError
+from tiec.output import check_output, write_output
 
 
 def _value(text: str) -> int | float:
@@ -62,20 +62,21 @@ def _parser() -> argparse.ArgumentParser:
     return top
 
 
-def _write_atomic(path: str, text: str) -> None:
-    target = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=target.parent or ".", prefix=f".{target.name}.", suffix=".tmp")
-    umask = os.umask(0)
-    os.umask(umask)
+def _check_output(output: str, inputs: list[str | None]) -> None:
+    check_output(output)
     try:
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; the output is an ordinary file
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        out = os.stat(output)
+    except OSError:
+        return
+    if not stat.S_ISREG(out.st_mode):  # /dev/stdin and /dev/stdout may well be one terminal
+        return
+    for path in inputs:  # `-o model.tie` would replace the spec; `-o w.pt --weights w.pt`, the weights
+        try:
+            same = path is not None and os.path.samestat(os.stat(path), out)
+        except OSError:
+            continue
+        if same:
+            raise TieError(f"cannot write {output}: it is the input file {path}", Span(Source(output, ""), 0, 0, 0, 0))
 
 
 def _human(n: int) -> str:
@@ -125,8 +126,8 @@ def stats_table(stats: dict) -> str:
 def run(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     output = getattr(args, "output", None)
-    if output and not Path(output).resolve().parent.is_dir():
-        raise OSError(f"cannot write {output}: folder {Path(output).parent} does not exist")
+    if output:  # before compiling: a spec can take a while, and this needs no spec
+        _check_output(output, [args.file, getattr(args, "weights", None)])
     from tiec.api import load
 
     program = load(args.file, dict(args.sets))
@@ -142,13 +143,12 @@ def run(argv: list[str]) -> int:
     elif args.command == "compile":
         source = program.python(args.model)
         if args.output:
-            _write_atomic(args.output, source)
+            write_output(args.output, source)
         else:
             sys.stdout.write(source)
     elif args.command == "export":
         info = program.onnx(args.output, args.model, weights=args.weights, opset=args.opset, seed=args.seed)
-        size = os.path.getsize(args.output)
-        print(f"wrote {args.output}: {size:,} bytes, {info.get('initializers', '?')} initializers")
+        print(f"wrote {args.output}: {info['bytes']:,} bytes, {info['initializers']} initializers")
     return 0
 
 

@@ -5,14 +5,13 @@ parameter; every use, transposed or not, reads that one tensor. Graph inputs kee
 and types (symbolic dims become `dim_param`s, so batch and sequence sizes stay dynamic); graph
 outputs take `Output.name`. The `tiec.groups` metadata entry records the model's share and tie
 groups (ties are a training-time penalty, absent from the graph). Same IR and weights → same
-bytes; the file appears atomically or not at all, and only once the ONNX checker accepts it (a
-rejection is a `TieError` at the IR node responsible: `check.py`).
+bytes; the file appears atomically or not at all (`tiec.output`), and only once the ONNX checker
+accepts it (a rejection is a `TieError` at the IR node responsible: `check.py`).
 """
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from typing import Any
 
@@ -25,6 +24,8 @@ from tiec.backends.onnx.ops import ONNX_EMIT
 from tiec.compiler import ir as tir
 from tiec.compiler.ir import DTYPE_BYTES, ProgramIR, TensorType
 
+from tiec.output import write_output
+
 MIN_OPSET = 18
 PRODUCER = "tiec"
 
@@ -36,14 +37,16 @@ def export(ir: ProgramIR, model: str, path: str, weights: Mapping[str, np.ndarra
     Args:
         ir: a compiled program (shapes inferred, share/tie groups solved).
         model: the model to export.
-        path: the .onnx file to write (replaced atomically).
+        path: the .onnx file to write (replaced atomically; see `tiec.output` for links, devices
+            and read-only files).
         weights: canonical local parameter name (e.g. "fc1.weight") → array of that parameter's
             declared shape; converted to its declared dtype. Other keys are ignored.
         opset: the default-domain opset (18 or later).
         check: run `onnx.checker.check_model(full_check=True)` before writing.
 
     Raises:
-        TieError: the checker rejects the model; the error points at the IR node responsible.
+        TieError: the checker rejects the model (the error points at the IR node responsible), or
+            `path` must not or cannot be written.
 
     Returns:
         {"model", "path", "nodes", "initializers", "constants", "param_bytes", "bytes", "overhead"}:
@@ -54,7 +57,7 @@ def export(ir: ProgramIR, model: str, path: str, weights: Mapping[str, np.ndarra
     data = proto.SerializeToString(deterministic=True)
     if check:
         check_model(proto, data, builder)
-    write_atomic(path, data)
+    write_output(path, data)
     n_params = sum(1 for t in proto.graph.initializer if not t.name.startswith("~"))
     return {
         "model": model, "path": os.fspath(path), "nodes": len(proto.graph.node),
@@ -130,32 +133,6 @@ def manifest(ir: ProgramIR, model: str, binds: Mapping[str, tir.Binding] | None 
         "members": [{"param": m.param, "transposed": m.transposed} for m in tie.members],
     } for tie in tir.ties(ir, model)]
     return {"model": model, "share_groups": shares, "tie_groups": ties}
-
-
-def write_atomic(path: str, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file in the same directory and `os.replace`;
-    on failure neither `path` (if new) nor the temporary is left behind."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes the file 0600; a plain open() would not
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _checked_weights(ir: ProgramIR, model: str, weights: Mapping[str, np.ndarray],
