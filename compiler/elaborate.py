@@ -101,8 +101,7 @@ class SubgraphElaborator(Binder):
                            hint="end the model with: return <expression>")
         if not self.inputs and d.kind == "model":
             raise TieError(f"model '{d.name}' declares no input", d.name_span, hint="add: in x: [B, 784]")
-        own = {p.name: CVal(p.name, p.name, frozenset({p.name})) for p in d.params}
-        defaults = {p.name: None if p.default is None else _default_src(p.default, own) for p in d.params}
+        defaults = {p.name: None if p.default is None else _default_src(p.default, self.config) for p in d.params}
         return ir.Subgraph(
             self.key, d.kind, d.name, ir.frozen({k: v.value for k, v in self.config.items()}), ir.frozen(defaults),
             tuple(self.inputs), tuple(self.instances.values()), tuple(self.g.nodes), tuple(self.outputs),

@@ -316,6 +316,8 @@ class ProgramIR:
     warnings: tuple[TieWarning, ...] = ()
     structure: Mapping[str, Subgraph] = field(default_factory=frozen)  # model → its subgraph
     blocks: Mapping[str, Subgraph] = field(default_factory=frozen)  # key → block subgraph
+    # key → (a model, the flat value each of the subgraph's values became in its first copy there)
+    witnesses: Mapping[str, tuple[str, Mapping[str, str]]] = field(default_factory=frozen)
 
 
 def qualify(model: str, local: str) -> str:

@@ -99,6 +99,7 @@ class _Computer:
             self.g.names.add(i.name)
             self.g.counts[i.name] = 1
         self.checks: list[ir.Check] = []
+        self.witnesses: dict[str, dict[str, str]] = {}  # subgraph key → its values → flat values, first copy
 
     def walk(self, body, sub: ir.Subgraph, env: dict[str, str], indices: dict[int, int], prefix: str) -> None:
         for item in body:
@@ -135,7 +136,9 @@ class _Computer:
         outs = [inner[o.value] for o in child.outputs]
         user = sub.naming.get(n.name, (None, None))[1]
         if user and len(outs) == 1 and len(self.g.nodes) > before:
-            outs[0] = self.g.rename(outs[0], user)
+            old, outs[0] = outs[0], self.g.rename(outs[0], user)
+            inner.update({k: outs[0] for k, v in inner.items() if v == old})
+        self.witnesses.setdefault(child.key, inner)
         for name, value in zip(n.attrs["outputs"], outs):
             env[name] = value
 
@@ -160,8 +163,10 @@ def instance_block(sub: ir.Subgraph, path: str, subgraphs: dict[str, ir.Subgraph
     return key
 
 
-def run(program: ir.ProgramIR, model: str, cache: dict[str, Declared]) -> tuple[ir.Graph, Declared]:
-    """The flat `Graph` of `model` and its requests (qualified by the model's name)."""
+def run(program: ir.ProgramIR, model: str, cache: dict[str, Declared]
+        ) -> tuple[ir.Graph, Declared, dict[str, dict[str, str]]]:
+    """The flat `Graph` of `model`, its requests (qualified by the model's name), and for the model
+    and each block it runs, the flat value each value of that subgraph's first copy became."""
     sub = program.structure[model]
     subgraphs = dict(program.blocks)
     decl = _requalify(declared(sub, subgraphs, cache), model)
@@ -171,4 +176,5 @@ def run(program: ir.ProgramIR, model: str, cache: dict[str, Declared]) -> tuple[
     outputs = tuple(replace(o, value=env[o.value]) for o in sub.outputs)
     graph = ir.Graph(model, sub.params, ir.frozen(), sub.inputs, tuple(decl.layers), tuple(decl.params),
                      tuple(computer.g.nodes), outputs, sub.span, sub.unrolled, tuple(computer.checks))
-    return graph, decl
+    computer.witnesses[sub.key] = env
+    return graph, decl, computer.witnesses

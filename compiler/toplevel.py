@@ -13,10 +13,9 @@ from dataclasses import replace
 from tiec.dsl import ast
 from tiec.dsl.diagnostics import Span, TieError, TieWarning, did_you_mean, raise_all
 
-from . import ir
+from . import ir, lower
 from .catalog import LAYERS, OP_SIGNATURES
 from .config import CVal, evaluate
-from . import lower
 from .elaborate import Blocks, SubgraphElaborator
 from .refs import ParamIndex, resolve
 from .relations import share_requests, tie_requests
@@ -112,11 +111,13 @@ def elaborate(program: ast.Program, overrides: Mapping[str, int | float] | None 
             errors.extend(getattr(e, "errors", (e,)))
     shaped = ir.ProgramIR(program.span.source, ir.frozen(), structure=ir.frozen(structure),
                           blocks=ir.frozen(registry.subgraphs))
-    graphs, indexes, shares, ties, warnings = {}, {}, [], [], []
+    graphs, indexes, shares, ties, warnings, witnesses = {}, {}, [], [], [], {}
     for name, d in models.items():
         if name not in structure:
             continue
-        graph, decl = lower.run(shaped, name, registry.declared)
+        graph, decl, seen = lower.run(shaped, name, registry.declared)
+        for key, values in seen.items():
+            witnesses.setdefault(key, (name, ir.frozen(values)))
         defaults: dict[str, CVal] = {}
         for p in d.params:  # as declared: a default may use earlier parameters (h = 4 * d)
             defaults[p.name] = evaluate(p.default, defaults, "a default")
@@ -144,7 +145,7 @@ def elaborate(program: ast.Program, overrides: Mapping[str, int | float] | None 
             errors.append(e)
     raise_all(errors)
     return replace(shaped, models=ir.frozen(graphs), share_requests=tuple(shares), tie_requests=tuple(ties),
-                   warnings=tuple(warnings))
+                   warnings=tuple(warnings), witnesses=ir.frozen(witnesses))
 
 
 def _top_target(ref: ast.Ref, models, elaborators, indexes):

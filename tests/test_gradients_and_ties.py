@@ -105,8 +105,8 @@ model M {
 }
 tie(0.25) M.a, M.b, M.c
 """)
-    m = program.torch(seed=1).double()
-    a, b, c, d = (getattr(m.M, n).weight for n in "abcd")
+    m = program.torch(seed=1).double()  # one model: the module is M itself
+    a, b, c, d = (getattr(m, n).weight for n in "abcd")
     pairs = [(a, b), (a, c), (b, c)]
     want = 0.25 * sum(((x - y) ** 2).sum() for x, y in pairs) + 0.5 * (d - a.t()).abs().sum()
     torch.testing.assert_close(m.tie_penalty(), want)

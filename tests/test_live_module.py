@@ -51,7 +51,7 @@ def test_torch_save_loads_in_a_fresh_process(tmp_path):
         "print(float((got - io['want']).abs().max()), len(list(m.parameters())))\n"
     )
     r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "m.pt"), str(tmp_path / "io.pt")],
-                       capture_output=True, text=True, timeout=120, cwd=tmp_path)
+                       capture_output=True, text=True, timeout=120, cwd=tmp_path, check=False)
     assert r.returncode == 0, r.stderr[-2000:]
     diff, n = r.stdout.split()
     assert float(diff) == 0.0 and int(n) == len(list(m.parameters()))

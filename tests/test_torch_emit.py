@@ -31,14 +31,14 @@ def test_model_names_equal_to_emitted_names_do_not_collide(tmp_path):
                      "w": "w_", None: "Program_"}
     p = build_module(ir, seed=2)
     assert type(p).__name__ == "Program_" and type(p.Program).__name__ == "Program"
-    assert p.w.fc.bias is p.peers.fc.bias and p.Program.fc.weight is None
+    assert p.w.fc.bias is p.peers.fc.bias and p.Program.fc.weight.data_ptr() == p.causal_mask.fc.weight.data_ptr()
     x = torch.randn(3, 4)
     torch.testing.assert_close(p.Program(x), x @ p.causal_mask.fc.weight + p.Program.fc.bias)
     torch.testing.assert_close(p.tie_penalty(), 0.5 * ((p.penalty.fc.weight - p.w.fc.weight) ** 2).sum()
                                + 0.25 * (p.peers.fc.weight - p.penalty.fc.weight).abs().sum())
 
     src = generate_source(ir)
-    assert "class Program_(nn.Module):" in src and "        self.Program     = Program(peers=peers)" in src
+    assert "class Program_(nn.Module):" in src and "        self.Program     = Program()" in src
     path = tmp_path / "clash.py"
     path.write_text(src)
     spec = importlib.util.spec_from_file_location("clash", path)

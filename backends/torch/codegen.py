@@ -1,20 +1,24 @@
 """The one PyTorch code generator: `ProgramIR` → standalone Python source.
 
-The emitted file imports only torch (and math when a literal needs it) and defines an
-`nn.Module` class per model, laid out as a person would write it, so its state-dict keys are
-the IR's parameter names and existing checkpoints load strictly. `build_module` compiles this
-same text; nothing else produces a live module, so the two cannot drift apart.
+The emitted file imports only torch (and math when a literal needs it) and reads like a careful
+hand-written model: a class per block definition, `nn.ModuleList` and `for` loops for repeats,
+constructor arguments that configure the model, and one commented line per share group. Its
+state-dict keys are the IR's parameter names, so existing checkpoints load strictly.
+`build_module` compiles this same text; nothing else produces a live module, so the two cannot
+drift apart. A program without structure (IR built by hand) is emitted flat, one class per model.
 """
 from __future__ import annotations
 
 import re
 
-from tiec.compiler.ir import ProgramIR, bindings, split, ties
+from tiec.compiler import ir
+from tiec.compiler.ir import Binding, ProgramIR, bindings, split, ties
 from tiec.dsl.diagnostics import TieError, did_you_mean
 
-from .model_class import ModelClass, aligned, penalty_lines, resolve
-from .naming import EMITTED_LOCALS, Namer, doc_text
-from .tree import MODULE_ATTRS, ModuleTree
+from .classes import SubgraphClass, aligned, attr, chain, penalty_lines, summary
+from .naming import EMITTED_GLOBALS, EMITTED_LOCALS, Namer, doc_text
+from .plan import Plan, copies
+from .tree import MODULE_ATTRS
 
 # Each import is emitted only when the body uses it, so the file is lint-clean as emitted.
 _IMPORTS = [
@@ -24,22 +28,61 @@ _IMPORTS = [
     (r"\bF\.", "import torch.nn.functional as F"),
 ]
 
-_CAUSAL_MASK = [
-    "def causal_mask(x):",
-    '    """True above the diagonal: position t may not attend to later positions (x: [..., T, E])."""',
-    "    T = x.shape[-2]",
-    "    return torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1)",
-]
+_HELPERS = {
+    "causal_mask(": [
+        "def causal_mask(x):",
+        '    """True above the diagonal: position t may not attend to later positions (x: [..., T, E])."""',
+        "    T = x.shape[-2]",
+        "    return torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1)",
+    ],
+    "TransposedLinear(": [
+        "class TransposedLinear(nn.Module):",
+        '    """nn.Linear whose weight is another layer\'s parameter, read transposed: it stores no weight."""',
+        "",
+        "    def __init__(self, in_features, out_features, bias=True):",
+        "        super().__init__()",
+        "        self.in_features, self.out_features = in_features, out_features",
+        "        bound = in_features ** -0.5",
+        "        self.bias = nn.Parameter(torch.empty(out_features).uniform_(-bound, bound)) if bias else None",
+        "        self.owner = None  # (module, parameter name): set by the module that shares it",
+        "",
+        "    @property",
+        "    def weight(self):",
+        "        module, name = self.owner",
+        "        return getattr(module, name).T",
+        "",
+        "    def forward(self, x):",
+        "        return F.linear(x, self.weight, self.bias)",
+    ],
+    "TransposedEmbedding(": [
+        "class TransposedEmbedding(nn.Module):",
+        '    """nn.Embedding whose table is another layer\'s parameter, read transposed: it stores no table."""',
+        "",
+        "    def __init__(self, num_embeddings, embedding_dim):",
+        "        super().__init__()",
+        "        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim",
+        "        self.owner = None  # (module, parameter name): set by the module that shares it",
+        "",
+        "    @property",
+        "    def weight(self):",
+        "        module, name = self.owner",
+        "        return getattr(module, name).T",
+        "",
+        "    def forward(self, x):",
+        "        return F.embedding(x, self.weight)",
+    ],
+}
+HELPER_NAMES = frozenset({"causal_mask", "TransposedLinear", "TransposedEmbedding"})
 
 
 def class_names(ir: ProgramIR) -> dict[str | None, str]:
     """Model name → class name, and None → the all-models class.
 
-    A model keeps its name unless that would shadow an import or a local of the emitted code
-    (`F` → `F_`, `peers` → `peers_`); the all-models class is `Program` unless a model took it,
+    A model keeps its name unless that would shadow an import, a helper or a local of the emitted
+    code (`F` → `F_`, `peers` → `peers_`); the all-models class is `Program` unless a model took it,
     then `Program_`. So a model's class has the same name whether emitted alone or with the rest.
     """
-    namer = Namer(EMITTED_LOCALS).claim(ir.models)
+    namer = Namer(EMITTED_LOCALS | HELPER_NAMES).claim(ir.models)
     names: dict[str | None, str] = {m: namer(m) for m in ir.models}
     names[None] = namer.fresh("Program")
     return names
@@ -51,7 +94,7 @@ def generate_source(ir: ProgramIR, model: str | None = None) -> str:
     Args:
         ir: a verified program (shapes and share/tie groups filled in).
         model: the model to emit; None emits a class per model and `Program` (see `class_names`), in which
-            parameters shared across models are aliased (or, transposed, read across).
+            parameters shared across models are aliased. A program of one model needs no `Program`.
 
     Returns:
         The source text: deterministic for a given IR.
@@ -61,19 +104,28 @@ def generate_source(ir: ProgramIR, model: str | None = None) -> str:
         raise ValueError(f"no model {model!r} in {ir.source.name}; {hint}")
     names = class_names(ir)
     chosen = [model] if model is not None else list(ir.models)
-    trees = {m: ModuleTree(ir.models[m]) for m in chosen}
-    binds = resolve(ir, model)
-    classes = [ModelClass(ir, m, names[m], trees, binds, program=model is None) for m in chosen]
-    blocks = [_class_block(c) for c in classes]
-    if model is None:
-        blocks.append(_program_block(ir, names[None], classes, trees))
+    alone = model is not None or len(chosen) == 1
+    if alone:
+        m = chosen[0]
+        binds = {ir_q(m, k): Binding(ir_q(m, b.canonical), b.transposed, b.group) for k, b in bindings(ir, m).items()}
+    else:
+        binds = bindings(ir, None)
+    emitter = _Emitter(ir, chosen, names, binds)
+    blocks = emitter.classes()
+    if not alone:
+        blocks.append(emitter.program_class(names[None]))
     body = "\n\n\n".join("\n".join(b) for b in blocks)
-    if "causal_mask(" in body:
-        body = "\n".join(_CAUSAL_MASK) + "\n\n\n" + body
+    helpers = [lines for marker, lines in _HELPERS.items() if marker in body]
+    if helpers:
+        body = "\n\n\n".join("\n".join(h) for h in helpers) + "\n\n\n" + body
     imports = [line for pattern, line in _IMPORTS if re.search(pattern, body)]
     if imports[:1] == ["import math"] and len(imports) > 1:
         imports.insert(1, "")  # standard library, then torch
-    return "\n".join([*_docstring(ir, model, names[None]), *imports, "", "", body]) + "\n"
+    return "\n".join([*_docstring(ir, chosen[0] if alone else None, names[None]), *imports, "", "", body]) + "\n"
+
+
+def ir_q(model: str, local: str) -> str:
+    return f"{model}.{local}"
 
 
 def _docstring(ir: ProgramIR, model: str | None, program: str) -> list[str]:
@@ -82,58 +134,214 @@ def _docstring(ir: ProgramIR, model: str | None, program: str) -> list[str]:
         f'"""{what}, generated by tiec from {doc_text(ir.source.name)}.',
         "",
         "Edit the spec and recompile rather than this file. A shared parameter is one tensor: aliased",
-        "(`self.b.weight = self.a.weight`, both state-dict keys), or, shared transposed, set to None and",
-        "read as the canonical tensor's `.T` in a functional call (one state-dict key).",
+        "(`self.b.weight = self.a.weight`, both state-dict keys), or, shared transposed, read by a",
+        "`Transposed…` layer that stores no weight of its own (one state-dict key).",
         '"""',
     ]
 
 
-def _class_block(c: ModelClass) -> list[str]:
-    head = [f"class {c.class_name}(nn.Module):", f'    """{c.name}: {c.summary()}."""', ""]
-    methods = [c.init_lines(), c.forward_lines(), c.penalty_lines()]
-    out = head
-    for i, lines in enumerate(methods):
-        out += ([""] if i else []) + ["    " + x if x else "" for x in lines]
-    return out
+class _Emitter:
+    """The classes of one emitted file: blocks (deduplicated by their text), then models."""
+
+    def __init__(self, program: ProgramIR, models: list[str], names: dict, binds: dict[str, ir.Binding]):
+        self.ir, self.models, self.names, self.binds = program, models, names, binds
+        self.structured = all(m in program.structure for m in models)
+        self.plan = Plan(program, models, binds) if self.structured else None
+        self.reserved = set(program.models) | EMITTED_GLOBALS | HELPER_NAMES | set(names.values())
+        self.class_of: dict[tuple[str, str], str] = {}  # (model, site path) → class name
+        self.texts: dict[tuple, str] = {}  # class body → class name
+        self.out: list[list[str]] = []
+        self.namer = Namer(self.reserved)
+        self.variants: dict[tuple, str] = {}  # (key, children's classes, slots read transposed) → class
+
+    def _types(self, key: str, model: str) -> dict[str, ir.TensorType]:
+        witness = self.ir.witnesses.get(key)
+        if witness is None:
+            return {}
+        owner, values = witness
+        types = self.ir.types.get(owner, {})
+        return {local: types[flat] for local, flat in values.items() if flat in types}
+
+    def classes(self) -> list[list[str]]:
+        if self.structured:
+            for key in self.ir.blocks:  # a block's subgraph is complete before any that uses it
+                for site in self.plan.sites.get(key, ()):
+                    self._block_class(key, site)
+        for m in self.models:
+            self.out.append(self._model_class(m))
+        return self.out
+
+    def _children(self, sub: ir.Subgraph, model: str, prefix: str) -> dict[str, str]:
+        out = {}
+        for inst in sub.instances:
+            if inst.block is not None:
+                for path in copies(sub, inst):
+                    out[path] = self.class_of[(model, prefix + path)]
+        return out
+
+    def _block_class(self, key: str, site) -> None:
+        sub = self.ir.blocks[key]
+        prefix = site.path + "."
+        children = self._children(sub, site.model, prefix)
+        flipped = frozenset(p for p in self._own_slots(sub) if self.plan.transposed(site.model, prefix + p))
+        signature = (key, tuple(sorted(children.items())), flipped)
+        known = self.variants.get(signature)
+        if known is not None:
+            self.class_of[(site.model, site.path)] = known
+            return
+        shares = [self._share_row(site.model, g, prefix, local=True) for g in self.plan.block_groups[key]]
+        cls = SubgraphClass(sub, "CLASS", self.ir.blocks, children,
+                            lambda path: self.plan.transposed(site.model, prefix + path),
+                            [r for rows in shares for r in rows], self._types(key, site.model), self.reserved)
+        params = ", ".join(f"{k}={v!r}" for k, v in sub.params.items())
+        text = self._render(cls, f"{sub.definition}({params}) as compiled; the arguments configure it")
+        name = self.texts.get(text)
+        if name is None:
+            name = self.namer.fresh(sub.definition)
+            self.texts[text] = name
+            self.out.append([line.replace("CLASS", name) if i == 0 else line for i, line in enumerate(text)])
+        self.class_of[(site.model, site.path)] = name
+        self.variants[signature] = name
+
+    def _own_slots(self, sub: ir.Subgraph) -> list[str]:
+        from tiec.compiler.catalog import LAYERS
+
+        out = []
+        for inst in sub.instances:
+            if inst.layer is not None:
+                slots = [s for s, _ in LAYERS[inst.layer.kind].slots(inst.layer.config)]
+                out += [f"{c}.{s}" for c in copies(sub, inst) for s in slots]
+        return out
+
+    def _render(self, cls: SubgraphClass, doc: str, penalty: list[str] | None = None) -> tuple[str, ...]:
+        methods = [cls.init_lines(), cls.forward_lines(self.reserved)] + ([penalty] if penalty else [])
+        out = ["class CLASS(nn.Module):", f'    """{doc}."""', ""]
+        for i, lines in enumerate(methods):
+            out += ([""] if i else []) + ["    " + x if x else "" for x in lines]
+        return tuple(out)
+
+    def _share_row(self, model: str, group, prefix: str, local: bool) -> list[tuple[str, str, str]]:
+        """Lines aliasing a group's members to its canonical: (target, value, comment)."""
+        members = [(m, t) for m, t in group] if local else [(split(k)[1], self.binds[k].transposed) for k in group]
+        start = len(prefix) if local else 0
+        canon = members[0][0]
+        label = "shared" if local else f"shared: group {self.binds[ir.qualify(model, canon)].group}"
+        rows = []
+        for name, flipped in members[1:]:
+            if flipped:
+                owner, _, slot = canon.rpartition(".")
+                layer = name.rpartition(".")[0]
+                source = f'({self._path(model, owner, start)}, "{slot}")'
+                rows.append((f"{self._path(model, layer, start)}.owner", source, f"{label}, read transposed"))
+            else:
+                rows.append((self._path(model, name, start), self._path(model, canon, start), label))
+        return rows
+
+    def _path(self, model: str, path: str, start: int = 0, base: str = "self") -> str:
+        if self.structured:
+            return chain(base, path)
+        graph = self.ir.models[model]
+        from .tree import ModuleTree
+
+        tree = ModuleTree(graph)
+        for lay in graph.layers:
+            if path == lay.path:
+                return tree.expr(path, base)
+            if path.startswith(lay.path + "."):
+                return f"{tree.expr(lay.path, base)}.{path[len(lay.path) + 1:]}"
+        return tree.expr(path, base)
+
+    def _model_class(self, model: str) -> list[str]:
+        graph = self.ir.models[model]
+        binds = {k: b for k, b in self.binds.items() if split(k)[0] == model}
+        local_binds = {split(k)[1]: ir.Binding(split(b.canonical)[1], b.transposed, b.group) for k, b in binds.items()}
+        if self.structured:
+            sub = self.ir.structure[model]
+            groups = self.plan.model_groups(model)
+            legacy = None
+        else:
+            sub = _legacy_subgraph(graph)
+            groups = _groups_of(binds, model)
+            legacy = graph
+        shares = [r for g in groups for r in self._share_row(model, g, "", local=False)]
+        cls = SubgraphClass(sub, self.names[model], self.ir.blocks, self._children(sub, model, "") if legacy is None
+                            else {}, lambda path: self.plan.transposed(model, path) if self.plan
+                            else bool(local_binds.get(path) and local_binds[path].transposed),
+                            shares, self._types(model, model) if legacy is None else dict(self.ir.types.get(model, {})),
+                            self.reserved, legacy)
+        own = [p.name for p in graph.params if not local_binds.get(p.name, ir.Binding("", False, None)).transposed]
+        zero = f"torch.zeros((), device={self._path(model, own[0])}.device)" if own else "torch.zeros(())"
+        groups_t = ties(self.ir, model)
+
+        def member(key: str, flip: bool) -> str:
+            return self._path(model, key) + (".T" if flip else "")
+
+        penalty = cls.penalty_lines(groups_t, member, zero)
+        text = self._render(cls, f"{model}: {summary(list(graph.params), local_binds)}", penalty)
+        name = self.names[model]
+        return [line.replace("CLASS", name) if i == 0 else line for i, line in enumerate(text)]
+
+    def program_class(self, name: str) -> list[str]:
+        for m in self.models:
+            if m in MODULE_ATTRS or not m.isidentifier():
+                raise TieError(f"model name '{m}' cannot be a submodule of Program", self.ir.models[m].span)
+        init = ["def __init__(self):", "    super().__init__()"]
+        init += ["    " + x for x in aligned([(attr("self", m), f"{self.names[m]}()", "") for m in self.models])]
+        groups = self.plan.program_groups() if self.plan else _cross_groups(self.binds)
+        rows = []
+        for g in groups:
+            canon = g[0]
+            for key in g[1:]:
+                b = self.binds[key]
+                m, local = split(key)
+                cm, clocal = split(canon)
+                if b.transposed:
+                    owner, _, slot = clocal.rpartition(".")
+                    rows.append((f"{self._path(m, local.rpartition('.')[0], base=attr('self', m))}.owner",
+                                 f"({self._path(cm, owner, base=attr('self', cm))}, \"{slot}\")",
+                                 f"shared: group {b.group}, read transposed"))
+                else:
+                    rows.append((self._path(m, local, base=attr("self", m)),
+                                 self._path(cm, clocal, base=attr("self", cm)), f"shared: group {b.group}"))
+        if rows:
+            init += ["", *("    " + x for x in aligned(rows))]
+
+        def member(key: str, flip: bool) -> str:
+            m, local = split(key)
+            return self._path(m, local, base=attr("self", m)) + (".T" if flip else "")
+
+        own = [k for k, b in self.binds.items() if not b.transposed]
+        zero = f"torch.zeros((), device={member(own[0], False)}.device)" if own else "torch.zeros(())"
+        doc = '"""Σ over every tie group, those across models too (formula as in each model\'s tie_penalty)."""'
+        penalty = ["def tie_penalty(self):", "    " + doc, *("    " + x for x in penalty_lines(ties(self.ir), member, zero))]
+        return [
+            f"class {name}(nn.Module):",
+            f'    """Every model of {doc_text(self.ir.source.name)}; parameters shared across models are one tensor."""',
+            "",
+            *("    " + x if x else "" for x in init),
+            "",
+            *("    " + x for x in penalty),
+        ]
 
 
-def _program_block(ir: ProgramIR, name: str, classes: list[ModelClass], trees: dict[str, ModuleTree]) -> list[str]:
-    for c in classes:
-        if c.name in MODULE_ATTRS or not c.name.isidentifier():
-            raise TieError(f"model name '{c.name}' cannot be a submodule of Program", ir.models[c.name].span)
-    glob = bindings(ir, None)
+def _legacy_subgraph(graph: ir.Graph) -> ir.Subgraph:
+    """A flat graph as a subgraph with no structure (a program whose IR was built by hand)."""
+    return ir.Subgraph(graph.name, "model", graph.name, graph.config,
+                       ir.frozen({k: repr(v) for k, v in graph.defaults.items()}), graph.inputs, (), graph.nodes,
+                       graph.outputs, ir.frozen(), graph.structural, (), graph.span)
 
-    def slot(key: str) -> str:
-        m, local = split(key)
-        p = ir.models[m].param_map()[local]
-        return f"{trees[m].expr(p.layer, f'self.{m}')}.{p.slot}"
 
-    def member(key: str, flip: bool) -> str:
-        b = glob[key]
-        return f"{slot(b.canonical)}.T" if flip != b.transposed else slot(b.canonical)
+def _groups_of(binds: dict[str, ir.Binding], model: str) -> list[list[str]]:
+    members: dict[int, list[str]] = {}
+    for k, b in binds.items():
+        if b.group is not None:
+            members.setdefault(b.group, []).append(k)
+    return [ms for ms in members.values() if all(split(k)[0] == model for k in ms) and len(ms) > 1]
 
-    peers = sorted({p for c in classes for p in c.peers})
-    init = ["def __init__(self):", "    super().__init__()"]
-    if peers:
-        init.append("    peers = {}  # filled once every model exists: models read each other's tensors")
-    models = [(f"self.{c.name}", f"{c.class_name}({'peers=peers' if c.peers else ''})", "") for c in classes]
-    init += ["    " + x for x in aligned(models)]
-    init += [f'    peers["{m}"] = self.{m}' for m in peers]
-    shares = []
-    for key, b in glob.items():
-        if b.group is not None and not b.transposed and split(key)[0] != split(b.canonical)[0]:
-            shares.append((slot(key), slot(b.canonical), f"shared: group {b.group}"))
-    if shares:
-        init += ["", *("    " + x for x in aligned(shares))]
-    own = [k for k, b in glob.items() if not b.transposed]
-    zero = f"{slot(own[0])}.new_zeros(())" if own else "torch.zeros(())"
-    doc = '"""Σ over every tie group, those across models too (formula as in each model\'s tie_penalty)."""'
-    penalty = ["def tie_penalty(self):", "    " + doc, *("    " + x for x in penalty_lines(ties(ir), member, zero))]
-    return [
-        f"class {name}(nn.Module):",
-        f'    """Every model of {doc_text(ir.source.name)}; parameters shared across models are one tensor."""',
-        "",
-        *("    " + x if x else "" for x in init),
-        "",
-        *("    " + x for x in penalty),
-    ]
+
+def _cross_groups(binds: dict[str, ir.Binding]) -> list[list[str]]:
+    members: dict[int, list[str]] = {}
+    for k, b in binds.items():
+        if b.group is not None:
+            members.setdefault(b.group, []).append(k)
+    return [ms for ms in members.values() if len({split(k)[0] for k in ms}) > 1]

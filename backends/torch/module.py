@@ -34,6 +34,8 @@ def build_module(ir: ProgramIR, model: str | None = None, seed: int = 0) -> nn.M
     Returns:
         The module, with its model parameters at their compiled values.
     """
+    if model is None and len(ir.models) == 1:  # one model needs no Program around it
+        model = next(iter(ir.models))
     cls = _class(generate_source(ir, model), class_names(ir)[model])
     with torch.random.fork_rng():
         torch.manual_seed(seed)

@@ -1,0 +1,378 @@
+"""One subgraph → the lines of one `nn.Module` class: constructor, forward and, for a model, tie_penalty.
+
+The constructor takes the definition's parameters and builds what they configure: a layer per
+instance, an `nn.ModuleList` per non-shared repeat (nested for nested repeats), the block classes
+with their arguments; a repeat count becomes an attribute the forward loops over. The forward
+keeps the structure: a call per block instance, a `for` loop per repeat (`for blk in self.blk`, or
+`for _ in range(self.depth)` over one shared module). Share groups are written once, where the
+plan puts them, as one commented line each.
+"""
+from __future__ import annotations
+
+import keyword
+import math
+from collections.abc import Callable, Mapping
+
+from tiec.compiler import ir
+from tiec.dsl.diagnostics import TieError
+
+from .emit_table import TORCH_EMIT, TORCH_LAYER, Call
+from .liveness import Liveness, Locals, inlined_literals
+from .naming import Namer, config_expr, literal
+from .plan import loop_counts, referenced
+from .tree import MODULE_ATTRS, ModuleTree
+
+TORCH_DTYPE = {"f32": "float32", "f16": "float16", "bf16": "bfloat16", "f64": "float64"}
+TRANSPOSED_LAYER = {"Linear": "TransposedLinear", "Embedding": "TransposedEmbedding"}
+
+
+def attr(base: str, name: str) -> str:
+    """`base.name`, `base[3]` for a list index, or getattr for a name Python cannot spell."""
+    if name.isdigit():
+        return f"{base}[{name}]"
+    if name.isidentifier() and not keyword.iskeyword(name):
+        return f"{base}.{name}"
+    return f"getattr({base}, {literal(name)})"
+
+
+def chain(base: str, path: str) -> str:
+    for part in path.split("."):
+        base = attr(base, part)
+    return base
+
+
+def assign(target_base: str, name: str, value: str) -> tuple[str, str]:
+    if name.isidentifier() and not keyword.iskeyword(name):
+        return f"{target_base}.{name}", value
+    return f"setattr({target_base}, {literal(name)}, {value})", ""
+
+
+class SubgraphClass:
+    """The source of one class. `children`: instance copy path → class name of that block copy;
+    `transposed(path)`: whether a layer copy's slot is shared transposed (flat-relative path)."""
+
+    def __init__(self, sub: ir.Subgraph, class_name: str, blocks: Mapping[str, ir.Subgraph],
+                 children: Mapping[str, str], transposed: Callable[[str], bool],
+                 shares: list[tuple[str, str, str]], types: Mapping[str, ir.TensorType], taken: set[str],
+                 legacy: ir.Graph | None = None):
+        self.sub, self.class_name, self.blocks = sub, class_name, blocks
+        self.children, self.is_transposed, self.shares, self.types = children, transposed, shares, types
+        self.legacy = legacy
+        self.tree = ModuleTree(legacy) if legacy is not None else None
+        self.loops = loop_counts(sub)
+        self.kw = Namer({"peers"}).claim(sub.params)
+        self.taken = taken
+        for inst in sub.instances:
+            if legacy is None and inst.name in MODULE_ATTRS:
+                raise TieError(f"layer name '{inst.name}' is an nn.Module attribute; PyTorch cannot hold a submodule"
+                               " by that name", inst.span, hint=f"rename it, e.g. '{inst.name}_layer'")
+        names = {i.name for i in sub.instances}
+        self.count_attr: dict[int, str] = {}
+        attrs = Namer(names | MODULE_ATTRS)
+        for lp in self.loops.values():
+            src = lp.count_src.strip()
+            self.count_attr[lp.id] = attrs(src if src.isidentifier() else f"repeats_{lp.id}")
+        self.used: set[str] = set()
+
+    # ------------------------------------------------------------------ expressions
+    def _cfg(self, src: str | None, value) -> str:
+        expr, used = config_expr(src, value, dict(self.sub.params), self.kw.mapping())
+        self.used |= used
+        return expr
+
+    def _layer(self, path: str) -> ir.Layer:
+        """The layer at a local path (`fc`, `fc.2`, `tower.conv1`, `blk.0.up`)."""
+        if self.legacy is not None:
+            return self.legacy.layer(path)
+        sub, parts = self.sub, [p for p in path.split(".") if not p.isdigit()]
+        for part in parts[:-1]:
+            sub = self.blocks[sub.instance_map[part].block]
+        return sub.instance_map[parts[-1]].layer
+
+    def expr(self, path: str, scope: _Scope) -> str:
+        """A local module or parameter path as a Python expression inside the forward."""
+        if self.legacy is not None:
+            for lay in self.legacy.layers:  # a parameter: its layer's module, then the slot
+                if path.startswith(lay.path + "."):
+                    return f"{self.tree.expr(lay.path)}.{path[len(lay.path) + 1:]}"
+            return self.tree.expr(path)
+        head, _, rest = path.partition(".")
+        inst = self.sub.instance_map[head]
+        inside = [lp for lp in inst.loops if lp in scope.loops]
+        base = scope.vars[(head, inside[-1])] if inside else attr("self", head)
+        return chain(base, rest) if rest else base
+
+    # ------------------------------------------------------------------ __init__
+    def signature(self) -> tuple[list[str], list[str]]:
+        """Constructor parameters, and the lines that fill in defaults computed from other parameters."""
+        sig, fill = [], []
+        own = dict(self.sub.params)
+        for p, src in self.sub.defaults.items():
+            name = self.kw(p)
+            if src is None:
+                sig.append(name)
+                continue
+            expr, used = config_expr(src, own[p], own, self.kw.mapping())
+            if used and self.sub.kind == "block" or used and expr != literal(own[p]):
+                sig.append(f"{name}=None")
+                fill += [f"if {name} is None:", f"    {name} = {expr}"]
+            else:
+                sig.append(f"{name}={literal(own[p]) if self.sub.kind == 'model' else expr}")
+        return sig, fill
+
+    def _ctor(self, inst: ir.Instance, copy: str) -> str:
+        if inst.block is not None:
+            child = self.blocks[inst.block]
+            names = list(child.defaults)
+            args = [(k, self._cfg(src, child.params[k])) for k, src in inst.args.items()]
+            positional = [k for k, _ in args] == names[:len(args)]
+            rendered = [v if positional else f"{self.kw_of(child, k)}={v}" for k, v in args]
+            return f"{self.children[copy]}({', '.join(rendered)})"
+        layer = inst.layer
+        args = {k: self._cfg(layer.config_src.get(k), v) for k, v in layer.config.items()}
+        return self._layer_ctor(layer, args, copy)
+
+    def kw_of(self, child: ir.Subgraph, name: str) -> str:
+        return Namer({"peers"}).claim(child.params)(name)
+
+    def _layer_ctor(self, layer: ir.Layer, args: dict[str, str], copy: str) -> str:
+        from tiec.compiler.catalog import LAYERS
+
+        if self.legacy is not None:
+            slots = [p.slot for p in self.legacy.params if p.layer == layer.path]
+        else:
+            slots = [s for s, _ in LAYERS[layer.kind].slots(layer.config)]
+        extra = []
+        if layer.kind in ("LayerNorm", "RMSNorm") and not slots:
+            extra.append("elementwise_affine=False")
+        flipped = [s for s in slots if self.is_transposed(f"{copy}.{s}")]
+        if flipped:
+            if flipped != ["weight"] or layer.kind not in TRANSPOSED_LAYER:
+                raise TieError(f"'{copy}.{flipped[0]}' cannot be shared transposed: a {layer.kind} layer reads it "
+                               "in its own orientation", layer.span, hint="share it without transposing")
+            return TORCH_LAYER[layer.kind](args, tuple(extra)).replace(f"nn.{_torch_class(layer.kind)}(",
+                                                                       f"{TRANSPOSED_LAYER[layer.kind]}(", 1)
+        return TORCH_LAYER[layer.kind](args, tuple(extra))
+
+    def init_lines(self) -> list[str]:
+        sig, fill = self.signature()
+        body: list[str] = []
+        if self.legacy is not None:
+            layers = self.tree.lines(lambda layer: self._layer_ctor(
+                layer, {k: self._cfg(layer.config_src.get(k), v) for k, v in layer.config.items()}, layer.path))
+            body += aligned([(t, v, "") for t, v in layers])
+        else:
+            rows = []
+            for inst in self.sub.instances:
+                rows.append((*assign("self", inst.name, self._instance(inst)), ""))
+            for lp in self.loops.values():
+                if lp.shared or not self._loop_instances(lp):
+                    rows.append((f"self.{self.count_attr[lp.id]}", self._cfg(lp.count_src, lp.count),
+                                 "repeat count"))
+            body += aligned(rows)
+        if self.shares:
+            body += ["", *aligned(self.shares)]
+        checks = []
+        params = dict(self.sub.params)
+        fixed = set(self.sub.structural)
+        if self.sub.kind == "model":
+            fixed |= {p for p in params if p not in self.used}
+        for p, value in params.items():
+            if p in fixed:
+                msg = f"{self.class_name}: compiled with {p}={value!r}; recompile with --set {p}=N"
+                checks += [f"if {self.kw(p)} != {literal(value)}:", f"    raise ValueError({literal(msg)})"]
+        for name, index, src in dict.fromkeys(self.sub.counts):
+            count = self._cfg(src, self._count_of(name))
+            msg = f"{self.class_name}: the spec refers to {name}[{index}], so {count} must be at least {index + 1}"
+            checks += [f"if {count} <= {index}:", f"    raise ValueError({literal(msg)})"]
+        head = [f"def __init__({', '.join(['self', *sig])}):", "    super().__init__()"]
+        return head + ["    " + x if x else "" for x in fill + checks + body]
+
+    def _count_of(self, name: str) -> int:
+        return self.loops[self.sub.instance_map[name].loops[0]].count
+
+    def _instance(self, inst: ir.Instance) -> str:
+        from .plan import copies
+
+        if not inst.loops:
+            return self._ctor(inst, inst.name)
+        paths = copies(self.sub, inst)
+        ctors = [self._ctor(inst, p) for p in paths]
+        counts = [self.loops[lp] for lp in inst.loops]
+        if len(set(ctors)) == 1:
+            out = ctors[0]
+            for lp in reversed(counts):
+                out = f"nn.ModuleList([{out} for _ in range({self._cfg(lp.count_src, lp.count)})])"
+            return out
+
+        def nested(level: int, items: list[str]) -> str:
+            if level == len(counts):
+                return items[0]
+            step = len(items) // counts[level].count
+            parts = [nested(level + 1, items[i * step:(i + 1) * step]) for i in range(counts[level].count)]
+            return f"nn.ModuleList([{', '.join(parts)}])"
+
+        return nested(0, ctors)
+
+    def _loop_instances(self, lp: ir.Loop) -> list[ir.Instance]:
+        used = referenced(lp.body)
+        return [i for i in self.sub.instances if lp.id in i.loops and i.name in used]
+
+    # ------------------------------------------------------------------ forward
+    def forward_lines(self, reserved: set[str]) -> list[str]:
+        sub = self.sub
+        outputs = [o.value for o in sub.outputs]
+        inline = inlined_literals(body=sub.body, outputs=outputs)
+        scope = _Scope()
+        loop_vars = self._loop_vars(reserved)
+        from .liveness import nodes_of
+
+        nodes = nodes_of(sub.body)
+        values = [i.name for i in sub.inputs] + [v for n in nodes if n.name not in inline
+                                                  for v in n.attrs.get("outputs", (n.name,))]
+        py = Namer(reserved | set(loop_vars.values())).claim(values)
+        live = Liveness(sub.body, outputs, inline)
+        names = Locals(live, py, [i.name for i in sub.inputs])
+        args = ", ".join(["self", *(names[i.name] for i in sub.inputs)])
+        ins = ", ".join(f"{names[i.name]}: {i.type}" for i in sub.inputs)
+        outs = ", ".join(f"{o.name}: {self.types[o.value]}" if o.value in self.types else o.name for o in sub.outputs)
+        lines = self._body(sub.body, names, inline, scope, loop_vars, live)
+        ret = ", ".join(names[o] for o in outputs)
+        last = sub.body[-1] if sub.body else None
+        if (self.sub.kind == "block" and isinstance(last, ir.Node) and last.op != "call" and outputs == [last.name]
+                and lines and lines[-1].startswith(f"{names[last.name]} = ")
+                and sum(last.name in n.inputs for n in nodes) == 0):
+            ret = lines.pop().split(" = ", 1)[1].split("  # ", 1)[0].rstrip()  # `return x + down`, as a person writes it
+        return [f"def forward({args}):", f'    """{ins} → {outs}"""', *("    " + x for x in lines), f"    return {ret}"]
+
+    def _loop_vars(self, reserved: set[str]) -> dict[tuple[str, int], str]:
+        namer = Namer(reserved)
+        out = {}
+        for lp in self.loops.values():
+            if lp.shared:
+                continue
+            for inst in self._loop_instances(lp):
+                depth = len(inst.loops) - 1 - inst.loops.index(lp.id)
+                out[(inst.name, lp.id)] = namer.fresh(inst.name + "_row" * depth)
+        return out
+
+    def _body(self, body, names: Locals, inline, scope: _Scope, loop_vars, live: Liveness) -> list[str]:
+        lines: list[str] = []
+        block: list[tuple[str, str]] = []
+
+        def flush():
+            width = max((len(code) for code, _ in block if len(code) <= 60), default=0)
+            lines.extend(f"{code.ljust(width)}  # {c}" if c else code for code, c in block)
+            block.clear()
+
+        def local(v: str) -> str:
+            return inline[v] if v in inline else names[v]
+
+        for item in body:
+            if isinstance(item, ir.Node):
+                if item.name in inline:
+                    continue
+                block.append(self._statement(item, names, local, scope, live))
+            elif isinstance(item, ir.Loop):
+                flush()
+                lines += names.enter(item)
+                lines.append(self._header(item, scope, loop_vars))
+                inner = _Scope(scope.loops | ({item.id} if not item.shared else set()),
+                               {**scope.vars, **{k: v for k, v in loop_vars.items() if k[1] == item.id}})
+                inside = self._body(item.body, names, inline, inner, loop_vars, live) + names.leave(item)
+                lines += ["    " + x for x in inside or ["pass"]]
+        flush()
+        return lines
+
+    def _header(self, lp: ir.Loop, scope: _Scope, loop_vars) -> str:
+        insts = [] if lp.shared else self._loop_instances(lp)
+        if not insts:
+            return f"for _ in range(self.{self.count_attr[lp.id]}):"
+        targets, iters = [], []
+        for inst in insts:
+            at = inst.loops.index(lp.id)
+            iters.append(attr("self", inst.name) if at == 0 else scope.vars[(inst.name, inst.loops[at - 1])])
+            targets.append(loop_vars[(inst.name, lp.id)])
+        if len(insts) == 1:
+            return f"for {targets[0]} in {iters[0]}:"
+        return f"for {', '.join(targets)} in zip({', '.join(iters)}):"
+
+    def _statement(self, node: ir.Node, names: Locals, local, scope, live: Liveness) -> tuple[str, str]:
+        args = tuple(local(v) for v in node.inputs)
+        at = live.pos[id(node)]
+        if node.op == "call":
+            rhs = f"{self.expr(node.attrs['instance'], scope)}({', '.join(args)})"
+            targets = ", ".join(names.define(v, at) for v in node.attrs["outputs"])
+            return f"{targets} = {rhs}", ""
+        if node.op == "param":
+            ref = self.expr(node.attrs["param"], scope) + (".T" if node.attrs.get("transposed") else "")
+            call = Call(args, node.attrs, ref)
+        elif "layer" in node.attrs:
+            layer = self._layer(node.attrs["layer"])
+            call = Call(args, node.attrs, self.expr(node.attrs["layer"], scope), layer.config)
+        else:
+            call = Call(args, node.attrs)
+        rhs = TORCH_EMIT[node.op](call)
+        target = names.define(node.name, at)
+        t = self.types.get(node.name)
+        shape = "" if t is None else f"[{', '.join(map(str, t.shape))}]"
+        return f"{target} = {rhs}", shape if t is None or t.dtype == "f32" else f"{t.dtype}{shape}"
+
+    # ------------------------------------------------------------------ tie_penalty
+    def penalty_lines(self, groups: tuple[ir.TieGroup, ...], member: Callable[[str, bool], str], zero: str) -> list[str]:
+        body = penalty_lines(groups, member, zero)
+        doc = '"""Σ over tie groups of λ · Σ_{i<j} ‖w_i − w_j‖² (l2) or λ · Σ_{i<j} Σ|w_i − w_j| (l1)."""'
+        return ["def tie_penalty(self):", "    " + doc, *("    " + x for x in body)]
+
+
+class _Scope:
+    def __init__(self, loops: set[int] | None = None, vars: dict | None = None):
+        self.loops = loops or set()
+        self.vars = vars or {}
+
+
+def _torch_class(kind: str) -> str:
+    return {"SelfAttention": "MultiheadAttention"}.get(kind, kind)
+
+
+def penalty_lines(groups: tuple[ir.TieGroup, ...], member: Callable[[str, bool], str], zero: str) -> list[str]:
+    """`tie_penalty`'s body: λ · Σ_{i<j} ‖w_i − w_j‖² (l2) or λ · Σ_{i<j} Σ|w_i − w_j| (l1) per group."""
+    if not groups:
+        return [f"return {zero}"]
+    out = []
+    for n, tie in enumerate(groups):
+        if tie.norm not in ("l2", "l1"):
+            raise TieError(f"tie group {tie.id}: unknown norm {tie.norm!r} (expected 'l2' or 'l1')", tie.span)
+        ws = [member(m.param, m.transposed) for m in tie.members]
+        lam, k = literal(float(tie.strength)), len(ws)
+        names = " ~ ".join(m.param + (".T" if m.transposed else "") for m in tie.members)
+        out.append(f"# tie group {tie.id} ({tie.norm}): {names}")
+        if k == 2 and tie.norm == "l2":
+            term = f"{lam} * (({ws[0]} - {ws[1]}) ** 2).sum()"
+        elif k == 2:
+            term = f"{lam} * ({ws[0]} - {ws[1]}).abs().sum()"
+        else:
+            out.append(f"w = torch.stack([{', '.join(ws)}])")
+            if tie.norm == "l2":  # Σ_{i<j} ‖w_i − w_j‖² = k · Σ_i ‖w_i − w̄‖²: linear in k, not quadratic
+                term = f"{lam} * {k} * ((w - w.mean(0)) ** 2).sum()"
+            else:
+                term = f"{lam} * torch.pdist(w.flatten(1), p=1).sum()"
+        out.append(f"penalty = {term}" if n == 0 else f"penalty = penalty + {term}")
+    return [*out, "return penalty"]
+
+
+def aligned(rows: list[tuple[str, str, str]], width_cap: int = 48) -> list[str]:
+    """`target = value  # comment` rows with their `=` in one column, as nanoGPT lines its layers up."""
+    width = max((len(t) for t, v, _ in rows if v and len(t) <= width_cap), default=0)
+    out = []
+    for target, value, comment in rows:
+        line = f"{target.ljust(width)} = {value}" if value else target
+        out.append(f"{line}  # {comment}" if comment else line)
+    return out
+
+
+def summary(params: list[ir.Param], binds: Mapping[str, ir.Binding]) -> str:
+    tensors = {b.canonical for b in binds.values()}
+    shapes = {p.name: p.shape for p in params}
+    count = sum(math.prod(shapes[t]) for t in tensors if t in shapes)
+    return f"{len(params)} parameter slots using {len(tensors)} tensors ({count:,} weights)"
