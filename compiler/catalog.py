@@ -33,6 +33,7 @@ class Arg:
 class LayerSpec:
     args: tuple[Arg, ...]
     slots: Callable[[Mapping[str, Any]], list[tuple[str, tuple[int, ...]]]]  # config → (slot, shape)
+    transposable: tuple[str, ...] = ()  # slots the layer can read as another parameter's transpose
 
 
 def _linear(c):
@@ -58,7 +59,7 @@ LAYERS: dict[str, LayerSpec] = {
         (Arg("in", "int", key="in_features", aliases=("in_features",)),
          Arg("out", "int", key="out_features", aliases=("out_features",)),
          Arg("bias", "bool", True)),
-        _linear),  # y = x Wᵀ + b
+        _linear, ("weight",)),  # y = x Wᵀ + b
     "Conv2d": LayerSpec(
         (Arg("in", "int", key="in_channels", aliases=("in_channels",)),
          Arg("out", "int", key="out_channels", aliases=("out_channels",)),
@@ -68,7 +69,7 @@ LAYERS: dict[str, LayerSpec] = {
     "Embedding": LayerSpec(
         (Arg("num", "int", key="num_embeddings", aliases=("num_embeddings",)),
          Arg("dim", "int", key="embedding_dim", aliases=("embedding_dim",))),
-        lambda c: [("weight", (c["num_embeddings"], c["embedding_dim"]))]),  # y = W[i]
+        lambda c: [("weight", (c["num_embeddings"], c["embedding_dim"]))], ("weight",)),  # y = W[i]
     "LayerNorm": LayerSpec(
         (Arg("d", "int", key="normalized_shape", aliases=("normalized_shape",)), Arg("eps", "eps", 1e-5)),
         lambda c: [("weight", (c["normalized_shape"],)), ("bias", (c["normalized_shape"],))]),
@@ -107,6 +108,38 @@ OP_SIGNATURES: dict[str, tuple[Arg, ...]] = {
                           Arg("dim", "int", 1), Arg("eps", "eps", 1e-8)),
     "positions": _UNARY,
 }
+
+# Names a layer, block instance or (in a program of several models) a model cannot take: every
+# PyTorch module already has an attribute by that name, so it could not hold a submodule so named.
+RESERVED_MEMBERS = frozenset({
+    "T_destination", "add_module", "apply", "bfloat16", "buffers", "call_super_init", "children", "compile", "cpu",
+    "cuda", "double", "dump_patches", "eval", "extra_repr", "float", "forward", "get_buffer", "get_extra_state",
+    "get_parameter", "get_submodule", "half", "ipu", "load_state_dict", "modules", "mtia", "named_buffers",
+    "named_children", "named_modules", "named_parameters", "parameters", "register_backward_hook", "register_buffer",
+    "register_forward_hook", "register_forward_pre_hook", "register_full_backward_hook",
+    "register_full_backward_pre_hook", "register_load_state_dict_post_hook", "register_load_state_dict_pre_hook",
+    "register_module", "register_parameter", "register_state_dict_post_hook", "register_state_dict_pre_hook",
+    "requires_grad_", "set_extra_state", "set_submodule", "share_memory", "state_dict", "to", "to_empty", "train",
+    "training", "type", "xpu", "zero_grad", "tie_penalty",
+})
+
+
+def reserved_member(name: str) -> bool:
+    """A PyTorch module attribute (see `RESERVED_MEMBERS`), or any name beginning with an underscore
+    that a module keeps for itself (`_parameters`, `__dict__`, …)."""
+    return name in RESERVED_MEMBERS or (name.startswith("_") and (name.startswith("__") or name in _PRIVATE_MEMBERS))
+
+
+_PRIVATE_MEMBERS = frozenset({
+    "_apply", "_backward_hooks", "_backward_pre_hooks", "_buffers", "_call_impl", "_compiled_call_impl",
+    "_forward_hooks", "_forward_hooks_always_called", "_forward_hooks_with_kwargs", "_forward_pre_hooks",
+    "_forward_pre_hooks_with_kwargs", "_get_backward_hooks", "_get_backward_pre_hooks", "_get_name",
+    "_is_full_backward_hook", "_load_from_state_dict", "_load_state_dict_post_hooks", "_load_state_dict_pre_hooks",
+    "_maybe_warn_non_full_backward_hook", "_modules", "_named_members", "_non_persistent_buffers_set", "_parameters",
+    "_register_load_state_dict_pre_hook", "_register_state_dict_hook", "_replicate_for_data_parallel",
+    "_save_to_state_dict", "_slow_forward", "_state_dict_hooks", "_state_dict_pre_hooks", "_version",
+    "_wrapped_call_impl",
+})
 
 # Python-operator ops built from expression syntax rather than calls.
 BINARY_OPS = {"+": "add", "-": "sub", "*": "mul", "/": "div", "@": "matmul"}

@@ -19,7 +19,7 @@ from tiec.dsl import ast
 from tiec.dsl.diagnostics import Span, TieError, did_you_mean
 
 from . import ir, lower
-from .catalog import LAYERS, REQUIRED, Arg
+from .catalog import LAYERS, REQUIRED, Arg, reserved_member
 from .config import CVal, coerce, evaluate
 from .expressions import Binder, GraphBuilder, bind_args
 from .refs import Copies, Instance, ParamIndex, Scope, Target, resolve
@@ -190,6 +190,15 @@ class SubgraphElaborator(Binder):
             self.check_rebind(name, span, scope)
         result = self.operand(stmt.value, scope)
         values = result if isinstance(result, tuple) else (result,)
+        last = self.g.nodes[-1] if self.g.nodes else None
+        if len(values) == len(stmt.names) and isinstance(last, ir.Node) and last.op == "call" \
+                and tuple(last.attrs["outputs"]) == values:  # the values take the names they are bound to
+            for v in values:
+                self.g.names.discard(v)
+            values = tuple(self.g.fresh(n) for n in stmt.names)
+            self.g.naming[values[0]] = self.g.naming.pop(last.name)
+            self.g.nodes[-1] = ir.Node("call", values[0], last.inputs, ir.frozen({**last.attrs, "outputs": values}),
+                                       last.span)
         if len(values) != len(stmt.names):
             raise TieError(f"{len(stmt.names)} names for {len(values)} value(s)", stmt.span,
                            hint="a block call gives one value per expression in its `return`")
@@ -255,6 +264,9 @@ class SubgraphElaborator(Binder):
 
     # ------------------------------------------------------------------ declarations
     def declare(self, stmt: ast.Assign, kind: str, scope: Scope) -> Instance:
+        if reserved_member(stmt.name):
+            raise TieError(f"layer name '{stmt.name}' is an nn.Module attribute; PyTorch cannot hold a submodule"
+                           " by that name", stmt.name_span, hint=f"rename it, e.g. '{stmt.name.strip('_')}_layer'")
         existing = self.instances.get(stmt.name)
         if existing is not None:
             raise TieError(f"'{stmt.name}' is already declared", stmt.name_span,

@@ -16,6 +16,7 @@ import networkx as nx
 from tiec.dsl.diagnostics import TieError, TieWarning, raise_all
 
 from . import ir
+from .catalog import LAYERS
 
 
 def _shape(p: ir.Param, transposed: bool) -> tuple[int, ...]:
@@ -67,6 +68,7 @@ def run(program: ir.ProgramIR) -> ir.ProgramIR:
                     notes=[(p.span, f"'{m}' is declared here with shape {list(p.shape)}"),
                            (canon.span, f"'{root}' is declared here with shape {list(canon.shape)}")],
                     hint="shared parameters must have the same shape (use .T for a transposed view of a 2-D one)"))
+        group_errors += _untransposable(program, members, orient, params, g)
         if group_errors:
             errors += group_errors[:1]
             continue
@@ -77,6 +79,26 @@ def run(program: ir.ProgramIR) -> ir.ProgramIR:
     raise_all(errors)
     return replace(program, share_groups=tuple(groups), tie_groups=tuple(ties),
                    warnings=program.warnings + tuple(warnings))
+
+
+def _untransposable(program, members, orient, params, g) -> list[TieError]:
+    """A member read transposed needs a layer that can read its slot so (`LayerSpec.transposable`)."""
+    out = []
+    for m in members:
+        if not orient[m]:
+            continue
+        model = ir.split(m)[0]
+        p = params[m]
+        kind = program.models[model].layer(p.layer).kind
+        if p.slot not in LAYERS[kind].transposable:
+            req = next(iter(g.edges[m, nb]["request"] for nb in g.adj[m]))
+            out.append(TieError(
+                f"'{m}' would be read transposed, but a {kind} layer reads its '{p.slot}' only as stored",
+                req.b_span if m == req.b else req.a_span,
+                notes=[(p.span, f"'{m}' is declared here")],
+                hint="share it without '.T', or declare this layer before the others in the group so that its "
+                     "parameter is the group's canonical tensor (the first in source order)"))
+    return out
 
 
 def _orient(g: nx.Graph, root: str) -> tuple[dict[str, bool], TieError | None]:

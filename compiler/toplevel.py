@@ -14,7 +14,7 @@ from tiec.dsl import ast
 from tiec.dsl.diagnostics import Span, TieError, TieWarning, did_you_mean, raise_all
 
 from . import ir, lower
-from .catalog import LAYERS, OP_SIGNATURES
+from .catalog import LAYERS, OP_SIGNATURES, reserved_member
 from .config import CVal, evaluate
 from .elaborate import Blocks, SubgraphElaborator
 from .refs import ParamIndex, resolve
@@ -96,6 +96,10 @@ def elaborate(program: ast.Program, overrides: Mapping[str, int | float] | None 
                                    (f"parameters: {', '.join(sorted(known))}" if known else "no model takes parameters")))
         elif isinstance(value, bool) or not isinstance(value, (int, float)):
             errors.append(TieError(f"--set {name}={value!r}: expected a number", nowhere))
+    if len(models) > 1:  # every model becomes a submodule of the module holding them all
+        errors += [TieError(f"model name '{n}' is an nn.Module attribute; it cannot be a submodule of the module "
+                            "holding every model", d.name_span, hint="rename the model")
+                   for n, d in models.items() if reserved_member(n)]
     if not models and not errors:
         errors.append(TieError("no model defined", program.span, hint="add: model Name { in x: [B, 4] … return … }"))
     raise_all(errors)

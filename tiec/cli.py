@@ -134,7 +134,6 @@ def run(argv: list[str]) -> int:
     for w in program.warnings:
         print(w.render(), file=sys.stderr)
     if args.command == "check":
-        program.python()  # the PyTorch backend's own rules (names PyTorch reserves, …) are checked too
         print(f"{args.file}: ok: {len(program.models)} model(s) ({', '.join(program.models)}), "
               f"{len(program.ir.share_groups)} share group(s), {len(program.ir.tie_groups)} tie(s)")
     elif args.command == "stats":

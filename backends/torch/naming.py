@@ -37,7 +37,7 @@ class Namer:
         """Give every safe name itself first, so renaming `input` never steals `input_`."""
         names = list(dict.fromkeys(names))
         for name in names:
-            if name.isidentifier() and name not in self._taken:
+            if _safe(name) and name not in self._taken:
                 self._names[name] = name
                 self._taken.add(name)
         for name in names:
@@ -55,7 +55,7 @@ class Namer:
         base = "".join(c if c.isalnum() or c == "_" else "_" for c in name) or "_"
         if not base.isidentifier():
             base = "_" + base
-        candidate = base
+        candidate = base if not _dunder(base) else base.strip("_") or "v"
         while candidate in self._taken:
             candidate += "_"
         self._taken.add(candidate)
@@ -63,6 +63,14 @@ class Namer:
 
     def mapping(self) -> dict[str, str]:
         return dict(self._names)
+
+
+def _dunder(name: str) -> bool:
+    return name.startswith("__")  # Python keeps such names for itself (`__class__`, `__builtins__`, mangling)
+
+
+def _safe(name: str) -> bool:
+    return name.isidentifier() and not _dunder(name)
 
 
 def literal(value: Any) -> str:
