@@ -67,6 +67,22 @@ def _finite(value: Any, span: Span, what: str) -> Any:
     return value
 
 
+def left_spine(expr: ast.BinOp) -> list[ast.BinOp]:
+    """The binary operations down the left of `expr`, outermost first (`((a + b) + c)` → [+c, +b])."""
+    spine = []
+    while isinstance(expr, ast.BinOp):
+        spine.append(expr)
+        expr = expr.left
+    return spine
+
+
+def combine(op: str, a: CVal, b: CVal, span: Span) -> CVal:
+    """`a op b` for configuration values, with its Python source and dependencies."""
+    prec = _PREC[op]
+    value = _arith(op, a.value, b.value, span)
+    return CVal(value, f"{_wrap(a, prec)} {op} {_wrap(b, prec, right=True)}", a.deps | b.deps, prec)
+
+
 def evaluate(expr: ast.Expr, env: Mapping[str, CVal], what: str = "a configuration value") -> CVal:
     """Evaluate a config expression; names come from `env` (parameters in scope)."""
     if isinstance(expr, ast.Num):
@@ -85,10 +101,13 @@ def evaluate(expr: ast.Expr, env: Mapping[str, CVal], what: str = "a configurati
         v = evaluate(expr.operand, env, what)
         return CVal(_arith("-", 0, v.value, expr.span), f"-{_wrap(v, 3)}", v.deps, 3)
     if isinstance(expr, ast.BinOp) and expr.op in _PREC:
-        a, b = evaluate(expr.left, env, what), evaluate(expr.right, env, what)
-        prec = _PREC[expr.op]
-        value = _arith(expr.op, a.value, b.value, expr.span)
-        return CVal(value, f"{_wrap(a, prec)} {expr.op} {_wrap(b, prec, right=True)}", a.deps | b.deps, prec)
+        spine = left_spine(expr)  # a long chain `d + 0 + … + 0` is walked in a loop, not recursively
+        acc = evaluate(spine[-1].left, env, what)
+        for node in reversed(spine):
+            if node.op not in _PREC:
+                raise TieError(f"expected {what}: a number or arithmetic over parameters", node.span)
+            acc = combine(node.op, acc, evaluate(node.right, env, what), node.span)
+        return acc
     if isinstance(expr, ast.ListExpr):
         items = [evaluate(i, env, what) for i in expr.items]
         deps = frozenset().union(*(i.deps for i in items)) if items else frozenset()

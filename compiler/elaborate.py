@@ -25,6 +25,7 @@ from .expressions import Binder, GraphBuilder, bind_args
 from .refs import Copies, Instance, ParamIndex, Scope, Target, resolve
 from .relations import share_requests, tie_requests
 
+MAX_BLOCK_NESTING = 32  # block instances inside block instances
 LOCAL = ""  # the qualifier of a subgraph's own requests: `lower` re-qualifies them per copy
 
 
@@ -50,6 +51,9 @@ class Blocks:
             return self.subgraphs[key]
         if name in self._active:
             raise TieError(f"block '{name}' instantiates itself", call_span)
+        if len(self._active) >= MAX_BLOCK_NESTING:
+            raise TieError(f"blocks nest more than {MAX_BLOCK_NESTING} deep here ({' → '.join(self._active[:3])} → …)",
+                           call_span, hint="a block may hold instances of other blocks, to this depth")
         d = self.definitions[name]
         config = {p.name: CVal(v, p.name, frozenset({p.name})) for p, v in zip(d.params, values)}
         self._active.append(name)

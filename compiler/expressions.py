@@ -12,7 +12,7 @@ from tiec.dsl.diagnostics import Span, TieError, did_you_mean
 
 from . import ir
 from .catalog import BINARY_OPS, LAYERS, OP_SIGNATURES, REQUIRED, Arg
-from .config import CVal, _arith, _wrap, coerce, evaluate
+from .config import CVal, _arith, _wrap, coerce, combine, evaluate, left_spine
 from .refs import Copies, Instance, module_path
 
 
@@ -112,11 +112,20 @@ class Binder:
         raise TieError(f"unknown name '{e.id}'", e.span, hint=did_you_mean(e.id, values))
 
     def binop(self, e: ast.BinOp, scope: dict):
-        a, b = self.operand(e.left, scope), self.operand(e.right, scope)
+        spine = left_spine(e)  # a long chain `x + x + … + x` is walked in a loop, not recursively
+        acc = self.operand(spine[-1].left, scope)
+        for node in reversed(spine):
+            acc = self.binop_step(node, acc, self.operand(node.right, scope))
+        return acc
+
+    def binop_step(self, e: ast.BinOp, a, b):
+        if isinstance(a, tuple) or isinstance(b, tuple):
+            n = len(a) if isinstance(a, tuple) else len(b)
+            raise TieError(f"this block call returns {n} values; a call needs one", e.span)
         if isinstance(a, CVal) and isinstance(b, CVal):
             if e.op == "@":
                 raise TieError("'@' multiplies tensors, not numbers", e.span)
-            return evaluate(e, scope.config)
+            return combine(e.op, a, b, e.span)
         if e.op == "//":
             raise TieError("'//' is integer division of configuration values, not of tensors", e.span,
                            hint="use '/' for tensors")

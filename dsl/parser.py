@@ -72,12 +72,31 @@ class _Paren:
         return f"the '{tok}' at {tok.line}:{tok.column} is not closed"
 
 
+MAX_NESTING = 64  # operands inside operands: calls, brackets, unary minus, right-hand operands
+MAX_REPEAT_NESTING = 16  # repeats inside repeats
+
+
 class _Builder(Transformer):
-    """Callbacks named after grammar rules and aliases; each returns an AST node."""
+    """Callbacks named after grammar rules and aliases; each returns an AST node.
+
+    Each expression's nesting is counted as it is built (`depth`): the compiler walks operands
+    recursively, so a limit keeps it within Python's stack. A chain `a + b + … + z` is walked in
+    a loop, so its left operand adds nothing: only what is nested inside an operand counts."""
 
     def __init__(self, src: Source):
         super().__init__(visit_tokens=False)
         self.src = src
+        self.depth: dict[int, int] = {}
+
+    def _nest(self, node, children=(), chain=None):
+        d = 1 + max((self.depth.get(id(c), 0) for c in children if c is not None), default=0)
+        if chain is not None:
+            d = max(d, self.depth.get(id(chain), 0))
+        if d > MAX_NESTING:
+            raise TieError(f"this expression nests {d} levels deep; the limit is {MAX_NESTING}", node.span,
+                           hint="split it into several assignments")
+        self.depth[id(node)] = d
+        return node
 
     def _span(self, node) -> Span:
         if isinstance(node, Token):
@@ -108,7 +127,7 @@ class _Builder(Transformer):
 
     def _binop(op):
         def build(self, c):
-            return ast.BinOp(op, c[0], c[1], _join(c[0].span, c[1].span))
+            return self._nest(ast.BinOp(op, c[0], c[1], _join(c[0].span, c[1].span)), [c[1]], chain=c[0])
 
         return build
 
@@ -116,13 +135,15 @@ class _Builder(Transformer):
     div, floordiv, matmul = _binop("/"), _binop("//"), _binop("@")
 
     def neg(self, c):  # c: the '-' token (kept by `!?unary`), the operand
-        return ast.Neg(c[1], _join(self._span(c[0]), c[1].span))
+        return self._nest(ast.Neg(c[1], _join(self._span(c[0]), c[1].span)), [c[1]])
 
     def arglist(self, c):
         return list(c)
 
     def kwarg(self, c):
-        return ast.Kwarg(str(c[0]), c[1], _join(self._span(c[0]), c[1].span))
+        kw = ast.Kwarg(str(c[0]), c[1], _join(self._span(c[0]), c[1].span))
+        self.depth[id(kw)] = self.depth.get(id(c[1]), 0)
+        return kw
 
     # `!?postfix` keeps the punctuation: call is [func, '(', args, ')'], attr [value, '.', NAME],
     # index [value, '[', expr, ']'], so each span runs to the closing bracket.
@@ -130,17 +151,17 @@ class _Builder(Transformer):
         func, args = c[0], c[2] or []
         pos = tuple(a for a in args if not isinstance(a, ast.Kwarg))
         kws = tuple(a for a in args if isinstance(a, ast.Kwarg))
-        return ast.Call(func, pos, kws, _join(func.span, self._span(c[3])))
+        return self._nest(ast.Call(func, pos, kws, _join(func.span, self._span(c[3]))), [func, *args])
 
     def attr(self, c):
-        return ast.Attr(c[0], str(c[2]), _join(c[0].span, self._span(c[2])))
+        return self._nest(ast.Attr(c[0], str(c[2]), _join(c[0].span, self._span(c[2]))), [c[0]])
 
     def index(self, c):
-        return ast.Index(c[0], c[2], _join(c[0].span, self._span(c[3])))
+        return self._nest(ast.Index(c[0], c[2], _join(c[0].span, self._span(c[3]))), [c[0], c[2]])
 
     def list(self, c):  # c: '[', items and commas (kept by `!?atom`), ']'
         items = tuple(x for x in c if x is not None and not isinstance(x, Token))
-        return ast.ListExpr(items, _join(self._span(c[0]), self._span(c[-1])))
+        return self._nest(ast.ListExpr(items, _join(self._span(c[0]), self._span(c[-1]))), items)
 
     def atom(self, c):  # only `( expr )` reaches here: the other atoms have aliases
         return c[1]
@@ -203,11 +224,19 @@ class _Builder(Transformer):
     def body(self, c):
         return tuple(c)
 
+    def _repeat(self, c, shared: bool):
+        node = ast.Repeat(c[0], shared, c[1], c[0].span)
+        d = 1 + max((self.depth.get(id(s), 0) for s in c[1] if isinstance(s, ast.Repeat)), default=0)
+        if d > MAX_REPEAT_NESTING:
+            raise TieError(f"repeats nest {d} deep here; the limit is {MAX_REPEAT_NESTING}", node.span)
+        self.depth[id(node)] = d
+        return node
+
     def repeat(self, c):
-        return ast.Repeat(c[0], False, c[1], c[0].span)
+        return self._repeat(c, False)
 
     def repeat_shared(self, c):
-        return ast.Repeat(c[0], True, c[1], c[0].span)
+        return self._repeat(c, True)
 
     def return_stmt(self, c):
         return ast.Return(tuple(c), self._over(c))
@@ -333,3 +362,5 @@ def parse(text: str, filename: str = "<string>") -> ast.Program:
             return parser.parse(text)
         except UnexpectedInput as err:
             raise _syntax_error(err, src) from None
+        finally:
+            _BUILDER.depth.clear()

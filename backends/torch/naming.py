@@ -151,13 +151,18 @@ def config_expr(
     return src.strip(), used
 
 
+_LONGEST = 2_000  # a longer expression is written as its value: nobody reads it, and Python nests it too deep
+
+
 @lru_cache(maxsize=4096)
 def _checked(src: str):
     """`src` compiled, with the names it reads; (None, ∅) unless it is plain arithmetic over names.
     Cached: a large spec repeats the same few expressions thousands of times."""
+    if len(src) > _LONGEST:
+        return None, frozenset()
     try:
         tree = ast.parse(src, mode="eval")
-    except SyntaxError:
+    except (SyntaxError, RecursionError, MemoryError):
         return None, frozenset()
     if any(isinstance(n, (ast.Call, ast.Attribute)) for n in ast.walk(tree)):
         return None, frozenset()
