@@ -304,6 +304,66 @@ class Subgraph:
         return {i.name: i for i in self.instances}
 
 
+class FlatModels(Mapping):
+    """Model name → its flat `Graph`, lowered when first asked for: compiling and emitting PyTorch
+    need only each model's declared layers and parameters (`declared`), so a deep repeat costs
+    them nothing per copy; ONNX export and the statistics walk the graph and lower it."""
+
+    def __init__(self, declared: Mapping[str, tuple[tuple[Layer, ...], tuple[Param, ...]]], make):
+        self._declared = dict(declared)
+        self._make = make
+        self._graphs: dict[str, Graph] = {}
+
+    def __getitem__(self, model: str) -> Graph:
+        graph = self._graphs.get(model)
+        if graph is None:
+            if model not in self._declared:
+                raise KeyError(model)
+            graph = self._graphs[model] = self._make(model)
+        return graph
+
+    def __iter__(self):
+        return iter(self._declared)
+
+    def __len__(self) -> int:
+        return len(self._declared)
+
+    def declared(self, model: str) -> tuple[tuple[Layer, ...], tuple[Param, ...]]:
+        return self._declared[model]
+
+    def lowered(self, model: str) -> bool:
+        return model in self._graphs
+
+
+class FlatTypes(Mapping):
+    """Model name → the types of its flat graph's values, inferred when first asked for."""
+
+    def __init__(self, models: Mapping[str, Graph], infer):
+        self._models, self._infer, self._types = models, infer, {}
+
+    def __getitem__(self, model: str) -> Mapping[str, TensorType]:
+        if model not in self._types:
+            self._types[model] = frozen(self._infer(self._models[model]))
+        return self._types[model]
+
+    def __iter__(self):
+        return iter(self._models)
+
+    def __len__(self) -> int:
+        return len(self._models)
+
+
+def declared_params(program: ProgramIR, model: str) -> tuple[Param, ...]:
+    """A model's parameter slots, without lowering its graph."""
+    models = program.models
+    return models.declared(model)[1] if isinstance(models, FlatModels) else models[model].params
+
+
+def declared_layers(program: ProgramIR, model: str) -> tuple[Layer, ...]:
+    models = program.models
+    return models.declared(model)[0] if isinstance(models, FlatModels) else models[model].layers
+
+
 @dataclass(frozen=True)
 class ProgramIR:
     source: Source
@@ -316,8 +376,8 @@ class ProgramIR:
     warnings: tuple[TieWarning, ...] = ()
     structure: Mapping[str, Subgraph] = field(default_factory=frozen)  # model → its subgraph
     blocks: Mapping[str, Subgraph] = field(default_factory=frozen)  # key → block subgraph
-    # key → (a model, the flat value each of the subgraph's values became in its first copy there)
-    witnesses: Mapping[str, tuple[str, Mapping[str, str]]] = field(default_factory=frozen)
+    # subgraph key → the types of its values, as first inferred (a model's, or a block's first copy's)
+    local_types: Mapping[str, Mapping[str, TensorType]] = field(default_factory=frozen)
 
 
 def qualify(model: str, local: str) -> str:
@@ -344,10 +404,10 @@ def bindings(ir: ProgramIR, model: str | None = None) -> dict[str, Binding]:
     that model's members count (a cross-model group, restricted, re-picks its canonical); without,
     keys are qualified names over the whole program."""
     out: dict[str, Binding] = {}
-    for name, graph in ir.models.items():
+    for name in ir.models:
         if model is not None and name != model:
             continue
-        for p in graph.params:
+        for p in declared_params(ir, name):
             key = p.name if model is not None else qualify(name, p.name)
             out[key] = Binding(key, False, None)
     for group in ir.share_groups:

@@ -11,7 +11,10 @@ flat names are those a single pass over the spec would give (`x`, `x_1`, `norm_5
 """
 from __future__ import annotations
 
+import itertools
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from . import ir
 from .catalog import LAYERS
@@ -58,6 +61,8 @@ def _declare(body, sub, subgraphs, cache, indices: dict[int, int], out: Declared
                 for slot, shape in LAYERS[layer.kind].slots(layer.config):
                     out.params.append(ir.Param(f"{path}.{slot}", path, slot, tuple(shape), "f32", layer.span))
             else:
+                if inst.block not in cache:
+                    cache[inst.block] = declared(subgraphs[inst.block], subgraphs, cache)
                 _extend(out, cache[inst.block], path + ".")
         elif isinstance(item, ir.Relations):
             for r in item.shares:
@@ -72,13 +77,14 @@ def _declare(body, sub, subgraphs, cache, indices: dict[int, int], out: Declared
 
 
 def _extend(out: Declared, child: Declared, prefix: str) -> None:
-    def move(q: str) -> str:
-        return ir.qualify("", prefix + ir.split(q)[1])
-
-    out.layers += [replace(layer, path=prefix + layer.path) for layer in child.layers]
-    out.params += [replace(p, name=prefix + p.name, layer=prefix + p.layer) for p in child.params]
-    out.shares += [replace(r, a=move(r.a), b=move(r.b)) for r in child.shares]
-    out.ties += [replace(t, members=tuple(replace(m, param=move(m.param)) for m in t.members)) for t in child.ties]
+    # built directly rather than with dataclasses.replace: a deep model has thousands of these
+    Layer, Param, Share, Tie, Member = ir.Layer, ir.Param, ir.ShareRequest, ir.TieRequest, ir.Member
+    out.layers += [Layer(prefix + x.path, x.kind, x.config, x.span, x.config_src) for x in child.layers]
+    out.params += [Param(prefix + p.name, prefix + p.layer, p.slot, p.shape, p.dtype, p.span) for p in child.params]
+    out.shares += [Share("." + prefix + r.a[1:], "." + prefix + r.b[1:], r.transposed, r.span, r.a_span, r.b_span)
+                   for r in child.shares]
+    out.ties += [Tie(t.strength, t.norm, tuple(Member("." + prefix + m.param[1:], m.transposed, m.span)
+                                               for m in t.members), t.span) for t in child.ties]
 
 
 def _requalify(d: Declared, model: str) -> Declared:
@@ -99,7 +105,6 @@ class _Computer:
             self.g.names.add(i.name)
             self.g.counts[i.name] = 1
         self.checks: list[ir.Check] = []
-        self.witnesses: dict[str, dict[str, str]] = {}  # subgraph key → its values → flat values, first copy
 
     def walk(self, body, sub: ir.Subgraph, env: dict[str, str], indices: dict[int, int], prefix: str) -> None:
         for item in body:
@@ -136,9 +141,7 @@ class _Computer:
         outs = [inner[o.value] for o in child.outputs]
         user = sub.naming.get(n.name, (None, None))[1]
         if user and len(outs) == 1 and len(self.g.nodes) > before:
-            old, outs[0] = outs[0], self.g.rename(outs[0], user)
-            inner.update({k: outs[0] for k, v in inner.items() if v == old})
-        self.witnesses.setdefault(child.key, inner)
+            outs[0] = self.g.rename(outs[0], user)
         for name, value in zip(n.attrs["outputs"], outs):
             env[name] = value
 
@@ -163,18 +166,120 @@ def instance_block(sub: ir.Subgraph, path: str, subgraphs: dict[str, ir.Subgraph
     return key
 
 
-def run(program: ir.ProgramIR, model: str, cache: dict[str, Declared]
-        ) -> tuple[ir.Graph, Declared, dict[str, dict[str, str]]]:
-    """The flat `Graph` of `model`, its requests (qualified by the model's name), and for the model
-    and each block it runs, the flat value each value of that subgraph's first copy became."""
+def declare(program: ir.ProgramIR, model: str, cache: dict[str, Declared]) -> Declared:
+    """`model`'s layers, parameters and requests (qualified by the model's name): no nodes."""
+    return _requalify(declared(program.structure[model], dict(program.blocks), cache), model)
+
+
+def graph(program: ir.ProgramIR, model: str, decl: Declared, defaults: Mapping[str, Any]) -> ir.Graph:
+    """The flat `Graph` of `model`: the computing walk over what `declare` found."""
     sub = program.structure[model]
-    subgraphs = dict(program.blocks)
-    decl = _requalify(declared(sub, subgraphs, cache), model)
-    computer = _Computer(subgraphs, sub)
+    computer = _Computer(dict(program.blocks), sub)
     env = {i.name: i.name for i in sub.inputs}
     computer.walk(sub.body, sub, env, {}, "")
     outputs = tuple(replace(o, value=env[o.value]) for o in sub.outputs)
-    graph = ir.Graph(model, sub.params, ir.frozen(), sub.inputs, tuple(decl.layers), tuple(decl.params),
-                     tuple(computer.g.nodes), outputs, sub.span, sub.unrolled, tuple(computer.checks))
-    computer.witnesses[sub.key] = env
-    return graph, decl, computer.witnesses
+    return ir.Graph(model, sub.params, ir.frozen(defaults), sub.inputs, tuple(decl.layers), tuple(decl.params),
+                    tuple(computer.g.nodes), outputs, sub.span, sub.unrolled, tuple(computer.checks))
+
+
+def loop_map(sub: ir.Subgraph) -> dict[int, ir.Loop]:
+    """Loop id → loop, for every loop in a subgraph's body."""
+    out: dict[int, ir.Loop] = {}
+    stack = [sub.body]
+    while stack:
+        for item in stack.pop():
+            if isinstance(item, ir.Loop):
+                out[item.id] = item
+                stack.append(item.body)
+    return out
+
+
+def sites(program: ir.ProgramIR, model: str) -> dict[str, str]:
+    """Every copy of every block instance in `model`: flat module path ("" for the model) → its key."""
+    out = {"": model}
+    todo = [(program.structure[model], "")]
+    while todo:
+        sub, prefix = todo.pop()
+        loops = loop_map(sub)
+        for inst in sub.instances:
+            if inst.block is None:
+                continue
+            ranges = [range(loops[lp].count) for lp in inst.loops]
+            for idx in itertools.product(*ranges):
+                path = prefix + ".".join([inst.name, *map(str, idx)])
+                out[path] = inst.block
+                todo.append((program.blocks[inst.block], path + "."))
+    return out
+
+
+def _patterns(sub: ir.Subgraph) -> tuple[set[tuple[str, ...]], set[tuple[str, ...]]]:
+    """The layer paths a subgraph's nodes call, and the parameter paths they read: local, with '*'
+    for the index of a copy the node sees as its loop's current one."""
+    calls, reads = set(), set()
+
+    def pattern(path: str, loops: set[int]) -> tuple[str, ...]:
+        head, *rest = path.split(".")
+        inst = sub.instance_map.get(head)
+        implicit = ["*"] * len([lp for lp in inst.loops if lp in loops]) if inst is not None else []
+        return (head, *implicit, *rest)
+
+    def walk(body, loops: set[int]):
+        for item in body:
+            if isinstance(item, ir.Loop):
+                walk(item.body, loops | ({item.id} if not item.shared else set()))
+            elif isinstance(item, ir.Node) and "layer" in item.attrs:
+                calls.add(pattern(item.attrs["layer"], loops))
+            elif isinstance(item, ir.Node) and item.op == "param":
+                reads.add(pattern(item.attrs["param"], loops))
+
+    walk(sub.body, set())
+    return calls, reads
+
+
+def all_layers_used(program: ir.ProgramIR, model: str) -> bool:
+    """Whether every copy of every layer is surely used, judged once per subgraph: each layer is
+    called, or read, by a node that sees every copy (no fixed index), in its own subgraph."""
+    todo, seen = [program.structure[model]], set()
+    while todo:
+        sub = todo.pop()
+        if sub.key in seen:
+            continue
+        seen.add(sub.key)
+        calls, reads = _patterns(sub)
+        whole = {p[0] for p in calls | reads if all(x == "*" for x in p[1:1 + len(sub.instance_map[p[0]].loops)])}
+        for inst in sub.instances:
+            if inst.layer is not None and inst.name not in whole and inst.layer.kind != "Dropout":
+                return False
+            if inst.block is not None:
+                todo.append(program.blocks[inst.block])
+    return True
+
+
+def used_layers(program: ir.ProgramIR, model: str, layers: list[ir.Layer]) -> set[str]:
+    """Flat paths of the layers that some copy's nodes call or whose parameters they read."""
+    where = sites(program, model)
+    patterns = {key: _patterns(program.structure[key] if key == model else program.blocks[key])
+                for key in set(where.values())}
+
+    def matches(pattern: tuple[str, ...], parts: list[str], prefix_ok: bool) -> bool:
+        if len(pattern) < len(parts) or (not prefix_ok and len(pattern) != len(parts)):
+            return False
+        return all(p == "*" or p == q for p, q in zip(pattern, parts))
+
+    used, memo = set(), {}
+    for layer in layers:
+        parts = layer.path.split(".")
+        for cut in range(len(parts)):
+            key = where.get(".".join(parts[:cut]))
+            if key is None:
+                continue
+            rest = tuple(parts[cut:])
+            hit = memo.get((key, rest))
+            if hit is None:  # every copy of a block asks the same question
+                calls, reads = patterns[key]
+                hit = memo[(key, rest)] = any(matches(p, rest, False) for p in calls) or \
+                    any(matches(p, rest, True) for p in reads)
+            if hit:
+                used.add(layer.path)
+                break
+    return used

@@ -6,11 +6,11 @@ from collections.abc import Mapping
 from tiec.dsl.diagnostics import Source, Span, TieError
 from tiec.dsl.parser import parse
 
-from . import ir, shapes, sharing
+from . import ir, sharing, typecheck
 from .toplevel import elaborate
 from .verify import verify
 
-PASSES = (sharing.run, shapes.run)
+PASSES = (sharing.run, typecheck.run)
 
 
 def compile_source(text: str, filename: str = "<string>",

@@ -71,45 +71,97 @@ class ParamIndex:
     """Parameters of one model or block by name, and by every module path that contains them.
 
     Inside a non-shared loop a copy's parameters are named as the current iteration sees them
-    (`fc.weight`); when the loop closes they are renamed once per copy (`fc.0.weight` …), since
-    only indexed references can reach them then. `pending` is the loops a name still awaits.
+    (`fc.weight`). When the loop closes, only indexed references can reach them (`fc[2].weight`):
+    rather than naming every copy, the index remembers the loop's count under the copy's name
+    and reads `fc.2.weight` back as `fc.weight`, so a loop of a million copies costs one entry.
     """
 
     def __init__(self) -> None:
-        self.params: dict[str, Param] = {}
-        self.under: dict[str, dict[str, None]] = {}
-        self.pending: dict[str, tuple[int, ...]] = {}
+        self._params: dict[str, Param] = {}
+        self._under: dict[str, dict[str, None]] = {}
+        self.pending: dict[str, tuple[int, ...]] = {}  # a name declared in open loops → those loops
+        self.counts: dict[str, list[int]] = {}  # an instance name → its copies' counts, outermost first
+        self.params = _Named(self, self._params, self._param)
+        self.under = _Named(self, self._under, self._names)
 
     def add(self, p: Param, pending: tuple[int, ...] = ()) -> None:
-        self.params[p.name] = p
+        self._params[p.name] = p
         if pending:
             self.pending[p.name] = pending
         parts = p.name.split(".")
         for i in range(1, len(parts)):
-            self.under.setdefault(".".join(parts[:i]), {})[p.name] = None
-
-    def _remove(self, name: str) -> Param:
-        p = self.params.pop(name)
-        self.pending.pop(name, None)
-        parts = name.split(".")
-        for i in range(1, len(parts)):
-            prefix = ".".join(parts[:i])
-            names = self.under[prefix]
-            del names[name]
-            if not names:
-                del self.under[prefix]
-        return p
+            self._under.setdefault(".".join(parts[:i]), {})[p.name] = None
 
     def expand(self, loop: int, count: int) -> None:
-        """`loop` has closed after `count` iterations: its copies' parameters take their index."""
-        for name in [n for n, pend in self.pending.items() if pend[-1] == loop]:
-            pend = self.pending[name]
-            p = self._remove(name)
-            head, _, rest = name.partition(".")
-            layer_rest = p.layer.partition(".")[2]
-            for i in range(count):
-                layer = ".".join(x for x in (head, str(i), layer_rest) if x)
-                self.add(Param(f"{head}.{i}.{rest}", layer, p.slot, p.shape, p.dtype, p.span), pend[:-1])
+        """`loop` has closed after `count` iterations: its copies are reached by index from now on."""
+        heads = set()
+        for name, pend in list(self.pending.items()):
+            if pend[-1] == loop:
+                heads.add(name.split(".", 1)[0])
+                if len(pend) > 1:
+                    self.pending[name] = pend[:-1]
+                else:
+                    del self.pending[name]
+        for head in heads:
+            self.counts.setdefault(head, []).insert(0, count)
+
+    def template(self, name: str) -> tuple[str, list[str]] | None:
+        """`blk.3.up.weight` → (`blk.up.weight`, ["3"]) when `blk` has copies; None if an index is
+        missing or out of range. A name without copies is its own template."""
+        head, _, rest = name.partition(".")
+        counts = self.counts.get(head)
+        if not counts:
+            return name, []
+        parts = rest.split(".") if rest else []
+        idx = parts[:len(counts)]
+        if len(idx) < len(counts) or not all(i.isdigit() and int(i) < n for i, n in zip(idx, counts)):
+            return None
+        return ".".join([head, *parts[len(counts):]]), idx
+
+    def _param(self, name: str, found: Param) -> Param:
+        head, _, rest = name.partition(".")
+        if name == found.name:
+            return found
+        depth = len(self.counts.get(head, ()))
+        layer_rest = ".".join(found.layer.split(".")[1:])
+        idx = rest.split(".")[:depth]
+        return Param(name, ".".join([head, *idx, *([layer_rest] if layer_rest else [])]), found.slot, found.shape,
+                     found.dtype, found.span)
+
+    def _names(self, path: str, found: dict[str, None]) -> dict[str, None]:
+        t = self.template(path)
+        if t is None or not t[1]:
+            return found
+        head = path.split(".", 1)[0]
+        return {".".join([head, *t[1], *n.split(".")[1:]]): None for n in found}
+
+
+class _Named:
+    """A read-only mapping over an index's templates that answers for indexed names too."""
+
+    def __init__(self, index: ParamIndex, table: dict, convert):
+        self.index, self.table, self.convert = index, table, convert
+
+    def get(self, name: str, default=None):
+        t = self.index.template(name)
+        if t is None or t[0] not in self.table:
+            return default
+        return self.convert(name, self.table[t[0]])
+
+    def __getitem__(self, name: str):
+        out = self.get(name)
+        if out is None:
+            raise KeyError(name)
+        return out
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self.get(name) is not None
+
+    def __iter__(self):
+        return iter(self.table)
+
+    def values(self):
+        return self.table.values()
 
 
 def render(ref: ast.Ref) -> str:

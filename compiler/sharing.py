@@ -40,8 +40,15 @@ def share_graph(program: ir.ProgramIR) -> nx.Graph:
 
 
 def run(program: ir.ProgramIR) -> ir.ProgramIR:
-    params = {ir.qualify(m, p.name): p for m, graph in program.models.items() for p in graph.params}
-    order = {name: i for i, name in enumerate(params)}
+    wanted = {r.a for r in program.share_requests} | {r.b for r in program.share_requests} | \
+        {m.param for t in program.tie_requests for m in t.members}
+    params, order, at = {}, {}, 0  # the slots a request names, and their place in declaration order
+    for m in program.models:
+        for p in ir.declared_params(program, m):
+            q = ir.qualify(m, p.name)
+            if q in wanted:
+                params[q], order[q] = p, at
+            at += 1
     g = share_graph(program)
     errors: list[TieError] = []
     groups: list[ir.ShareGroup] = []
@@ -89,7 +96,7 @@ def _untransposable(program, members, orient, params, g) -> list[TieError]:
             continue
         model = ir.split(m)[0]
         p = params[m]
-        kind = program.models[model].layer(p.layer).kind
+        kind = next(x.kind for x in ir.declared_layers(program, model) if x.path == p.layer)
         if p.slot not in LAYERS[kind].transposable:
             req = next(iter(g.edges[m, nb]["request"] for nb in g.adj[m]))
             out.append(TieError(

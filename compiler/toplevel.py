@@ -18,6 +18,7 @@ from .catalog import LAYERS, OP_SIGNATURES, reserved_member
 from .config import CVal, evaluate
 from .elaborate import Blocks, SubgraphElaborator
 from .refs import ParamIndex, resolve
+from .shapes import _reshape_targets as reshape_targets
 from .relations import share_requests, tie_requests
 
 
@@ -76,11 +77,13 @@ def _model_config(d: ast.Definition, overrides: Mapping) -> dict[str, CVal]:
     return config
 
 
-def _unused_warnings(graph: ir.Graph) -> list[TieWarning]:
-    used = {n.attrs["layer"] for n in graph.nodes if "layer" in n.attrs}
-    used |= {n.attrs["param"].rsplit(".", 1)[0] for n in graph.nodes if n.op == "param"}
+def _unused_warnings(program: ir.ProgramIR, model: str, decl: lower.Declared) -> list[TieWarning]:
+    """A layer no node of any copy calls, and no expression reads, is declared for nothing."""
+    if lower.all_layers_used(program, model):  # the usual case, decided without visiting each copy
+        return []
+    used = lower.used_layers(program, model, decl.layers)
     return [TieWarning(f"layer '{layer.path}' is declared but never used", layer.span)
-            for layer in graph.layers if layer.path not in used and layer.kind != "Dropout"]
+            for layer in decl.layers if layer.path not in used and layer.kind != "Dropout"]
 
 
 def elaborate(program: ast.Program, overrides: Mapping[str, int | float] | None = None) -> ir.ProgramIR:
@@ -115,23 +118,23 @@ def elaborate(program: ast.Program, overrides: Mapping[str, int | float] | None 
             errors.extend(getattr(e, "errors", (e,)))
     shaped = ir.ProgramIR(program.span.source, ir.frozen(), structure=ir.frozen(structure),
                           blocks=ir.frozen(registry.subgraphs))
-    graphs, indexes, shares, ties, warnings, witnesses = {}, {}, [], [], [], {}
+    declared, defaults, indexes, shares, ties, warnings = {}, {}, {}, [], [], []
     for name, d in models.items():
         if name not in structure:
             continue
-        graph, decl, seen = lower.run(shaped, name, registry.declared)
-        for key, values in seen.items():
-            witnesses.setdefault(key, (name, ir.frozen(values)))
-        defaults: dict[str, CVal] = {}
+        decl = lower.declare(shaped, name, registry.declared)
+        values: dict[str, CVal] = {}
         for p in d.params:  # as declared: a default may use earlier parameters (h = 4 * d)
-            defaults[p.name] = evaluate(p.default, defaults, "a default")
-        graphs[name] = replace(graph, defaults=ir.frozen({k: v.value for k, v in defaults.items()}))
-        indexes[name] = ParamIndex()
-        for p in graph.params:
-            indexes[name].add(p)
+            values[p.name] = evaluate(p.default, values, "a default")
+        defaults[name] = {k: v.value for k, v in values.items()}
+        declared[name] = decl
+        if program.statements:  # top-level share/tie name flat paths: index them only then
+            indexes[name] = ParamIndex()
+            for p in decl.params:
+                indexes[name].add(p)
         shares += decl.shares
         ties += decl.ties
-        warnings += _unused_warnings(graphs[name])
+        warnings += _unused_warnings(shaped, name, decl)
     for stmt in program.statements:
         try:
             targets = [_top_target(ref, models, elaborators, indexes) for ref in stmt.refs]
@@ -148,8 +151,10 @@ def elaborate(program: ast.Program, overrides: Mapping[str, int | float] | None 
         except TieError as e:
             errors.append(e)
     raise_all(errors)
-    return replace(shaped, models=ir.frozen(graphs), share_requests=tuple(shares), tie_requests=tuple(ties),
-                   warnings=tuple(warnings), witnesses=ir.frozen(witnesses))
+    models_ = ir.FlatModels({m: (tuple(d.layers), tuple(d.params)) for m, d in declared.items()},
+                            lambda m: reshape_targets(lower.graph(shaped, m, declared[m], defaults[m])))
+    return replace(shaped, models=models_, share_requests=tuple(shares), tie_requests=tuple(ties),
+                   warnings=tuple(warnings))
 
 
 def _top_target(ref: ast.Ref, models, elaborators, indexes):

@@ -58,11 +58,63 @@ def _graph(g: ir.Graph, types) -> None:
             raise IRInvariantError(f"{g.name}: no type for {sorted(missing)[:5]}")
 
 
+def _subgraph(sub: ir.Subgraph) -> None:
+    """Structured: each value defined once, before use (a loop's carried values at its start)."""
+    defined = {i.name for i in sub.inputs}
+    names = sub.instance_map
+
+    def walk(body) -> None:
+        for item in body:
+            if isinstance(item, ir.Decl) and item.name not in names:
+                raise IRInvariantError(f"{sub.key}: declaration of unknown instance {item.name!r}")
+            if isinstance(item, ir.Loop):
+                for outer, inner, _ in item.carried:
+                    if outer not in defined or inner in defined:
+                        raise IRInvariantError(f"{sub.key}: loop {item.id} carries {outer!r} badly")
+                    defined.add(inner)
+                walk(item.body)
+                for _, _, result in item.carried:
+                    if result not in defined:
+                        raise IRInvariantError(f"{sub.key}: loop {item.id} carries undefined {result!r}")
+            elif isinstance(item, ir.Node):
+                if item.op not in ir.OPS:
+                    raise IRInvariantError(f"{sub.key}: node {item.name} has unknown op {item.op}")
+                missing = [x for x in item.inputs if x not in defined]
+                if missing:
+                    raise IRInvariantError(f"{sub.key}: node {item.name} uses {missing} before definition")
+                for key in ("layer", "param", "instance"):
+                    if key in item.attrs and item.attrs[key].split(".")[0] not in names:
+                        raise IRInvariantError(f"{sub.key}: node {item.name} refers to unknown {item.attrs[key]!r}")
+                for out in item.attrs.get("outputs", (item.name,)):
+                    if out in defined:
+                        raise IRInvariantError(f"{sub.key}: value {out!r} is defined twice")
+                    defined.add(out)
+
+    walk(sub.body)
+    for o in sub.outputs:
+        if o.value not in defined:
+            raise IRInvariantError(f"{sub.key}: output {o.name} reads undefined {o.value}")
+
+
 def verify(program: ir.ProgramIR) -> ir.ProgramIR:
-    """Check every invariant; return the program unchanged (so it chains after a pass)."""
-    params = {ir.qualify(m, p.name): p for m, g in program.models.items() for p in g.params}
-    for name, g in program.models.items():
-        _graph(g, program.types.get(name) if program.types else None)
+    """Check every invariant; return the program unchanged (so it chains after a pass). A flat
+    graph is checked once it has been lowered (see `ir.FlatModels`)."""
+    wanted = {m.param for g in (*program.share_groups, *program.tie_groups) for m in g.members}
+    local: dict[str, set[str]] = {}
+    for w in wanted:
+        m, name = ir.split(w)
+        local.setdefault(m, set()).add(name)
+    params = {ir.qualify(m, p.name): p for m, names in local.items() if m in program.models
+              for p in ir.declared_params(program, m) if p.name in names}
+    for sub in [*program.structure.values(), *program.blocks.values()]:
+        _subgraph(sub)
+    lazy = isinstance(program.models, ir.FlatModels)
+    for name in program.models:
+        if lazy and not program.models.lowered(name):
+            continue
+        g = program.models[name]
+        types = program.types if program.types and (not isinstance(program.types, ir.FlatTypes)) else None
+        _graph(g, types.get(name) if types else None)
     seen: set[str] = set()
     for group in program.share_groups:
         canon = params[group.members[0].param]

@@ -197,7 +197,9 @@ class SubgraphClass:
         if not inst.loops:
             return self._ctor(inst, inst.name)
         paths = copies(self.sub, inst)
-        ctors = [self._ctor(inst, p) for p in paths]
+        same = inst.block is not None and len({self.children[p] for p in paths}) == 1 or \
+            inst.layer is not None and not any(self.is_transposed(f"{p}.weight") for p in paths)
+        ctors = [self._ctor(inst, paths[0])] * len(paths) if same else [self._ctor(inst, p) for p in paths]
         counts = [self.loops[lp] for lp in inst.loops]
         if len(set(ctors)) == 1:
             out = ctors[0]

@@ -105,12 +105,20 @@ def generate_source(ir: ProgramIR, model: str | None = None) -> str:
     names = class_names(ir)
     chosen = [model] if model is not None else list(ir.models)
     alone = model is not None or len(chosen) == 1
-    if alone:
+    if alone:  # one model's own view: a group across models, restricted to it, re-picks its canonical
         m = chosen[0]
-        binds = {ir_q(m, k): Binding(ir_q(m, b.canonical), b.transposed, b.group) for k, b in bindings(ir, m).items()}
+        local = bindings(ir, m)
+        # only grouped slots need their qualified names (the plan's groups); the rest are their own tensor
+        binds = {ir_q(m, k): Binding(ir_q(m, b.canonical), b.transposed, b.group)
+                 for k, b in local.items() if b.group is not None}
+        by_model = {m: local}
     else:
         binds = bindings(ir, None)
-    emitter = _Emitter(ir, chosen, names, binds)
+        by_model = {m: {} for m in chosen}
+        for k, b in binds.items():
+            owner, key = split(k)
+            by_model[owner][key] = Binding(split(b.canonical)[1], b.transposed, b.group)
+    emitter = _Emitter(ir, chosen, names, binds, by_model)
     blocks = emitter.classes()
     if not alone:
         blocks.append(emitter.program_class(names[None]))
@@ -143,8 +151,10 @@ def _docstring(ir: ProgramIR, model: str | None, program: str) -> list[str]:
 class _Emitter:
     """The classes of one emitted file: blocks (deduplicated by their text), then models."""
 
-    def __init__(self, program: ProgramIR, models: list[str], names: dict, binds: dict[str, ir.Binding]):
-        self.ir, self.models, self.names, self.binds = program, models, names, binds
+    def __init__(self, program: ProgramIR, models: list[str], names: dict, binds: dict[str, ir.Binding],
+                 by_model: dict[str, dict[str, ir.Binding]]):
+        self.ir, self.models, self.names, self.binds, self.by_model = program, models, names, binds, by_model
+        self.slots: dict[str, list[str]] = {}
         self.structured = all(m in program.structure for m in models)
         self.plan = Plan(program, models, binds) if self.structured else None
         self.reserved = set(program.models) | EMITTED_GLOBALS | HELPER_NAMES | set(names.values())
@@ -155,12 +165,7 @@ class _Emitter:
         self.variants: dict[tuple, str] = {}  # (key, children's classes, slots read transposed) → class
 
     def _types(self, key: str, model: str) -> dict[str, ir.TensorType]:
-        witness = self.ir.witnesses.get(key)
-        if witness is None:
-            return {}
-        owner, values = witness
-        types = self.ir.types.get(owner, {})
-        return {local: types[flat] for local, flat in values.items() if flat in types}
+        return dict(self.ir.local_types.get(key, {}))
 
     def classes(self) -> list[list[str]]:
         if self.structured:
@@ -183,7 +188,8 @@ class _Emitter:
         sub = self.ir.blocks[key]
         prefix = site.path + "."
         children = self._children(sub, site.model, prefix)
-        flipped = frozenset(p for p in self._own_slots(sub) if self.plan.transposed(site.model, prefix + p))
+        flipped = frozenset(p for p in self._own_slots(sub) if self.plan.transposed(site.model, prefix + p)) \
+            if self.plan.any_transposed else frozenset()
         signature = (key, tuple(sorted(children.items())), flipped)
         known = self.variants.get(signature)
         if known is not None:
@@ -206,7 +212,9 @@ class _Emitter:
     def _own_slots(self, sub: ir.Subgraph) -> list[str]:
         from tiec.compiler.catalog import LAYERS
 
-        out = []
+        if sub.key in self.slots:
+            return self.slots[sub.key]
+        out = self.slots[sub.key] = []
         for inst in sub.instances:
             if inst.layer is not None:
                 slots = [s for s, _ in LAYERS[inst.layer.kind].slots(inst.layer.config)]
@@ -252,39 +260,40 @@ class _Emitter:
         return tree.expr(path, base)
 
     def _model_class(self, model: str) -> list[str]:
-        graph = self.ir.models[model]
-        binds = {k: b for k, b in self.binds.items() if split(k)[0] == model}
-        local_binds = {split(k)[1]: ir.Binding(split(b.canonical)[1], b.transposed, b.group) for k, b in binds.items()}
+        params = ir.declared_params(self.ir, model)
+        binds = {k: b for k, b in self.binds.items() if split(k)[0] == model} if not self.structured else {}
+        local_binds = self.by_model[model]
         if self.structured:
             sub = self.ir.structure[model]
             groups = self.plan.model_groups(model)
             legacy = None
         else:
-            sub = _legacy_subgraph(graph)
+            legacy = self.ir.models[model]
+            sub = _legacy_subgraph(legacy)
             groups = _groups_of(binds, model)
-            legacy = graph
         shares = [r for g in groups for r in self._share_row(model, g, "", local=False)]
         cls = SubgraphClass(sub, self.names[model], self.ir.blocks, self._children(sub, model, "") if legacy is None
                             else {}, lambda path: self.plan.transposed(model, path) if self.plan
                             else bool(local_binds.get(path) and local_binds[path].transposed),
                             shares, self._types(model, model) if legacy is None else dict(self.ir.types.get(model, {})),
                             self.reserved, legacy)
-        own = [p.name for p in graph.params if not local_binds.get(p.name, ir.Binding("", False, None)).transposed]
-        zero = f"torch.zeros((), device={self._path(model, own[0])}.device)" if own else "torch.zeros(())"
+        own = next((p.name for p in params if not local_binds[p.name].transposed), None)
+        zero = f"torch.zeros((), device={self._path(model, own)}.device)" if own else "torch.zeros(())"
         groups_t = ties(self.ir, model)
 
         def member(key: str, flip: bool) -> str:
             return self._path(model, key) + (".T" if flip else "")
 
         penalty = cls.penalty_lines(groups_t, member, zero)
-        text = self._render(cls, f"{model}: {summary(list(graph.params), local_binds)}", penalty)
+        text = self._render(cls, f"{model}: {summary(list(params), local_binds)}", penalty)
         name = self.names[model]
         return [line.replace("CLASS", name) if i == 0 else line for i, line in enumerate(text)]
 
     def program_class(self, name: str) -> list[str]:
         for m in self.models:
             if m in MODULE_ATTRS or not m.isidentifier():
-                raise TieError(f"model name '{m}' cannot be a submodule of Program", self.ir.models[m].span)
+                span = self.ir.structure[m].span if m in self.ir.structure else self.ir.models[m].span
+                raise TieError(f"model name '{m}' cannot be a submodule of Program", span)
         init = ["def __init__(self):", "    super().__init__()"]
         init += ["    " + x for x in aligned([(attr("self", m), f"{self.names[m]}()", "") for m in self.models])]
         groups = self.plan.program_groups() if self.plan else _cross_groups(self.binds)

@@ -59,9 +59,11 @@ class Plan:
     def __post_init__(self):
         for m in self.models:
             self._walk(m, self.program.structure[m], "")
+        self.any_transposed = False
         for key, b in self.binds.items():
             if b.group is not None:
                 self.members.setdefault(b.group, []).append(key)
+                self.any_transposed |= b.transposed
         handled: set[int] = set()
         cache: dict = {}
         for key, sites in self.sites.items():

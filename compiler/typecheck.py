@@ -1,0 +1,148 @@
+"""Shape and dtype inference over the structured IR: each block once per distinct input types.
+
+Rule: every node's type follows from its inputs' by the flat pass's rules (`shapes.SHAPE_RULES`
+and `shapes.DTYPE_RULES`), so the errors are the same, at the same nodes. A block's body is
+inferred once per configuration and input types, and a loop's body only until the types it
+carries repeat: later copies and iterations would see the same types and give the same ones. So
+a model 96 blocks deep costs what one block costs, and `repeat 1000000 share` what one
+iteration does. A block input's declared type is checked at each call. The flat view's types
+are inferred from the flat graph when a backend asks for them.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+
+from tiec.dsl.diagnostics import TieError, raise_all
+
+from . import ir, shapes
+from .catalog import LAYERS
+from .lower import instance_block
+
+
+class _View:
+    """What a rule may ask of its graph (`layer`, `param_map`), for a subgraph's local paths."""
+
+    def __init__(self, sub: ir.Subgraph, blocks):
+        self.sub, self.blocks = sub, blocks
+        self._params: dict[str, ir.Param] | None = None
+
+    def layer(self, path: str) -> ir.Layer:
+        sub, parts = self.sub, [p for p in path.split(".") if not p.isdigit()]
+        for part in parts[:-1]:
+            sub = self.blocks[sub.instance_map[part].block]
+        return replace(sub.instance_map[parts[-1]].layer, path=".".join(parts))
+
+    def param_map(self) -> _Params:
+        if self._params is None:
+            self._params = {}
+            self._collect(self.sub, "")
+        return _Params(self._params)
+
+    def _collect(self, sub: ir.Subgraph, prefix: str) -> None:
+        for inst in sub.instances:
+            if inst.layer is not None:
+                for slot, shape in LAYERS[inst.layer.kind].slots(inst.layer.config):
+                    name = f"{prefix}{inst.name}.{slot}"
+                    self._params[name] = ir.Param(name, prefix + inst.name, slot, tuple(shape), "f32", inst.span)
+            else:
+                self._collect(self.blocks[inst.block], f"{prefix}{inst.name}.")
+
+
+class _Params(dict):
+    """Parameters by local path; a copy's index (`blk.3.up.weight`) names the same declaration."""
+
+    def _key(self, name: str) -> str:
+        return ".".join(p for p in name.split(".") if not p.isdigit())
+
+    def __getitem__(self, name: str) -> ir.Param:
+        return super().__getitem__(self._key(name))
+
+    def get(self, name: str, default=None):
+        return super().get(self._key(name), default)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and super().__contains__(self._key(name))
+
+
+class _Checker:
+    def __init__(self, program: ir.ProgramIR):
+        self.blocks = dict(program.blocks)
+        self.memo: dict[tuple, tuple[ir.TensorType, ...]] = {}
+        self.local: dict[str, dict[str, ir.TensorType]] = {}
+        self.views: dict[str, _View] = {}
+        self.consts: dict[str, set[str]] = {}
+
+    def subgraph(self, sub: ir.Subgraph, ins: tuple[ir.TensorType, ...]) -> tuple[ir.TensorType, ...]:
+        key = (sub.key, ins)
+        if key in self.memo:
+            return self.memo[key]
+        types = {i.name: t for i, t in zip(sub.inputs, ins)}
+        if sub.key not in self.views:
+            self.views[sub.key] = _View(sub, self.blocks)
+            self.consts[sub.key] = {n.name for n in _nodes(sub.body) if n.op == "const"}
+        self.walk(sub.body, sub, types)
+        out = tuple(types[o.value] for o in sub.outputs)
+        self.memo[key] = out
+        self.local.setdefault(sub.key, types)
+        return out
+
+    def walk(self, body, sub: ir.Subgraph, types: dict) -> None:
+        view, consts = self.views[sub.key], self.consts[sub.key]
+        for item in body:
+            if isinstance(item, ir.Loop):
+                self.loop(item, sub, types)
+            elif isinstance(item, ir.Node) and item.op == "call":
+                child = self.blocks[instance_block(sub, item.attrs["instance"], self.blocks)]
+                args = tuple(types[v] for v in item.inputs)
+                for value, inp, span in zip(args, child.inputs, item.attrs["arg_spans"]):
+                    shapes._check(value, [ir.Check("", inp.type, span, inp.span)])
+                for name, t in zip(item.attrs["outputs"], self.subgraph(child, args)):
+                    types[name] = t
+            elif isinstance(item, ir.Node):
+                ctx = shapes.Ctx(view, item, [types[i] for i in item.inputs], consts)
+                getattr(shapes, "DTYPE_RULES", {}).get(item.op, lambda c: None)(ctx)
+                types[item.name] = shapes.SHAPE_RULES[item.op](ctx)
+
+    def loop(self, loop: ir.Loop, sub: ir.Subgraph, types: dict) -> None:
+        for outer, inner, _ in loop.carried:
+            types[inner] = types[outer]
+        seen: dict[tuple, int] = {}
+        i = 0
+        while i < loop.count:
+            state = tuple(types[inner] for _, inner, _ in loop.carried)
+            if state in seen:  # the carried types repeat with this period: skip the whole periods left
+                period = i - seen[state]
+                i = loop.count - (loop.count - i) % period
+                seen = {}
+                if i >= loop.count:
+                    break
+            seen[state] = i
+            self.walk(loop.body, sub, types)
+            for _, inner, result in loop.carried:
+                types[inner] = types[result]
+            i += 1
+        for _, inner, result in loop.carried:
+            types[result] = types[inner]
+
+
+def _nodes(body) -> list[ir.Node]:
+    out, stack = [], [body]
+    while stack:
+        for item in stack.pop():
+            if isinstance(item, ir.Node):
+                out.append(item)
+            elif isinstance(item, ir.Loop):
+                stack.append(item.body)
+    return out
+
+
+def run(program: ir.ProgramIR) -> ir.ProgramIR:
+    checker, errors = _Checker(program), []
+    for name, sub in program.structure.items():
+        try:
+            checker.subgraph(sub, tuple(i.type for i in sub.inputs))
+        except TieError as e:
+            errors.append(e)
+    raise_all(errors)
+    local = ir.frozen({k: ir.frozen(v) for k, v in checker.local.items()})
+    return replace(program, local_types=local, types=ir.FlatTypes(program.models, shapes.infer))
