@@ -13,6 +13,7 @@ local names, placed in the body where they were written; `lower` solves them per
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Mapping
 
 from tiec.dsl import ast
@@ -26,6 +27,9 @@ from .refs import Copies, Instance, ParamIndex, Scope, Target, resolve
 from .relations import share_requests, tie_requests
 
 MAX_BLOCK_NESTING = 32  # block instances inside block instances
+MAX_SIZE = 2**63 - 1  # a size, dimension or repeat count: what int64 holds
+MAX_LAYERS = 200_000  # layers of one model once every non-shared repeat is unrolled
+MAX_PARAMS = 10**10  # parameters one model declares (before sharing): 40 GB in f32
 LOCAL = ""  # the qualifier of a subgraph's own requests: `lower` re-qualifies them per copy
 
 
@@ -43,6 +47,7 @@ class Blocks:
         self._keys: dict[tuple, str] = {}
         self._active: list[str] = []
         self.declared: dict[str, lower.Declared] = {}  # key → its layers and parameters, flat-named
+        self.totals: dict[str, tuple[int, int]] = {}  # key → (layers, parameters) of one instance, unrolled
 
     def get(self, name: str, values: tuple, call_span: Span) -> ir.Subgraph:
         signature = (name, tuple((type(v).__name__, v) for v in values))
@@ -59,11 +64,13 @@ class Blocks:
         self._active.append(name)
         try:
             same = sum(1 for s in self.subgraphs.values() if s.definition == name)
-            sub = SubgraphElaborator(d, self, config, name if same == 0 else f"{name}@{same}").run()
+            el = SubgraphElaborator(d, self, config, name if same == 0 else f"{name}@{same}")
+            sub = el.run()
         finally:
             self._active.pop()
         self._keys[signature] = sub.key
         self.subgraphs[sub.key] = sub
+        self.totals[sub.key] = (el.layer_count, el.param_count)
         self.declared[sub.key] = lower.declared(sub, self.subgraphs, self.declared)
         return sub
 
@@ -87,7 +94,9 @@ class SubgraphElaborator(Binder):
         self.structural: set[str] = set()  # baked into the body
         self.unrolled: set[str] = set()  # what the flat view also depends on (counts, children's)
         self.counts: list[tuple[str, int, str]] = []
-        self.loops: list[tuple[int, bool]] = []  # enclosing loops: (id, shared)
+        self.loops: list[tuple[int, bool, int]] = []  # enclosing loops: (id, shared, count)
+        self.layer_count = 0  # layers and parameters of one instance, every non-shared repeat unrolled
+        self.param_count = 0
         self._loop_ids = itertools.count()
         self.scope = Scope(config)
 
@@ -166,6 +175,8 @@ class SubgraphElaborator(Binder):
             v = coerce(evaluate(d, config, "a dimension"), "int", d.span, "dimension").value
             if v <= 0:
                 raise TieError(f"a dimension must be positive, got {v}", d.span)
+            if v > MAX_SIZE:
+                raise TieError(f"a dimension of {_big(v)} does not fit in int64", d.span)
             dims.append(v)
         return ir.TensorType(t.dtype or "f32", tuple(dims))
 
@@ -234,6 +245,9 @@ class SubgraphElaborator(Binder):
         count = coerce(evaluate(stmt.count, scope.config, "a repeat count"), "int", stmt.count.span, "repeat count")
         if count.value < 1:
             raise TieError(f"repeat count must be at least 1, got {count.value}", stmt.count.span)
+        if count.value > MAX_SIZE:
+            raise TieError(f"repeat count {_big(count.value)} does not fit in int64", stmt.count.span,
+                           hint="docs/language.md lists the limits")
         self.unrolled |= count.deps
         loop_id = next(self._loop_ids)
         rebound = _rebound(stmt.body)
@@ -244,7 +258,7 @@ class SubgraphElaborator(Binder):
                 inner = self.g.fresh(name)
                 carried_in.append((name, scope[name], inner))
                 scope[name] = inner
-        self.loops.append((loop_id, stmt.shared))
+        self.loops.append((loop_id, stmt.shared, count.value))
         try:
             self.body(stmt.body, scope)
         finally:
@@ -275,12 +289,16 @@ class SubgraphElaborator(Binder):
         if existing is not None:
             raise TieError(f"'{stmt.name}' is already declared", stmt.name_span,
                            notes=[(existing.span, "first declared here")], hint="pick another name")
-        loops = tuple(i for i, shared in self.loops if not shared)
+        loops = tuple(i for i, shared, _ in self.loops if not shared)
         call: ast.Call = stmt.value
         if kind.startswith("block:"):
             inst, ref = self.declare_block(stmt, kind.split(":", 1)[1], call, scope, loops)
+            layers, params = self.registry.totals[inst.block]
         else:
             inst, ref = self.declare_layer(stmt, kind, call, scope, loops)
+            layers, params = 1, sum(math.prod(shape) for _, shape in LAYERS[kind].slots(inst.layer.config))
+        copies = math.prod(n for _, shared, n in self.loops if not shared)
+        self.count(layers * copies, params * copies, stmt)
         self.instances[stmt.name] = inst
         self.g.nodes.append(ir.Decl(stmt.name))
         shares, ties = [], []
@@ -289,10 +307,29 @@ class SubgraphElaborator(Binder):
         self.relations(shares, ties)
         return ref
 
+    def count(self, layers: int, params: int, stmt: ast.Assign) -> None:
+        """Keep the unrolled totals within `MAX_LAYERS` and `MAX_PARAMS`, at the declaration that passes them."""
+        self.layer_count += layers
+        self.param_count += params
+        where = [f"repeat {n}" for _, shared, n in self.loops if not shared]
+        hint = f"inside {' × '.join(where)}: copies count too; " if where else ""
+        if self.layer_count > MAX_LAYERS:
+            raise TieError(f"this makes {self.layer_count:,} layers once repeats are unrolled; the limit is "
+                           f"{MAX_LAYERS:,}", stmt.span, hint=hint + "`repeat … share` makes one layer for every "
+                           "iteration")
+        if self.param_count > MAX_PARAMS:
+            raise TieError(f"this makes {_big(self.param_count)} parameters; the limit is {MAX_PARAMS:,}",
+                           stmt.span, hint=hint + "docs/language.md lists the limits")
+
     def declare_layer(self, stmt, kind, call, scope, loops):
         spec = LAYERS[kind]
         bound = self.bind_config(spec.args, call, scope.config, kind)
         values = {k: v.value for k, v in bound.items()}
+        for key, v in values.items():
+            for x in v if isinstance(v, tuple) else (v,):
+                if isinstance(x, int) and not isinstance(x, bool) and abs(x) > MAX_SIZE:
+                    raise TieError(f"{kind} '{key}' = {_big(x)} does not fit in int64", call.span,
+                                   hint="docs/language.md lists the limits")
         for key in ("in_features", "out_features", "in_channels", "out_channels", "num_embeddings",
                     "embedding_dim", "normalized_shape", "embed_dim", "num_heads"):
             if key in values and values[key] <= 0:
@@ -336,7 +373,7 @@ class SubgraphElaborator(Binder):
     def instance_at(self, path: str) -> Instance | None:
         """The layer or block instance at a local module path (`blk.3`, `tower.fc`), if it is one."""
         parts, instances, pending = path.split("."), self.instances, None
-        enclosing = {i for i, _ in self.loops}
+        enclosing = {i for i, _, _ in self.loops}
         i, inst = 0, None
         while i < len(parts):
             inst = instances.get(parts[i])
@@ -415,6 +452,10 @@ class SubgraphElaborator(Binder):
         strength = coerce(evaluate(stmt.strength, scope.config, "a tie strength"), "float", stmt.strength.span, "λ")
         self.structural |= strength.deps  # a literal in tie_penalty
         return tie_requests([(LOCAL, t) for t in targets], strength.value, stmt.norm, stmt.span, stmt.strength.span)
+
+
+def _big(n: int) -> str:
+    return f"{n:,}" if abs(n) < 10**24 else f"{n:.3e}"
 
 
 def _default_src(expr: ast.Expr, own: dict[str, CVal]) -> str | None:

@@ -328,6 +328,9 @@ class FlatModels(Mapping):
     def __len__(self) -> int:
         return len(self._declared)
 
+    def __contains__(self, model: object) -> bool:  # Mapping's would lower the graph to answer
+        return model in self._declared
+
     def declared(self, model: str) -> tuple[tuple[Layer, ...], tuple[Param, ...]]:
         return self._declared[model]
 
@@ -351,6 +354,9 @@ class FlatTypes(Mapping):
 
     def __len__(self) -> int:
         return len(self._models)
+
+    def __contains__(self, model: object) -> bool:
+        return model in self._models
 
 
 def declared_params(program: ProgramIR, model: str) -> tuple[Param, ...]:

@@ -283,3 +283,34 @@ def used_layers(program: ir.ProgramIR, model: str, layers: list[ir.Layer]) -> se
                 used.add(layer.path)
                 break
     return used
+
+
+MAX_FLAT_NODES = 2_000_000  # nodes of a flat graph: ONNX export and the statistics unroll every repeat
+
+
+def check_flat_size(program: ir.ProgramIR, model: str) -> None:
+    """Refuse, at the repeat responsible, to unroll a model into more than `MAX_FLAT_NODES` nodes."""
+    from tiec.dsl.diagnostics import TieError
+
+    sizes: dict[str, int] = {}
+
+    def size(sub: ir.Subgraph) -> int:
+        if sub.key not in sizes:
+            sizes[sub.key] = body(sub.body, sub)
+        return sizes[sub.key]
+
+    def body(items, sub: ir.Subgraph) -> int:
+        n = 0
+        for item in items:
+            if isinstance(item, ir.Node):
+                n += size(program.blocks[instance_block(sub, item.attrs["instance"], program.blocks)]) \
+                    if item.op == "call" else 1
+            elif isinstance(item, ir.Loop):
+                n += item.count * body(item.body, sub)
+                if n > MAX_FLAT_NODES:
+                    raise TieError(f"unrolled, this repeat makes over {MAX_FLAT_NODES:,} nodes, the limit of the flat "
+                                   "graph that ONNX export and the statistics use", item.span,
+                                   hint="PyTorch runs it as a loop; for ONNX, repeat fewer times")
+        return n
+
+    size(program.structure[model])

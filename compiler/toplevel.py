@@ -18,8 +18,8 @@ from .catalog import LAYERS, OP_SIGNATURES, reserved_member
 from .config import CVal, evaluate
 from .elaborate import Blocks, SubgraphElaborator
 from .refs import ParamIndex, resolve
-from .shapes import _reshape_targets as reshape_targets
 from .relations import share_requests, tie_requests
+from .shapes import _reshape_targets as reshape_targets
 
 
 def _definitions(program: ast.Program) -> tuple[dict, dict, list[TieError]]:
@@ -152,9 +152,14 @@ def elaborate(program: ast.Program, overrides: Mapping[str, int | float] | None 
             errors.append(e)
     raise_all(errors)
     models_ = ir.FlatModels({m: (tuple(d.layers), tuple(d.params)) for m, d in declared.items()},
-                            lambda m: reshape_targets(lower.graph(shaped, m, declared[m], defaults[m])))
+                            lambda m: reshape_targets(_lowered(shaped, m, declared[m], defaults[m])))
     return replace(shaped, models=models_, share_requests=tuple(shares), tie_requests=tuple(ties),
                    warnings=tuple(warnings))
+
+
+def _lowered(program: ir.ProgramIR, model: str, decl: lower.Declared, defaults) -> ir.Graph:
+    lower.check_flat_size(program, model)
+    return lower.graph(program, model, decl, defaults)
 
 
 def _top_target(ref: ast.Ref, models, elaborators, indexes):

@@ -138,7 +138,7 @@ def _nodes(body) -> list[ir.Node]:
 
 def run(program: ir.ProgramIR) -> ir.ProgramIR:
     checker, errors = _Checker(program), []
-    for name, sub in program.structure.items():
+    for sub in program.structure.values():
         try:
             checker.subgraph(sub, tuple(i.type for i in sub.inputs))
         except TieError as e:

@@ -1,9 +1,18 @@
 """PyTorch backend: `generate_source` emits a readable `nn.Module` per model; `build_module`
-compiles that same source into a live module. Tables: `TORCH_EMIT` (ops), `TORCH_LAYER` (layers)."""
+compiles that same source into a live module. Tables: `TORCH_EMIT` (ops), `TORCH_LAYER` (layers).
+
+Emitting source needs no torch: `build_module` imports it only when called."""
 from __future__ import annotations
 
 from .codegen import generate_source
 from .emit_table import TORCH_EMIT, TORCH_LAYER
-from .module import build_module
+
+
+def build_module(ir, model=None, seed=0):
+    """See `module.build_module`."""
+    from .module import build_module as build
+
+    return build(ir, model, seed)
+
 
 __all__ = ["TORCH_EMIT", "TORCH_LAYER", "build_module", "generate_source"]

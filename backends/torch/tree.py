@@ -11,14 +11,15 @@ import keyword
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from tiec.compiler.catalog import RESERVED_MEMBERS, reserved_member
 from tiec.compiler.ir import Graph, Layer
 from tiec.dsl.diagnostics import TieError
-from torch import nn
 
 from .naming import literal
 
-# Names a submodule cannot take: nn.Module refuses them ("attribute 'forward' already exists").
-MODULE_ATTRS = frozenset(dir(nn.Module())) | {"tie_penalty", "_peers"}
+# Names a submodule cannot take: nn.Module refuses them ("attribute 'forward' already exists"). The
+# language reserves them (`catalog.RESERVED_MEMBERS`); the emitted classes add a few of their own.
+MODULE_ATTRS = RESERVED_MEMBERS | {"owner"}
 
 
 @dataclass
@@ -75,7 +76,7 @@ class ModuleTree:
             path = f"{prefix}{name}"
             if child.layer is not None and child.children:
                 raise TieError(f"'{path}' is a layer and also holds layers {sorted(child.children)}", child.layer.span)
-            if not node.is_list and name in MODULE_ATTRS:
+            if not node.is_list and (name in MODULE_ATTRS or reserved_member(name)):
                 span = self.graph.layers[0].span if child.layer is None else child.layer.span
                 raise TieError(
                     f"layer name '{name}' (in '{path}') is an nn.Module attribute; PyTorch cannot hold a submodule"
