@@ -12,6 +12,10 @@ import pytest
 GOLDEN = Path(__file__).resolve().parent / "golden"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "distributed: spawns two gloo processes on 127.0.0.1 (tests/test_distributed.py)")
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--update-golden", action="store_true", default=False,
                      help="rewrite tests/golden/* from the current output instead of comparing with it")
