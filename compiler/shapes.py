@@ -4,6 +4,11 @@ Rule: each op's output type follows from its inputs' types by the rule in `SHAPE
 (PyTorch semantics). Integer dims must agree exactly; a symbolic dim (`B`, `T`) agrees with any
 dim, and a dim computed from symbols is written as an expression (`B*T`). A mismatch is an error
 at the call that caused it. A block input's declared type (a `Check`) is verified at each call.
+
+Which dtypes an op's tensor operands may have is a second table, `DTYPE_RULES[op]`, checked
+before the shape rule: an op takes a dtype only where PyTorch runs it, giving the dtype the shape
+rule says, and onnxruntime runs the exported graph (tests/test_dtype_rules.py measures every cell
+against both backends).
 """
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ from .catalog import LAYERS
 
 T = ir.TensorType
 FLOATS = ("f32", "f16", "bf16", "f64")
+INTEGERS = ("i32", "i64")
 
 
 class Ctx:
@@ -105,27 +111,11 @@ def _matmul(ctx: Ctx) -> T:
 
 
 def _unary(ctx: Ctx) -> T:
-    x = ctx.ins[0]
-    if ctx.node.op not in ("neg",) and x.dtype not in FLOATS:
-        ctx.fail(f"{ctx.node.op} needs a floating-point tensor, got {x.dtype}")
-    return x
-
-
-def _layer_input(ctx: Ctx) -> T:
-    """A layer's input must have its parameters' dtype (PyTorch does not promote inside layers)."""
-    x = ctx.ins[0]
-    slots = LAYERS[ctx.layer.kind].slots(ctx.layer.config)
-    if slots and ctx.layer.kind != "Embedding":  # an embedding's input is indices
-        param = ctx.graph.param_map().get(f"{ctx.layer.path}.{slots[0][0]}")
-        dtype = param.dtype if param is not None else "f32"
-        if x.dtype != dtype:
-            ctx.fail(f"{ctx.layer.kind} '{ctx.layer.path}' has {dtype} parameters but its input is {x.dtype}",
-                     hint=f"declare the model input as {dtype}[…]")
-    return x
+    return ctx.ins[0]
 
 
 def _last_dim(ctx: Ctx, want: int, what: str) -> T:
-    x = _layer_input(ctx)
+    x = ctx.ins[0]
     if not x.shape or not same(x.shape[-1], want):
         ctx.fail(f"{ctx.layer.kind} '{ctx.layer.path}' expects {what} {want} in the last dim, got {_fmt(x.shape)}",
                  hint=f"the input comes in as {x}")
@@ -148,7 +138,7 @@ def _spatial(ctx: Ctx, size, k, s, p, what: str) -> ir.Dim:
 
 
 def _conv2d(ctx: Ctx) -> T:
-    c, x = ctx.layer.config, _layer_input(ctx)
+    c, x = ctx.layer.config, ctx.ins[0]
     if len(x.shape) != 4:
         ctx.fail(f"Conv2d '{ctx.layer.path}' expects [N, C, H, W], got {_fmt(x.shape)}")
     if not same(x.shape[1], c["in_channels"]):
@@ -173,9 +163,6 @@ def _pool(ctx: Ctx) -> T:
 
 def _embedding(ctx: Ctx) -> T:
     x = ctx.ins[0]
-    if x.dtype not in ("i32", "i64"):
-        ctx.fail(f"Embedding '{ctx.layer.path}' takes integer indices, got {x.dtype}",
-                 hint="declare the input as i64[B, T]")
     return T("f32", x.shape + (ctx.layer.config["embedding_dim"],))
 
 
@@ -192,7 +179,7 @@ def _attention(ctx: Ctx) -> T:
 
 def _softmax(ctx: Ctx) -> T:
     ctx.axis(ctx.node.attrs["dim"], len(ctx.ins[0].shape))
-    return _unary(ctx)
+    return ctx.ins[0]
 
 
 def _flatten(ctx: Ctx) -> T:
@@ -309,6 +296,72 @@ SHAPE_RULES: dict[str, Callable[[Ctx], T]] = {
 }
 
 
+# ---------------------------------------------------------------------------- dtypes
+
+
+def _operands(ctx: Ctx) -> list[T]:
+    """The tensor operands: a literal takes the tensor's dtype, so only tensors are checked."""
+    return [t for name, t in zip(ctx.node.inputs, ctx.ins) if name not in ctx.consts]
+
+
+def _takes(dtypes: tuple[str, ...], what: str, hint: str | None = None) -> Callable[[Ctx], None]:
+    """A check that every tensor operand has one of `dtypes`."""
+    def check(ctx: Ctx) -> None:
+        for t in _operands(ctx):
+            if t.dtype not in dtypes:
+                op = f"'{_SYMBOLS[ctx.node.op]}'" if ctx.node.op in _SYMBOLS else ctx.node.op
+                ctx.fail(f"{op} needs {what}, got {t.dtype}", hint=hint or "declare the input as f32[…]")
+    return check
+
+
+_SYMBOLS = {"add": "+", "sub": "-", "mul": "*", "div": "/", "matmul": "@", "neg": "-"}
+_floats = _takes(FLOATS, "a floating-point tensor")
+_numbers = _takes(FLOATS + INTEGERS, "numbers", hint="bool tensors take no arithmetic")
+
+
+def _f32_in_onnxruntime(kernel: str, applies: Callable[[ir.Node], bool] = lambda node: True) -> Callable[[Ctx], None]:
+    """Floats, less f64 where the op lowers to an ONNX op that onnxruntime runs in f32 only."""
+    def check(ctx: Ctx) -> None:
+        _floats(ctx)
+        if ctx.ins[0].dtype == "f64" and applies(ctx.node):
+            ctx.fail(f"{ctx.node.op} has no f64 kernel in onnxruntime ({kernel} takes f32 there)",
+                     hint='use f32, or gelu(x, approximate="tanh")' if ctx.node.op == "gelu" else "use f32")
+    return check
+
+
+def _layer_dtype(ctx: Ctx) -> None:
+    """A layer's input must have its parameters' dtype (PyTorch does not promote inside layers)."""
+    x, slots = ctx.ins[0], LAYERS[ctx.layer.kind].slots(ctx.layer.config)
+    param = ctx.graph.param_map().get(f"{ctx.layer.path}.{slots[0][0]}") if slots else None
+    dtype = param.dtype if param is not None else "f32"
+    if x.dtype != dtype:
+        ctx.fail(f"{ctx.layer.kind} '{ctx.layer.path}' has {dtype} parameters but its input is {x.dtype}",
+                 hint=f"declare the model input as {dtype}[…]")
+
+
+def _indices(ctx: Ctx) -> None:
+    if ctx.ins[0].dtype not in INTEGERS:
+        ctx.fail(f"Embedding '{ctx.layer.path}' takes integer indices, got {ctx.ins[0].dtype}",
+                 hint="declare the input as i64[B, T]")
+
+
+def _any(ctx: Ctx) -> None:
+    return None
+
+
+DTYPE_RULES: dict[str, Callable[[Ctx], None]] = {
+    "add": _numbers, "sub": _numbers, "mul": _numbers, "div": _numbers, "matmul": _numbers, "neg": _numbers,
+    "relu": _takes(FLOATS + INTEGERS, "a numeric tensor"),  # torch and ONNX's Relu keep integers integer
+    "tanh": _floats, "sigmoid": _floats,  # (torch would make an integer tensor f32)
+    "silu": _floats, "softmax": _floats, "log_softmax": _floats, "mean": _floats, "cosine_similarity": _floats,
+    "gelu": _f32_in_onnxruntime("Erf", lambda node: node.attrs.get("approximate", "none") == "none"),  # Tanh takes f64
+    "max_pool2d": _floats,      # torch pools integers, onnxruntime does not
+    "avg_pool2d": _f32_in_onnxruntime("AveragePool"),
+    "Linear": _layer_dtype, "Conv2d": _layer_dtype, "LayerNorm": _layer_dtype, "RMSNorm": _layer_dtype,
+    "SelfAttention": _layer_dtype, "Embedding": _indices,
+}  # every other op (param, const, flatten, reshape, transpose, concat, positions, Dropout) takes any dtype
+
+
 def infer(graph: ir.Graph) -> dict[str, T]:
     """Types of every value in one graph; raises TieError at the first mismatch."""
     types: dict[str, T] = {i.name: i.type for i in graph.inputs}
@@ -320,6 +373,7 @@ def infer(graph: ir.Graph) -> dict[str, T]:
         _check(types[name], checks.pop(name, []))
     for node in graph.nodes:
         ctx = Ctx(graph, node, [types[i] for i in node.inputs], consts)
+        DTYPE_RULES.get(node.op, _any)(ctx)
         types[node.name] = SHAPE_RULES[node.op](ctx)
         _check(types[node.name], checks.pop(node.name, []))
     return types

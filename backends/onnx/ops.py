@@ -113,7 +113,11 @@ def _pool(op_type: str, **extra: int) -> Rule:
         k = _pair(node.attrs["kernel"])
         s = _pair(node.attrs.get("stride") or k)
         p = _pair(node.attrs.get("padding", 0))
-        return b.node(op_type, [_x(b, node)], kernel_shape=k, strides=s, pads=p + p, **extra)
+        x, bf16 = _x(b, node), b.dtype(node.inputs[0]) == "bf16"
+        if bf16:  # ONNX pools take no bfloat16; torch pools it in f32 and rounds once, as this does
+            x = b.node("Cast", [x], to=ONNX_DTYPES["f32"])
+        y = b.node(op_type, [x], kernel_shape=k, strides=s, pads=p + p, **extra)
+        return b.node("Cast", [y], to=ONNX_DTYPES["bf16"]) if bf16 else y
 
     return rule
 

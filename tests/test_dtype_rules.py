@@ -1,0 +1,172 @@
+"""Every op and layer at every dtype: the checker accepts exactly what both backends run.
+
+For each cell of (case × dtype), with dtype in f32, f64, i64, i32 and bool, a one-op spec is
+compiled twice: as `tiec check` does (the verdict), and with `shapes.DTYPE_RULES` emptied, so
+that only shapes are checked (the measurement). The measured program is then run by the PyTorch
+module and by onnxruntime on the exported file. A cell *runs* when torch's output has the dtype
+the shape rule gives, onnxruntime's output has that dtype too, and their values agree (floats to
+rtol 1e-3 / atol 1e-5, integers and bools exactly). The verdict must be "accept" exactly where
+the cell runs, and a rejection must be a located error with a hint.
+
+Deliberately stricter than the backends (listed, not silent): `LANGUAGE_RULES` below. Beyond
+the matrix: bf16 pools, which ONNX has no bf16 form of, export through f32.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import helper
+from tiec.compiler import shapes
+from tiec.dsl.diagnostics import TieError
+
+import tiec
+
+DTYPES = ("f32", "f64", "i64", "i32", "bool")
+TORCH = {"f32": torch.float32, "f64": torch.float64, "i64": torch.int64, "i32": torch.int32, "bool": torch.bool}
+SHAPES = {"a": "[2, 4]", "b": "[2, 4]", "m": "[4, 3]", "c": "[2, 3, 4]", "img": "[1, 2, 4, 4]"}
+
+# case name → (inputs it declares, layer declarations, the returned expression)
+CASES: dict[str, tuple[str, str, str]] = {
+    **{f"{op}": ("a b", "", f"a {sym} b") for op, sym in
+       (("add", "+"), ("sub", "-"), ("mul", "*"), ("div", "/"))},
+    **{f"{op}_int_literal": ("a", "", f"a {sym} 3") for op, sym in
+       (("add", "+"), ("sub", "-"), ("mul", "*"), ("div", "/"))},
+    **{f"{op}_float_literal": ("a", "", f"a {sym} 0.5") for op, sym in
+       (("add", "+"), ("sub", "-"), ("mul", "*"), ("div", "/"))},
+    "rsub_int_literal": ("a", "", "3 - a"),
+    "matmul": ("a m", "", "a @ m"),
+    "neg": ("a", "", "-a"),
+    **{op: ("a", "", f"{op}(a)") for op in ("relu", "tanh", "sigmoid", "silu", "gelu")},
+    "gelu_tanh": ("a", "", 'gelu(a, approximate="tanh")'),
+    "softmax": ("a", "", "softmax(a, dim=1)"),
+    "log_softmax": ("a", "", "log_softmax(a, dim=-1)"),
+    "flatten": ("c", "", "flatten(c)"),
+    "reshape": ("a", "", "reshape(a, [4, 2])"),
+    "transpose": ("a", "", "transpose(a, 0, 1)"),
+    "max_pool2d": ("img", "", "max_pool2d(img, 2)"),
+    "avg_pool2d": ("img", "", "avg_pool2d(img, 2, padding=1)"),
+    "mean": ("a", "", "mean(a, 1)"),
+    "concat": ("a b", "", "concat([a, b], dim=1)"),
+    "cosine_similarity": ("a b", "", "cosine_similarity(a, b)"),
+    "positions": ("a", "", "positions(a)"),
+    "Linear": ("a", "l = Linear(4, 3)", "l(a)"),
+    "Conv2d": ("img", "l = Conv2d(2, 3, 3, padding=1)", "l(img)"),
+    "Embedding": ("a", "l = Embedding(10, 3)", "l(a)"),
+    "LayerNorm": ("a", "l = LayerNorm(4)", "l(a)"),
+    "RMSNorm": ("a", "l = RMSNorm(4)", "l(a)"),
+    "SelfAttention": ("c", "l = SelfAttention(4, 2, causal=true)", "l(c)"),
+    "Dropout": ("a", "l = Dropout(0.25)", "l(a)"),
+}
+
+# Cells the language rejects although both backends would run them, and why.
+LANGUAGE_RULES = {
+    # torch computes bool / bool and bool / 3 in f32, but every other bool arithmetic either
+    # fails in torch (-b, b - b), changes dtype (b + 3 is i64), or has no onnxruntime kernel
+    # (Add, Mul and MatMul on bool): one rule, "bool tensors take no arithmetic", is simpler.
+    ("div", "bool"), ("div_int_literal", "bool"), ("div_float_literal", "bool"),
+    ("add_float_literal", "bool"), ("mul_float_literal", "bool"),
+}
+
+
+def spec(case: str, dtype: str) -> str:
+    names, layers, expr = CASES[case]
+    lines = [f"    in {n}: {dtype}{SHAPES[n]}" for n in names.split()] + ([f"    {layers}"] if layers else [])
+    return "model M {\n" + "\n".join(lines) + f"\n    return {expr}\n}}\n"
+
+
+def sample(dtype: str, shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
+    if dtype == "bool":
+        return torch.rand(shape, generator=gen) > 0.5
+    if dtype in ("i32", "i64"):  # 1…9: valid embedding indices, and no integer division by zero
+        return torch.randint(1, 10, shape, generator=gen, dtype=TORCH[dtype])
+    return torch.randn(shape, generator=gen, dtype=TORCH[dtype])
+
+
+def verdict(text: str) -> TieError | None:
+    try:
+        tiec.loads(text, filename="dtype.tie")
+    except TieError as e:
+        return e
+    return None
+
+
+def measure(text: str, tmp_path, monkeypatch) -> str | None:
+    """None when both backends run `text` as its shape rule types it, else what goes wrong."""
+    with monkeypatch.context() as m:  # for the whole run: types may be inferred when first asked for
+        m.setattr(shapes, "DTYPE_RULES", {})
+        return _run(tiec.loads(text, filename="dtype.tie"), tmp_path)
+
+
+def _run(program: tiec.Program, tmp_path) -> str | None:
+    graph, types = program.ir.models["M"], program.ir.types["M"]
+    want = types[graph.outputs[0].value].dtype
+    gen = torch.Generator().manual_seed(0)
+    feeds = {i.name: sample(i.type.dtype, tuple(i.type.shape), gen) for i in graph.inputs}
+    module = program.torch("M").eval()
+    try:
+        with torch.no_grad():
+            got = module(*feeds.values())
+    except (RuntimeError, TypeError, NotImplementedError) as e:
+        return f"torch: {str(e).splitlines()[0]}"
+    if got.dtype != TORCH[want]:
+        return f"torch gives {got.dtype}, the rule {want}"
+    path = tmp_path / "m.onnx"
+    try:
+        program.onnx(path, model="M", weights=module)
+    except TieError as e:  # onnx.checker rejects the graph
+        return f"ONNX export: {e.message[:200]}"
+    try:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        (out,) = session.run(None, {k: v.numpy() for k, v in feeds.items()})
+    except Exception as e:  # noqa: BLE001 - onnxruntime's error types are not public
+        return f"onnxruntime: {str(e).splitlines()[0][:200]}"
+    if out.dtype != got.numpy().dtype:
+        return f"onnxruntime gives {out.dtype}, torch {got.dtype}"
+    if want in shapes.FLOATS:
+        if not np.allclose(out, got.numpy(), rtol=1e-3, atol=1e-5, equal_nan=True):
+            return "onnxruntime and torch disagree"
+    elif not np.array_equal(out, got.numpy()):
+        return "onnxruntime and torch disagree"
+    return None
+
+
+@pytest.mark.filterwarnings("ignore:Mismatch dtype between input and weight")
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", CASES)
+def test_checker_accepts_what_both_backends_run(case, dtype, tmp_path, monkeypatch):
+    text = spec(case, dtype)
+    error, problem = verdict(text), measure(text, tmp_path, monkeypatch)
+    if (case, dtype) in LANGUAGE_RULES:
+        assert problem is None, f"listed as a language rule, but the backends fail: {problem}"
+        assert error is not None and error.hint == "bool tensors take no arithmetic"
+        return
+    if error is None:
+        assert problem is None, f"the checker accepts {case} on {dtype}, but {problem}"
+    else:
+        assert problem is not None, f"the checker rejects {case} on {dtype}, which both backends run:\n{error.render()}"
+        at = f"dtype.tie:{text.count(chr(10)) - 1}:12: error: "  # the return line, at the op
+        assert error.render().startswith(at) and error.hint, error.render()
+
+
+@pytest.mark.parametrize("op", ["max_pool2d", "avg_pool2d"])
+def test_bf16_pools_export_through_f32_as_torch_computes_them(op, tmp_path):
+    """ONNX pools take no bfloat16: the export casts to f32 and back. onnxruntime's Python API
+    cannot feed bfloat16, so the check wraps the file in casts from and to f32."""
+    program = tiec.loads(f"model M {{\n    in x: bf16[1, 2, 5, 5]\n    return {op}(x, 3, stride=2, padding=1)\n}}\n")
+    program.onnx(tmp_path / "m.onnx", model="M")
+    proto = onnx.load(tmp_path / "m.onnx")
+    g = proto.graph
+    inner, outer = g.input[0].name, g.output[0].name
+    for node in g.node:
+        node.input[:] = [f"{i}_bf16" if i == inner else i for i in node.input]
+        node.output[:] = [f"{o}_bf16" if o == outer else o for o in node.output]
+    g.node.insert(0, helper.make_node("Cast", [inner], [f"{inner}_bf16"], to=onnx.TensorProto.BFLOAT16))
+    g.node.append(helper.make_node("Cast", [f"{outer}_bf16"], [outer], to=onnx.TensorProto.FLOAT))
+    g.input[0].type.tensor_type.elem_type = g.output[0].type.tensor_type.elem_type = onnx.TensorProto.FLOAT
+    x = torch.randn(1, 2, 5, 5, generator=torch.Generator().manual_seed(0)).bfloat16()
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {inner: x.float().numpy()})
+    assert np.array_equal(got, program.torch("M")(x).float().numpy())
