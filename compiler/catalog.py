@@ -143,3 +143,23 @@ _PRIVATE_MEMBERS = frozenset({
 
 # Python-operator ops built from expression syntax rather than calls.
 BINARY_OPS = {"+": "add", "-": "sub", "*": "mul", "/": "div", "@": "matmul"}
+
+# Every function op of the IR and the attributes its nodes carry: the ops called by name above,
+# the operators, and the nodes expressions make on their own (a parameter read, a literal).
+# The IR's closed op set and every backend's table are checked against this one registry.
+FUNCTION_OPS: dict[str, tuple[str, ...]] = {
+    "param": ("param", "transposed"),
+    "const": ("value",),
+    **{op: () for op in BINARY_OPS.values()},
+    "neg": (),
+    **{op: tuple(a.target for a in sig if a.kind not in ("tensor", "tensors")) for op, sig in OP_SIGNATURES.items()},
+}
+
+
+def check_table(name: str, table, layers: bool = True, ops: bool = True) -> None:
+    """A backend's per-op table must have exactly one row per op (and per layer kind): raised at
+    import, so a new op cannot ship with a backend that does not know it."""
+    want = (set(FUNCTION_OPS) if ops else set()) | (set(LAYERS) if layers else set())
+    missing, extra = sorted(want - set(table)), sorted(set(table) - want)
+    if missing or extra:
+        raise AssertionError(f"{name}: rows missing for {missing}, rows for unknown ops {extra}")

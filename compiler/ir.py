@@ -60,27 +60,18 @@ from typing import Any
 
 from tiec.dsl.diagnostics import Source, Span, TieWarning
 
+from . import catalog
+
 Dim = int | str
 
 DTYPES = ("f32", "f16", "bf16", "f64", "i32", "i64", "bool")
 DTYPE_BYTES = {"f32": 4, "f16": 2, "bf16": 2, "f64": 8, "i32": 4, "i64": 8, "bool": 1}
 
-# Layer kinds and their configuration keys (values as PyTorch's constructor takes them).
-LAYER_KINDS: Mapping[str, tuple[str, ...]] = MappingProxyType({
-    "Linear": ("in_features", "out_features", "bias"),
-    "Conv2d": ("in_channels", "out_channels", "kernel_size", "stride", "padding", "bias"),
-    "Embedding": ("num_embeddings", "embedding_dim"),
-    "LayerNorm": ("normalized_shape", "eps"),
-    "RMSNorm": ("normalized_shape", "eps"),
-    "SelfAttention": ("embed_dim", "num_heads", "causal", "bias"),
-    "Dropout": ("p",),
-})
-
-FUNCTION_OPS = (
-    "param", "const", "add", "sub", "mul", "div", "matmul", "neg", "relu", "tanh", "sigmoid",
-    "silu", "gelu", "softmax", "log_softmax", "flatten", "reshape", "transpose", "max_pool2d",
-    "avg_pool2d", "mean", "concat", "cosine_similarity", "positions",
-)
+# Layer kinds and their configuration keys (values as PyTorch's constructor takes them), and the
+# function ops: both from the one registry of what the language knows, `catalog`.
+LAYER_KINDS: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {kind: tuple(a.target for a in spec.args) for kind, spec in catalog.LAYERS.items()})
+FUNCTION_OPS = tuple(catalog.FUNCTION_OPS)
 STRUCTURED_OPS = ("call",)
 OPS = frozenset(FUNCTION_OPS) | frozenset(LAYER_KINDS) | frozenset(STRUCTURED_OPS)
 

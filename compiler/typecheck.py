@@ -15,8 +15,10 @@ from dataclasses import replace
 from tiec.dsl.diagnostics import TieError, raise_all
 
 from . import ir, shapes
-from .catalog import LAYERS
+from .catalog import LAYERS, check_table
 from .lower import instance_block
+
+check_table("SHAPE_RULES", shapes.SHAPE_RULES)
 
 
 class _View:

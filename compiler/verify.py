@@ -8,14 +8,9 @@ orientation; tie members exist; types (once inferred) cover every value.
 from __future__ import annotations
 
 from . import ir
+from .catalog import FUNCTION_OPS
 
-_REQUIRED_ATTRS = {
-    "param": ("param", "transposed"), "const": ("value",), "gelu": ("approximate",), "softmax": ("dim",),
-    "log_softmax": ("dim",), "flatten": ("start_dim", "end_dim"), "reshape": ("shape",),
-    "transpose": ("dim0", "dim1"), "max_pool2d": ("kernel", "stride", "padding"),
-    "avg_pool2d": ("kernel", "stride", "padding"), "mean": ("dim", "keepdim"), "concat": ("dim",),
-    "cosine_similarity": ("dim", "eps"),
-}
+_REQUIRED_ATTRS = {op: attrs for op, attrs in FUNCTION_OPS.items() if attrs}
 
 
 class IRInvariantError(AssertionError):

@@ -289,3 +289,25 @@ def test_convolution_figures_with_symbolic_sizes():
     (conv,) = model_stats(typed(program(conv_graph("H", 6))), "M")["convolutions"]
     assert conv["output"] == ["N", 4, "(H+2-3)//1+1", 6]
     assert (conv["positions"], conv["locally_connected_params"], conv["saving"]) == (None, None, None)
+
+
+def test_every_table_has_one_row_per_registered_op():
+    from tiec.backends.onnx.ops import ONNX_EMIT
+    from tiec.backends.torch.emit_table import TORCH_EMIT, TORCH_LAYER
+    from tiec.compiler import catalog, ir
+    from tiec.compiler.shapes import SHAPE_RULES
+
+    ops, layers = set(catalog.FUNCTION_OPS), set(catalog.LAYERS)
+    assert set(ir.FUNCTION_OPS) == ops and set(ir.LAYER_KINDS) == layers
+    for table in (SHAPE_RULES, TORCH_EMIT, ONNX_EMIT):
+        assert set(table) == ops | layers
+    assert set(TORCH_LAYER) == layers
+    with pytest.raises(AssertionError, match=r"rows missing for \['gelu'\]"):
+        catalog.check_table("T", {k: v for k, v in TORCH_EMIT.items() if k != "gelu"})
+
+
+def test_the_language_reserves_every_name_a_torch_module_has():
+    from tiec.compiler.catalog import reserved_member
+    from torch import nn
+
+    assert {n for n in dir(nn.Module()) if not reserved_member(n)} == set()

@@ -5,5 +5,9 @@
 from __future__ import annotations
 
 from tiec.backends.onnx.emit import build, export, manifest
+from tiec.backends.onnx.ops import ONNX_EMIT
+from tiec.compiler.catalog import check_table
+
+check_table("ONNX_EMIT", ONNX_EMIT)  # one row per op and layer kind of the registry
 
 __all__ = ["build", "export", "manifest"]

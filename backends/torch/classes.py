@@ -182,7 +182,10 @@ class SubgraphClass:
                 msg = f"{self.class_name}: compiled with {p}={value!r}; recompile with --set {p}=N"
                 checks += [f"if {self.kw(p)} != {literal(value)}:", f"    raise ValueError({literal(msg)})"]
         for name, index, src in dict.fromkeys(self.sub.counts):
-            count = self._cfg(src, self._count_of(name))
+            count, reads = config_expr(src, self._count_of(name), params, self.kw.mapping())
+            if not reads:  # a literal count: the compiler has checked the index already
+                continue
+            self.used |= reads
             msg = f"{self.class_name}: the spec refers to {name}[{index}], so {count} must be at least {index + 1}"
             checks += [f"if {count} <= {index}:", f"    raise ValueError({literal(msg)})"]
         head = [f"def __init__({', '.join(['self', *sig])}):", "    super().__init__()"]

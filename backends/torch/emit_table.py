@@ -12,7 +12,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from tiec.compiler.ir import FUNCTION_OPS, LAYER_KINDS, frozen
+from tiec.compiler.catalog import check_table
+from tiec.compiler.ir import frozen
 
 from .naming import literal
 
@@ -160,5 +161,5 @@ TORCH_LAYER: Mapping[str, Callable[..., str]] = {
     "Dropout": _ctor("Dropout", ("p",), {}),
 }
 
-assert set(TORCH_EMIT) == set(FUNCTION_OPS) | set(LAYER_KINDS), "every op needs a TORCH_EMIT row"
-assert set(TORCH_LAYER) == set(LAYER_KINDS), "every layer kind needs a TORCH_LAYER row"
+check_table("TORCH_EMIT", TORCH_EMIT)
+check_table("TORCH_LAYER", TORCH_LAYER, ops=False)
