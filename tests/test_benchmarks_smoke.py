@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
-MODULES = ("common", "references", "onnx_size", "memory", "tie_penalty", "compile_scaling", "forward", "gpu", "run")
+MODULES = ("common", "references", "onnx_size", "memory", "tie_penalty", "compile_scaling", "structure", "forward", "gpu",
+           "run")
 
 
 @pytest.fixture(scope="module")
@@ -118,3 +119,10 @@ def test_gpu_script_sharing_checks_on_cpu(bench):
     assert figures and all(f.met for f in figures), [f for f in figures if not f.met]
     gpt2 = next(f for f in figures if f.name.startswith("gpt2_small"))
     assert any(len(g) == 2 for g in gpt2.details["groups_after"])  # lm_head.weight is wte.weight
+
+
+def test_structure_emits_as_many_lines_at_any_depth(bench):
+    figures = bench.structure._case("gpt2_small.tie", rounds=1)
+    assert [f.name for f in figures] == ["gpt2_small.tie: source at 96 layers / at 12",
+                                         "gpt2_small.tie: emitted lines at 96 / at 12"]
+    assert finite(figures[0]) and figures[1].value == 1.0 and figures[1].met is True
