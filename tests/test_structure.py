@@ -163,3 +163,37 @@ def test_a_block_with_internal_sharing_aliases_in_its_own_class():
     m = program.torch()
     assert m.ae.dec.weight.data_ptr() == m.ae.enc.weight.data_ptr()
     assert "ae.dec.weight" not in m.state_dict()
+
+
+LOOP_RELATIONS = """
+model M(n = 3) {
+    in x: [B, 4]
+    base = Linear(4, 4)
+    repeat n {
+        a = Linear(4, 4)
+        b = Linear(4, 4) share weight = a.weight
+        c = Linear(4, 4) tie(0.5) base
+        x = c(b(a(x)))
+    }
+    return x
+}
+"""
+
+
+@pytest.mark.parametrize("n", [2, 5])
+def test_shares_and_ties_inside_a_repeat_are_written_once_as_loops(n):
+    program = tiec.loads(LOOP_RELATIONS, {"n": n})
+    src = program.python()
+    assert src.count("\n") == tiec.loads(LOOP_RELATIONS, {"n": 7}).python().count("\n")
+    assert "for a, b in zip(self.a, self.b):\n            b.weight = a.weight  # shared: one tensor per copy" in src
+    assert "for c in self.c:\n            penalty = penalty + 0.5 * ((c.weight - self.base.weight) ** 2).sum()" in src
+    m = program.torch().double()
+    assert all(m.b[i].weight is m.a[i].weight for i in range(n)) and m.b[0].weight is not m.a[1].weight
+    want = sum(0.5 * ((m.c[i].weight - m.base.weight) ** 2).sum() + 0.5 * ((m.c[i].bias - m.base.bias) ** 2).sum()
+               for i in range(n))
+    torch.testing.assert_close(m.tie_penalty(), want)
+    x = torch.randn(2, 4, dtype=torch.float64)
+    want = x
+    for i in range(n):
+        want = m.c[i](F.linear(m.a[i](want), m.a[i].weight, m.b[i].bias))
+    torch.testing.assert_close(m(x), want)

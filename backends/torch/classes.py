@@ -19,6 +19,7 @@ from tiec.dsl.diagnostics import TieError
 from .emit_table import TORCH_EMIT, TORCH_LAYER, Call
 from .liveness import Liveness, Locals, inlined_literals
 from .naming import Namer, config_expr, literal
+from .penalty import penalty_lines
 from .plan import loop_counts, referenced
 from .tree import MODULE_ATTRS, ModuleTree
 
@@ -54,10 +55,11 @@ class SubgraphClass:
     def __init__(self, sub: ir.Subgraph, class_name: str, blocks: Mapping[str, ir.Subgraph],
                  children: Mapping[str, str], transposed: Callable[[str], bool],
                  shares: list[tuple[str, str, str]], types: Mapping[str, ir.TensorType], taken: set[str],
-                 legacy: ir.Graph | None = None):
+                 legacy: ir.Graph | None = None, loop_shares: list | None = None):
         self.sub, self.class_name, self.blocks = sub, class_name, blocks
         self.children, self.is_transposed, self.shares, self.types = children, transposed, shares, types
         self.legacy = legacy
+        self.loop_shares = loop_shares or []
         self.tree = ModuleTree(legacy) if legacy is not None else None
         self.loops = loop_counts(sub)
         self.kw = Namer({"peers"}).claim(sub.params)
@@ -172,6 +174,8 @@ class SubgraphClass:
             body += aligned(rows)
         if self.shares:
             body += ["", *aligned(self.shares)]
+        for loop_id, groups in self.loop_shares:
+            body += ["", *self._loop_share_lines(self.loops[loop_id], groups)]
         checks = []
         params = dict(self.sub.params)
         fixed = set(self.sub.structural)
@@ -190,6 +194,35 @@ class SubgraphClass:
             checks += [f"if {count} <= {index}:", f"    raise ValueError({literal(msg)})"]
         head = [f"def __init__({', '.join(['self', *sig])}):", "    super().__init__()"]
         return head + ["    " + x if x else "" for x in fill + checks + body]
+
+    def _loop_share_lines(self, lp: ir.Loop, groups) -> list[str]:
+        """Groups one iteration of `lp` forms, aliased copy by copy: `for a, b in zip(self.a, self.b): …`."""
+        heads = list(dict.fromkeys(m.split(".")[0] for g in groups for m, _ in g))
+        looped = [h for h in (i.name for i in self.sub.instances) if h in heads and self.sub.instance_map[h].loops
+                  and self.sub.instance_map[h].loops[0] == lp.id]
+        names = Namer({"self", *self.kw.mapping().values()})
+        var = {h: names.fresh(h) for h in looped}
+
+        def expr(path: str) -> str:
+            head, _, rest = path.partition(".")
+            return chain(var[head], rest) if head in var else chain("self", path)
+
+        rows = []
+        for group in groups:
+            canon = group[0][0]
+            for name, flipped in group[1:]:
+                if flipped:
+                    owner, _, slot = canon.rpartition(".")
+                    rows.append((f"{expr(name.rpartition('.')[0])}.owner", f'({expr(owner)}, "{slot}")',
+                                 "shared, read transposed: one tensor per copy"))
+                else:
+                    rows.append((expr(name), expr(canon), "shared: one tensor per copy"))
+        if not looped:
+            return aligned(rows)
+        its = [attr("self", h) for h in looped]
+        head = f"for {var[looped[0]]} in {its[0]}:" if len(looped) == 1 else \
+            f"for {', '.join(var[h] for h in looped)} in zip({', '.join(its)}):"
+        return [head, *("    " + x for x in aligned(rows))]
 
     def _count_of(self, name: str) -> int:
         return self.loops[self.sub.instance_map[name].loops[0]].count
@@ -325,7 +358,12 @@ class SubgraphClass:
 
     # ------------------------------------------------------------------ tie_penalty
     def penalty_lines(self, groups: tuple[ir.TieGroup, ...], member: Callable[[str, bool], str], zero: str) -> list[str]:
-        body = penalty_lines(groups, member, zero)
+        copies = {}  # an instance repeated by one top-level loop → its count, for ties written copy by copy
+        if self.legacy is None:
+            for inst in self.sub.instances:
+                if len(inst.loops) == 1 and any(lp.id == inst.loops[0] for lp in self.sub.body if isinstance(lp, ir.Loop)):
+                    copies[inst.name] = (inst.loops[0], self.loops[inst.loops[0]].count)
+        body = penalty_lines(groups, member, zero, copies)
         doc = '"""Σ over tie groups of λ · Σ_{i<j} ‖w_i − w_j‖² (l2) or λ · Σ_{i<j} Σ|w_i − w_j| (l1)."""'
         return ["def tie_penalty(self):", "    " + doc, *("    " + x for x in body)]
 
@@ -338,32 +376,6 @@ class _Scope:
 
 def _torch_class(kind: str) -> str:
     return {"SelfAttention": "MultiheadAttention"}.get(kind, kind)
-
-
-def penalty_lines(groups: tuple[ir.TieGroup, ...], member: Callable[[str, bool], str], zero: str) -> list[str]:
-    """`tie_penalty`'s body: λ · Σ_{i<j} ‖w_i − w_j‖² (l2) or λ · Σ_{i<j} Σ|w_i − w_j| (l1) per group."""
-    if not groups:
-        return [f"return {zero}"]
-    out = []
-    for n, tie in enumerate(groups):
-        if tie.norm not in ("l2", "l1"):
-            raise TieError(f"tie group {tie.id}: unknown norm {tie.norm!r} (expected 'l2' or 'l1')", tie.span)
-        ws = [member(m.param, m.transposed) for m in tie.members]
-        lam, k = literal(float(tie.strength)), len(ws)
-        names = " ~ ".join(m.param + (".T" if m.transposed else "") for m in tie.members)
-        out.append(f"# tie group {tie.id} ({tie.norm}): {names}")
-        if k == 2 and tie.norm == "l2":
-            term = f"{lam} * (({ws[0]} - {ws[1]}) ** 2).sum()"
-        elif k == 2:
-            term = f"{lam} * ({ws[0]} - {ws[1]}).abs().sum()"
-        else:
-            out.append(f"w = torch.stack([{', '.join(ws)}])")
-            if tie.norm == "l2":  # Σ_{i<j} ‖w_i − w_j‖² = k · Σ_i ‖w_i − w̄‖²: linear in k, not quadratic
-                term = f"{lam} * {k} * ((w - w.mean(0)) ** 2).sum()"
-            else:
-                term = f"{lam} * torch.pdist(w.flatten(1), p=1).sum()"
-        out.append(f"penalty = {term}" if n == 0 else f"penalty = penalty + {term}")
-    return [*out, "return penalty"]
 
 
 def aligned(rows: list[tuple[str, str, str]], width_cap: int = 48) -> list[str]:

@@ -15,8 +15,9 @@ from tiec.compiler import ir
 from tiec.compiler.ir import Binding, ProgramIR, bindings, split, ties
 from tiec.dsl.diagnostics import TieError, did_you_mean
 
-from .classes import SubgraphClass, aligned, attr, chain, penalty_lines, summary
+from .classes import SubgraphClass, aligned, attr, chain, summary
 from .naming import EMITTED_GLOBALS, EMITTED_LOCALS, Namer, doc_text
+from .penalty import penalty_lines
 from .plan import Plan, copies
 from .tree import MODULE_ATTRS
 
@@ -196,9 +197,10 @@ class _Emitter:
             self.class_of[(site.model, site.path)] = known
             return
         shares = [self._share_row(site.model, g, prefix, local=True) for g in self.plan.block_groups[key]]
-        cls = SubgraphClass(sub, "CLASS", self.ir.blocks, children,
+        cls = SubgraphClass(sub, sub.definition, self.ir.blocks, children,
                             lambda path: self.plan.transposed(site.model, prefix + path),
-                            [r for rows in shares for r in rows], self._types(key, site.model), self.reserved)
+                            [r for rows in shares for r in rows], self._types(key, site.model), self.reserved,
+                            loop_shares=self.plan.loop_groups.get(key, []))
         params = ", ".join(f"{k}={v!r}" for k, v in sub.params.items())
         text = self._render(cls, f"{sub.definition}({params}) as compiled; the arguments configure it")
         name = self.texts.get(text)
@@ -276,7 +278,7 @@ class _Emitter:
                             else {}, lambda path: self.plan.transposed(model, path) if self.plan
                             else bool(local_binds.get(path) and local_binds[path].transposed),
                             shares, self._types(model, model) if legacy is None else dict(self.ir.types.get(model, {})),
-                            self.reserved, legacy)
+                            self.reserved, legacy, loop_shares=self.plan.loop_groups.get(model, []) if self.plan else [])
         own = next((p.name for p in params if not local_binds[p.name].transposed), None)
         zero = f"torch.zeros((), device={self._path(model, own)}.device)" if own else "torch.zeros(())"
         groups_t = ties(self.ir, model)

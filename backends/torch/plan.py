@@ -55,6 +55,8 @@ class Plan:
     sites: dict[str, list[Site]] = field(default_factory=dict)  # key → its sites
     members: dict[int, list[str]] = field(default_factory=dict)  # group → qualified members, in order
     block_groups: dict[str, list[list[tuple[str, bool]]]] = field(default_factory=dict)  # key → own groups
+    # key → (loop, groups) for groups a non-shared loop's body forms, one per iteration, written in a loop
+    loop_groups: dict[str, list[tuple[int, list[list[tuple[str, bool]]]]]] = field(default_factory=dict)
 
     def __post_init__(self):
         for m in self.models:
@@ -66,15 +68,41 @@ class Plan:
                 self.any_transposed |= b.transposed
         handled: set[int] = set()
         cache: dict = {}
+        blocks = dict(self.program.blocks)
         for key, sites in self.sites.items():
             sub = self.program.blocks[key]
-            order = {p.name: i for i, p in enumerate(lower.declared(sub, dict(self.program.blocks), cache).params)}
+            order = {p.name: i for i, p in enumerate(lower.declared(sub, blocks, cache).params)}
             own = self._explained(sub, sites, order)
             self.block_groups[key] = own
             for site in sites:
                 for group in own:
                     handled.add(self.binds[_q(site, group[0][0])].group)
+        everywhere = {**self.sites, **{m: [Site(m, "", m)] for m in self.models}}
+        for key, sites in everywhere.items():
+            sub = self.program.structure[key] if key in self.program.structure else self.program.blocks[key]
+            order = {p.name: i for i, p in enumerate(lower.declared(sub, blocks, cache).params)}
+            for loop in (x for x in sub.body if isinstance(x, ir.Loop) and not x.shared):
+                groups = [g for g in _local_groups(sub, order, loop) if self._per_copy(sub, sites, loop, g, handled)]
+                if groups:
+                    self.loop_groups.setdefault(key, []).append((loop.id, groups))
         self.handled = handled
+
+    def _per_copy(self, sub: ir.Subgraph, sites: list[Site], loop: ir.Loop, group, handled: set[int]) -> bool:
+        """Whether `group`, written in `loop`'s body, is at every site and iteration exactly a flat group
+        (or, with a canonical outside the loop, exactly one flat group over all iterations)."""
+        found: dict[int, set[str]] = {}
+        for site in sites:
+            for i in range(loop.count):
+                keys = [_q(site, lower._flat(sub, m, {loop.id: i}, "")) for m, _ in group]
+                bs = [self.binds.get(k) for k in keys]
+                if any(b is None or b.group is None for b in bs) or len({b.group for b in bs}) != 1 \
+                        or bs[0].canonical != keys[0] or any(b.transposed != t for b, (_, t) in zip(bs, group)):
+                    return False
+                found.setdefault(bs[0].group, set()).update(keys)
+        if any(set(self.members[g]) != keys for g, keys in found.items()):
+            return False
+        handled.update(found)
+        return True
 
     def _walk(self, model: str, sub: ir.Subgraph, prefix: str) -> None:
         for inst in sub.instances:
@@ -121,11 +149,13 @@ class Plan:
 
 
 def _q(site: Site, local: str) -> str:
-    return ir.qualify(site.model, f"{site.path}.{local}")
+    return ir.qualify(site.model, f"{site.path}.{local}" if site.path else local)
 
 
-def _local_groups(sub: ir.Subgraph, param_order: dict[str, int]) -> list[list[tuple[str, bool]]]:
-    """The share groups a block's own top-level statements form, canonical first, with orientation."""
+def _local_groups(sub: ir.Subgraph, param_order: dict[str, int], loop: ir.Loop | None = None
+                  ) -> list[list[tuple[str, bool]]]:
+    """The share groups a body's own statements form (a block's, or one iteration of `loop`'s),
+    canonical first (the first in declaration order), with orientation."""
     parent: dict[str, tuple[str, bool]] = {}
 
     def find(x: str) -> tuple[str, bool]:
@@ -136,7 +166,7 @@ def _local_groups(sub: ir.Subgraph, param_order: dict[str, int]) -> list[list[tu
         return x, flip
 
     order: dict[str, int] = {}
-    for item in sub.body:
+    for item in (loop.body if loop is not None else sub.body):
         if isinstance(item, ir.Relations):
             for r in item.shares:
                 a, b = ir.split(r.a)[1], ir.split(r.b)[1]
@@ -147,7 +177,11 @@ def _local_groups(sub: ir.Subgraph, param_order: dict[str, int]) -> list[list[tu
                 if ra != rb:
                     parent[rb] = (ra, fa ^ fb ^ r.transposed)
     groups: dict[str, list[tuple[str, bool]]] = {}
-    for x in sorted(parent, key=lambda n: param_order.get(n, len(param_order) + order[n])):
+    def place(n: str) -> int:  # a copy's first iteration stands for the copy
+        flat = lower._flat(sub, n, {loop.id: 0}, "") if loop is not None else n
+        return param_order.get(flat, len(param_order) + order[n])
+
+    for x in sorted(parent, key=place):
         root, flip = find(x)
         groups.setdefault(root, []).append((x, flip))
     out = []
