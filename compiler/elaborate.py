@@ -17,20 +17,15 @@ import math
 from collections.abc import Mapping
 
 from tiec.dsl import ast
-from tiec.dsl.diagnostics import Span, TieError, did_you_mean
+from tiec.dsl.diagnostics import Span, TieError
 
 from . import ir, lower
 from .catalog import LAYERS, REQUIRED, Arg, reserved_member
 from .config import CVal, coerce, evaluate
 from .expressions import Binder, GraphBuilder, bind_args
-from .refs import Copies, Instance, ParamIndex, Scope, Target, resolve
-from .relations import share_requests, tie_requests
-
-MAX_BLOCK_NESTING = 32  # block instances inside block instances
-MAX_SIZE = 2**63 - 1  # a size, dimension or repeat count: what int64 holds
-MAX_LAYERS = 200_000  # layers of one model once every non-shared repeat is unrolled
-MAX_PARAMS = 10**10  # parameters one model declares (before sharing): 40 GB in f32
-LOCAL = ""  # the qualifier of a subgraph's own requests: `lower` re-qualifies them per copy
+from .limits import MAX_BLOCK_NESTING, MAX_SIZE, Totals, big, check_layer
+from .refs import Copies, Instance, ParamIndex, Scope
+from .relating import Relating
 
 
 class _Return(Exception):
@@ -70,12 +65,12 @@ class Blocks:
             self._active.pop()
         self._keys[signature] = sub.key
         self.subgraphs[sub.key] = sub
-        self.totals[sub.key] = (el.layer_count, el.param_count)
+        self.totals[sub.key] = (el.totals.layers, el.totals.params)
         self.declared[sub.key] = lower.declared(sub, self.subgraphs, self.declared)
         return sub
 
 
-class SubgraphElaborator(Binder):
+class SubgraphElaborator(Relating, Binder):
     """Builds one subgraph (a model, or a block at one configuration) from its definition."""
 
     def __init__(self, definition: ast.Definition, blocks: Blocks, config: dict[str, CVal], key: str | None = None):
@@ -95,8 +90,7 @@ class SubgraphElaborator(Binder):
         self.unrolled: set[str] = set()  # what the flat view also depends on (counts, children's)
         self.counts: list[tuple[str, int, str]] = []
         self.loops: list[tuple[int, bool, int]] = []  # enclosing loops: (id, shared, count)
-        self.layer_count = 0  # layers and parameters of one instance, every non-shared repeat unrolled
-        self.param_count = 0
+        self.totals = Totals()  # layers and parameters of one instance, every non-shared repeat unrolled
         self._loop_ids = itertools.count()
         self.scope = Scope(config)
 
@@ -176,7 +170,7 @@ class SubgraphElaborator(Binder):
             if v <= 0:
                 raise TieError(f"a dimension must be positive, got {v}", d.span)
             if v > MAX_SIZE:
-                raise TieError(f"a dimension of {_big(v)} does not fit in int64", d.span)
+                raise TieError(f"a dimension of {big(v)} does not fit in int64", d.span)
             dims.append(v)
         return ir.TensorType(t.dtype or "f32", tuple(dims))
 
@@ -246,7 +240,7 @@ class SubgraphElaborator(Binder):
         if count.value < 1:
             raise TieError(f"repeat count must be at least 1, got {count.value}", stmt.count.span)
         if count.value > MAX_SIZE:
-            raise TieError(f"repeat count {_big(count.value)} does not fit in int64", stmt.count.span,
+            raise TieError(f"repeat count {big(count.value)} does not fit in int64", stmt.count.span,
                            hint="docs/language.md lists the limits")
         self.unrolled |= count.deps
         loop_id = next(self._loop_ids)
@@ -298,7 +292,7 @@ class SubgraphElaborator(Binder):
             inst, ref = self.declare_layer(stmt, kind, call, scope, loops)
             layers, params = 1, sum(math.prod(shape) for _, shape in LAYERS[kind].slots(inst.layer.config))
         copies = math.prod(n for _, shared, n in self.loops if not shared)
-        self.count(layers * copies, params * copies, stmt)
+        self.totals.add(layers * copies, params * copies, stmt.span, [n for _, shared, n in self.loops if not shared])
         self.instances[stmt.name] = inst
         self.g.nodes.append(ir.Decl(stmt.name))
         shares, ties = [], []
@@ -307,38 +301,11 @@ class SubgraphElaborator(Binder):
         self.relations(shares, ties)
         return ref
 
-    def count(self, layers: int, params: int, stmt: ast.Assign) -> None:
-        """Keep the unrolled totals within `MAX_LAYERS` and `MAX_PARAMS`, at the declaration that passes them."""
-        self.layer_count += layers
-        self.param_count += params
-        where = [f"repeat {n}" for _, shared, n in self.loops if not shared]
-        hint = f"inside {' × '.join(where)}: copies count too; " if where else ""
-        if self.layer_count > MAX_LAYERS:
-            raise TieError(f"this makes {self.layer_count:,} layers once repeats are unrolled; the limit is "
-                           f"{MAX_LAYERS:,}", stmt.span, hint=hint + "`repeat … share` makes one layer for every "
-                           "iteration")
-        if self.param_count > MAX_PARAMS:
-            raise TieError(f"this makes {_big(self.param_count)} parameters; the limit is {MAX_PARAMS:,}",
-                           stmt.span, hint=hint + "docs/language.md lists the limits")
-
     def declare_layer(self, stmt, kind, call, scope, loops):
         spec = LAYERS[kind]
         bound = self.bind_config(spec.args, call, scope.config, kind)
         values = {k: v.value for k, v in bound.items()}
-        for key, v in values.items():
-            for x in v if isinstance(v, tuple) else (v,):
-                if isinstance(x, int) and not isinstance(x, bool) and abs(x) > MAX_SIZE:
-                    raise TieError(f"{kind} '{key}' = {_big(x)} does not fit in int64", call.span,
-                                   hint="docs/language.md lists the limits")
-        for key in ("in_features", "out_features", "in_channels", "out_channels", "num_embeddings",
-                    "embedding_dim", "normalized_shape", "embed_dim", "num_heads"):
-            if key in values and values[key] <= 0:
-                raise TieError(f"{kind} size '{key}' must be positive, got {values[key]}", call.span)
-        if kind == "SelfAttention" and values["embed_dim"] % values["num_heads"]:
-            raise TieError(f"SelfAttention: d={values['embed_dim']} is not divisible by heads={values['num_heads']}",
-                           call.span)
-        if kind == "Dropout" and not 0 <= values["p"] < 1:
-            raise TieError(f"Dropout probability must be in [0, 1), got {values['p']}", call.span)
+        check_layer(kind, values, call.span)
         name = stmt.name
         layer = ir.Layer(name, kind, ir.frozen(values), stmt.span, ir.frozen({k: v.src for k, v in bound.items()}))
         for slot, shape in spec.slots(values):
@@ -410,53 +377,6 @@ class SubgraphElaborator(Binder):
         attrs = {"instance": inst.path, "outputs": tuple(outputs), "arg_spans": tuple(a.span for a in call.args)}
         self.g.nodes.append(ir.Node("call", outputs[0], tuple(args), ir.frozen(attrs), call.span))
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
-
-    # ------------------------------------------------------------------ sharing and tying
-    def target(self, ref: ast.Ref, scope: Scope) -> Target:
-        self.note_indices(ref, scope)
-        return resolve(ref, scope, self.index, scope.config)
-
-    def note_indices(self, ref: ast.Ref, scope: Scope):
-        """An index fixes which copy is meant: the constructor must have that many copies."""
-        for part in ref.parts:
-            if not isinstance(part, str):
-                self.structural |= evaluate(part, scope.config, "an index").deps
-        head = scope.get(ref.parts[0]) if isinstance(ref.parts[0], str) else None
-        if isinstance(head, Copies) and len(ref.parts) > 1 and not isinstance(ref.parts[1], str):
-            i = coerce(evaluate(ref.parts[1], scope.config, "an index"), "int", ref.parts[1].span, "index").value
-            if 0 <= i < head.count:
-                self.counts.append((head.path, i, head.src))
-
-    def annotate(self, ann, inst: Instance, scope: Scope, stmt: ast.Assign, shares: list, ties: list):
-        own = Target({n[len(inst.path) + 1:]: n for n in self.index.under.get(inst.path, [])}, False,
-                     stmt.name_span, stmt.name)
-        if isinstance(ann, ast.ShareAnn) and ann.slot is not None:
-            if ann.slot not in own.params:
-                raise TieError(f"'{stmt.name}' has no parameter '{ann.slot}'", ann.span,
-                               hint=did_you_mean(ann.slot, own.params) or f"its parameters: {', '.join(own.params)}")
-            own = Target({"": own.params[ann.slot]}, False, stmt.name_span, f"{stmt.name}.{ann.slot}")
-        other = self.target(ann.ref, scope)
-        if isinstance(ann, ast.ShareAnn):
-            shares += share_requests([(LOCAL, own), (LOCAL, other)], ann.span)
-        else:
-            ties += self.tie([own, other], ann, scope)
-
-    def share_refs(self, refs, scope: Scope, span: Span) -> list[ir.ShareRequest]:
-        targets = [(LOCAL, self.target(r, scope)) for r in refs]
-        return share_requests(targets, span)
-
-    def tie_refs(self, stmt, refs, scope: Scope) -> list[ir.TieRequest]:
-        return self.tie([self.target(r, scope) for r in refs], stmt, scope)
-
-    def tie(self, targets: list[Target], stmt, scope: Scope) -> list[ir.TieRequest]:
-        strength = coerce(evaluate(stmt.strength, scope.config, "a tie strength"), "float", stmt.strength.span, "λ")
-        self.structural |= strength.deps  # a literal in tie_penalty
-        return tie_requests([(LOCAL, t) for t in targets], strength.value, stmt.norm, stmt.span, stmt.strength.span)
-
-
-def _big(n: int) -> str:
-    return f"{n:,}" if abs(n) < 10**24 else f"{n:.3e}"
-
 
 def _default_src(expr: ast.Expr, own: dict[str, CVal]) -> str | None:
     """A default as Python source over the definition's own parameters (None if it is not one)."""

@@ -1,0 +1,55 @@
+"""The documented limits (docs/language.md §13), checked where the spec passes them, before anything
+is allocated: a size or count must fit in int64, and one model may hold at most `MAX_LAYERS`
+layers once every non-shared repeat is unrolled, and declare at most `MAX_PARAMS` parameters."""
+from __future__ import annotations
+
+from typing import Any
+
+from tiec.dsl.diagnostics import Span, TieError
+
+MAX_BLOCK_NESTING = 32  # block instances inside block instances
+MAX_SIZE = 2**63 - 1  # a size, dimension or repeat count: what int64 holds
+MAX_LAYERS = 200_000  # layers of one model once every non-shared repeat is unrolled
+MAX_PARAMS = 10**10  # parameters one model declares (before sharing): 40 GB in f32
+
+_SIZES = ("in_features", "out_features", "in_channels", "out_channels", "num_embeddings", "embedding_dim",
+          "normalized_shape", "embed_dim", "num_heads")
+
+
+def big(n: int) -> str:
+    return f"{n:,}" if abs(n) < 10**24 else f"{n:.3e}"
+
+
+def check_layer(kind: str, values: dict[str, Any], span: Span) -> None:
+    """A layer's configuration: sizes positive and within int64, heads dividing the width, p < 1."""
+    for key, v in values.items():
+        for x in v if isinstance(v, tuple) else (v,):
+            if isinstance(x, int) and not isinstance(x, bool) and abs(x) > MAX_SIZE:
+                raise TieError(f"{kind} '{key}' = {big(x)} does not fit in int64", span,
+                               hint="docs/language.md lists the limits")
+    for key in _SIZES:
+        if key in values and values[key] <= 0:
+            raise TieError(f"{kind} size '{key}' must be positive, got {values[key]}", span)
+    if kind == "SelfAttention" and values["embed_dim"] % values["num_heads"]:
+        raise TieError(f"SelfAttention: d={values['embed_dim']} is not divisible by heads={values['num_heads']}", span)
+    if kind == "Dropout" and not 0 <= values["p"] < 1:
+        raise TieError(f"Dropout probability must be in [0, 1), got {values['p']}", span)
+
+
+class Totals:
+    """Layers and parameters of one definition, every non-shared repeat unrolled."""
+
+    def __init__(self) -> None:
+        self.layers = 0
+        self.params = 0
+
+    def add(self, layers: int, params: int, span: Span, repeats: list[int]) -> None:
+        self.layers += layers
+        self.params += params
+        hint = f"inside {' × '.join(f'repeat {n}' for n in repeats)}: copies count too; " if repeats else ""
+        if self.layers > MAX_LAYERS:
+            raise TieError(f"this makes {self.layers:,} layers once repeats are unrolled; the limit is {MAX_LAYERS:,}",
+                           span, hint=hint + "`repeat … share` makes one layer for every iteration")
+        if self.params > MAX_PARAMS:
+            raise TieError(f"this makes {big(self.params)} parameters; the limit is {MAX_PARAMS:,}", span,
+                           hint=hint + "docs/language.md lists the limits")
