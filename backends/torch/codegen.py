@@ -29,6 +29,27 @@ _IMPORTS = [
     (r"\bF\.", "import torch.nn.functional as F"),
 ]
 
+def _transposed(layer: str, what: str, signature: str, init: list[str], forward: str) -> list[str]:
+    """A layer class that reads its weight as another layer's parameter, transposed."""
+    return [
+        f"class Transposed{layer}(nn.Module):",
+        f'    """nn.{layer} whose {what} is another layer\'s parameter, read transposed: it stores no {what}."""',
+        "",
+        f"    def __init__(self, {signature}):",
+        "        super().__init__()",
+        *("        " + line for line in init),
+        "        self.owner = None  # (module, parameter name): set by the module that shares it",
+        "",
+        "    @property",
+        "    def weight(self):",
+        "        module, name = self.owner",
+        "        return getattr(module, name).T",
+        "",
+        "    def forward(self, x):",
+        f"        return {forward}",
+    ]
+
+
 _HELPERS = {
     "causal_mask(": [
         "def causal_mask(x):",
@@ -36,42 +57,15 @@ _HELPERS = {
         "    T = x.shape[-2]",
         "    return torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1)",
     ],
-    "TransposedLinear(": [
-        "class TransposedLinear(nn.Module):",
-        '    """nn.Linear whose weight is another layer\'s parameter, read transposed: it stores no weight."""',
-        "",
-        "    def __init__(self, in_features, out_features, bias=True):",
-        "        super().__init__()",
-        "        self.in_features, self.out_features = in_features, out_features",
-        "        bound = in_features ** -0.5",
-        "        self.bias = nn.Parameter(torch.empty(out_features).uniform_(-bound, bound)) if bias else None",
-        "        self.owner = None  # (module, parameter name): set by the module that shares it",
-        "",
-        "    @property",
-        "    def weight(self):",
-        "        module, name = self.owner",
-        "        return getattr(module, name).T",
-        "",
-        "    def forward(self, x):",
-        "        return F.linear(x, self.weight, self.bias)",
-    ],
-    "TransposedEmbedding(": [
-        "class TransposedEmbedding(nn.Module):",
-        '    """nn.Embedding whose table is another layer\'s parameter, read transposed: it stores no table."""',
-        "",
-        "    def __init__(self, num_embeddings, embedding_dim):",
-        "        super().__init__()",
-        "        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim",
-        "        self.owner = None  # (module, parameter name): set by the module that shares it",
-        "",
-        "    @property",
-        "    def weight(self):",
-        "        module, name = self.owner",
-        "        return getattr(module, name).T",
-        "",
-        "    def forward(self, x):",
-        "        return F.embedding(x, self.weight)",
-    ],
+    "TransposedLinear(": _transposed(
+        "Linear", "weight", "in_features, out_features, bias=True", [
+            "self.in_features, self.out_features = in_features, out_features",
+            "bound = in_features ** -0.5",
+            "self.bias = nn.Parameter(torch.empty(out_features).uniform_(-bound, bound)) if bias else None",
+        ], "F.linear(x, self.weight, self.bias)"),
+    "TransposedEmbedding(": _transposed(
+        "Embedding", "table", "num_embeddings, embedding_dim",
+        ["self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim"], "F.embedding(x, self.weight)"),
 }
 HELPER_NAMES = frozenset({"causal_mask", "TransposedLinear", "TransposedEmbedding"})
 
