@@ -14,7 +14,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from tiec.compiler import ir, lower
-from tiec.compiler.lower import instance_block
 
 
 @dataclass(frozen=True)
@@ -191,10 +190,6 @@ def _local_groups(sub: ir.Subgraph, param_order: dict[str, int], loop: ir.Loop |
         head_flip = members[0][1]  # the first in source order is canonical: orient relative to it
         out.append([(m, f != head_flip) for m, f in members])
     return out
-
-
-def child_key(sub: ir.Subgraph, name: str, blocks: Mapping[str, ir.Subgraph]) -> str | None:
-    return instance_block(sub, name, dict(blocks))
 
 
 def referenced(body: Iterable) -> set[str]:
