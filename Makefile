@@ -4,8 +4,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.tiec-installed
 OUT := out
+N ?= 2000
 
-.PHONY: setup test demo bench lint clean
+.PHONY: setup test demo bench lint clean fuzz
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +28,10 @@ demo: setup
 
 bench: setup
 	$(PY) benchmarks/run.py
+
+# A fuzz campaign of N inputs (`make fuzz N=20000`): counts of successes, diagnostics, bad outcomes.
+fuzz: setup
+	$(PY) -m tests.fuzzing --n $(N)
 
 lint: setup
 	$(PY) -m pip install -q ruff
