@@ -197,3 +197,10 @@ def test_shares_and_ties_inside_a_repeat_are_written_once_as_loops(n):
     for i in range(n):
         want = m.c[i](F.linear(m.a[i](want), m.a[i].weight, m.b[i].bias))
     torch.testing.assert_close(m(x), want)
+
+
+def test_a_symbol_in_a_reshape_copies_the_input_dim_in_the_emitted_forward():
+    program = tiec.loads("model M {\n    in x: [B, 4]\n    return reshape(x, [B, 2, 2])\n}\n")
+    assert "x.reshape(x.shape[0], 2, 2)" in program.python()
+    x = torch.randn(3, 4)
+    torch.testing.assert_close(program.torch()(x), x.reshape(3, 2, 2))

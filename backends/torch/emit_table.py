@@ -43,7 +43,8 @@ def _gelu(c: Call) -> str:
 
 def _reshape(c: Call) -> str:
     x = c.args[0]
-    dims = [f"{x}.shape[{i}]" if d == 0 else str(d) for i, d in enumerate(c.attrs["shape"])]
+    # 0, or a symbol where the input has it (the structured IR keeps `B`), copies the input's dim
+    dims = [f"{x}.shape[{i}]" if d == 0 or isinstance(d, str) else str(d) for i, d in enumerate(c.attrs["shape"])]
     return f"{x}.reshape({', '.join(dims)})" if dims else f"{x}.reshape(())"
 
 
