@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from tests.fuzzing.campaign import minimise
+from tests.fuzzing.campaign import minimise, signature
 from tests.fuzzing.generate import fixture_mutations, grammar_specs, tokens, valid_specs
 from tests.fuzzing.valid import Book, Spec
 from tests.fuzzing.worker import Outcome, Worker
@@ -31,23 +30,9 @@ def worker():
         yield w
 
 
-# Bugs the fuzzer found in code this suite does not fix, each reported with a minimal input. An
-# outcome is excused only by its bug's exact class and message; every other bad outcome fails.
-KNOWN_BUGS = {
-    # `model M { in x: [B, 4]; return reshape(x, [B, 2, 2]) }`: the emitted forward is
-    # `x.reshape(B, 2, 2)`, so the PyTorch module raises NameError (ONNX export is right).
-    "reshape by a symbol in PyTorch": ("torch-run", r"NameError: name '\w+' is not defined"),
-}
-
-
-def _known(outcome: Outcome) -> str | None:
-    return next((bug for bug, (cls, message) in KNOWN_BUGS.items()
-                 if outcome.cls == cls and re.search(message, outcome.detail)), None)
-
-
 def _located_or_ok(worker: Worker, text: str) -> None:
     outcome = worker.run("examine", text)
-    assert not outcome.bad or _known(outcome), f"{outcome.cls} for the input\n{text}\n{outcome.detail}"
+    assert not outcome.bad, f"{outcome.cls} for the input\n{text}\n{outcome.detail}"
 
 
 @settings(SUITE, max_examples=50)
@@ -74,12 +59,6 @@ def test_valid_specs_agree_across_backends_and_with_their_bookkeeping(worker, sp
     assert outcome.kind == "ok", f"{outcome.cls} for the spec\n{spec.text}\n{outcome.detail}"
 
 
-@pytest.mark.xfail(strict=True, reason="known bug: reshape by a symbol in PyTorch (remove it from KNOWN_BUGS when fixed)")
-def test_known_bug_reshape_by_a_symbol(worker):
-    outcome = worker.run("examine", "model M {\n    in x: [B, 4]\n    return reshape(x, [B, 2, 2])\n}\n")
-    assert _known(outcome) is None and not outcome.bad, outcome.detail
-
-
 def test_the_harness_reports_hangs_crashes_and_memory_blowups_and_carries_on():
     with contextlib.closing(Worker(timeout=1.0, memory_gib=0.5, light=True)) as w:
         outcomes = [w.run(p) for p in ("probe-hang", "probe-crash", "probe-memory", "probe-raise")]
@@ -90,6 +69,9 @@ def test_the_harness_reports_hangs_crashes_and_memory_blowups_and_carries_on():
 def test_the_checks_catch_an_unlocated_error_and_a_wrong_count(worker):
     assert worker.run("examine", "model M {\n    in x: [B, 2]\n    return relu(x)\n}\n").kind == "ok"
     assert worker.run("examine", "model M {\n    in x: [B, 2]\n    return relu(y)\n}\n").kind == "diagnostic"
+    # the first bug this fuzzer found: the PyTorch forward read the symbol B as a Python name
+    reshaped = worker.run("examine", "model M {\n    in x: [B, 4]\n    return reshape(x, [B, 2, 2])\n}\n")
+    assert (reshaped.kind, reshaped.detail) == ("ok", "run in both backends"), reshaped
     text = "model M {\n    in x: [B, 2]\n    fc = Linear(2, 3)\n    return fc(x)\n}\n"
     right = {"inputs": [{"name": "x", "shape": [3, 2], "dtype": "f32"}], "tensors": 2, "numel": 9, "groups": []}
     assert worker.run("differential", text, right).kind == "ok"
@@ -112,3 +94,10 @@ def test_minimise_keeps_the_property_and_drops_the_rest():
     small = minimise(text, lambda t: "@@" in t)
     assert "@@" in small and len(small) < len(text) // 4
     assert "".join(tokens(text)) == text
+
+
+def test_one_bug_in_two_models_has_one_signature():
+    a = Outcome("bad", "torch-run", "model A (symbols {'B': 2}): NameError: name 'B' is not defined")
+    b = Outcome("bad", "torch-run", "model Other (symbols {'T': 2}): NameError: name 'T' is not defined")
+    c = Outcome("bad", "torch-run", "model A: TypeError: forward() takes 2 positional arguments but 3 were given")
+    assert signature(a) == signature(b) != signature(c)

@@ -2,9 +2,9 @@
 
 N inputs, a quarter drawn from the grammar, half mutated fixtures and a quarter valid specs
 (checked differentially), all run by one `Worker`. It prints how many inputs gave a success, a
-located diagnostic or a bad outcome, the bad ones by class and source, and for each class one
-input, minimised (lines, then tokens, removed while the outcome keeps its class). Exit status 1
-when any outcome was bad.
+located diagnostic or a bad outcome, the bad ones by class and source, and for each distinct
+error one input, minimised (lines, statements, then tokens removed while the error stays the
+same). Exit status 1 when any outcome was bad.
 """
 from __future__ import annotations
 
@@ -81,7 +81,17 @@ def run_source(worker: Worker, source: str, n: int, tally: Tally, seed: int | No
     (seeded(seed)(campaign) if seed is not None else campaign)()
 
 
-def report(tally: Tally, worker: Worker, shrink: bool) -> str:
+def signature(outcome: Outcome) -> str:
+    """What tells one bug from another of the same class: the last line of the detail (the
+    exception's message), without the model's name, numbers and quoted names blanked."""
+    last = next((line for line in reversed(outcome.detail.strip().split("\n")) if line.strip()), "")
+    last = re.sub(r"^model \S+?(, output \S+)?( \(symbols [^)]*\))?: ", "", last.strip())  # which model: no matter
+    return re.sub(r"\d+", "N", re.sub(r"'[^']*'", "'…'", last))[:120]
+
+
+def report(tally: Tally, worker: Worker, shrink: bool, per_class: int = 5) -> str:
+    """Counts, then per bad class its count and, per distinct signature (up to `per_class`), the
+    shortest input, minimised unless it is a valid spec (whose edits would not stay valid)."""
     lines = [f"inputs: {tally.total()} (" + ", ".join(f"{s} {tally.total(source=s)}" for s, _ in SOURCES) + ")",
              f"successes: {tally.total('ok')}" + "".join(f" ({n} {note})" for note, n in tally.notes.items()),
              f"diagnostics: {tally.total('diagnostic')}",
@@ -89,13 +99,18 @@ def report(tally: Tally, worker: Worker, shrink: bool) -> str:
     for cls, cases in sorted(tally.bad.items(), key=lambda kv: -len(kv[1])):
         sources = Counter(s for s, _, _ in cases)
         lines.append(f"  {cls}: {len(cases)} (" + ", ".join(f"{s} {n}" for s, n in sources.items()) + ")")
-        source, text, outcome = min(cases, key=lambda c: len(c[1]))
-        if shrink and source != "valid":
-            text = minimise(text, lambda t, cls=cls: worker.run("examine", t).cls == cls)
-            outcome = worker.run("examine", text)
-        lines += ["    input" + (" (minimised)" if shrink and source != "valid" else "") + ":",
-                  *(f"      | {line}" for line in text.split("\n")),
-                  *(f"      {line}" for line in outcome.detail.strip().split("\n")[-6:])]
+        kinds: dict[str, list] = {}
+        for case in cases:
+            kinds.setdefault(signature(case[2]), []).append(case)
+        for sig, same in list(kinds.items())[:per_class]:
+            source, text, outcome = min(same, key=lambda c: len(c[1]))
+            shrunk = shrink and source != "valid"
+            if shrunk:
+                text = minimise(text, lambda t, sig=sig: signature(worker.run("examine", t)) == sig)
+                outcome = worker.run("examine", text)
+            lines += [f"    {len(same)} × {sig}", "    input" + (" (minimised)" if shrunk else "") + ":",
+                      *(f"      | {line}" for line in text.split("\n")),
+                      *(f"      {line}" for line in outcome.detail.strip().split("\n")[-6:])]
     return "\n".join(lines)
 
 
