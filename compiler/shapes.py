@@ -213,7 +213,7 @@ def _reshape(ctx: Ctx) -> T:
         if n_in % n_out == 0:
             known[known.index(-1)] = _mul([n_in // n_out, *left])
         elif left:  # a symbol such as "2*B" may hold the missing factor: leave the dim symbolic
-            known[known.index(-1)] = f"({_mul(x.shape)})//{n_out}"
+            known[known.index(-1)] = f"({_mul([n_in, *left])})//{n_out}"  # the elements the target leaves
         else:
             ctx.fail(f"reshape: cannot reshape {_fmt(x.shape)} into {_fmt(target)}")
     elif not left and n_in != n_out:

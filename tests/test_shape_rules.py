@@ -140,6 +140,15 @@ def test_reshape(target, out):
     assert one("reshape", ("B", 4, 6), shape=target) == out
 
 
+@pytest.mark.parametrize("shape, target, out", [
+    (("B", "W"), (0, 2, -1), "f32[B, 2, (W)//2]"),  # the symbol the target copies is not divided again
+    (("B", "T", 6), (0, 4, -1), "f32[B, 4, (6*T)//4]"),
+    (("B", "T", 6), (-1, 4), "f32[(6*B*T)//4, 4]"),
+])
+def test_reshape_infers_a_symbolic_dim_from_what_the_target_leaves(shape, target, out):
+    assert one("reshape", shape, shape=target) == out
+
+
 @pytest.mark.parametrize("target, message", [
     (("B", 5, -1), "cannot reshape"),
     (("B", 5), "has 24\\*B elements"),

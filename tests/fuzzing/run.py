@@ -2,8 +2,9 @@
 
 Inputs get the declared dtypes and shapes, each symbolic dim (`B`, `T`) the value 2; floats are
 random, integers 0 (an index every embedding has), bools random. When the inputs are concrete,
-torch must run the model; with symbols it may fail with torch's error for sizes that do not fit
-(a symbol may stand for a size it must equal elsewhere), and the run then proves nothing. When torch runs, its outputs must have the checker's
+torch must run the model; with symbols it may fail with one of the errors torch raises for sizes
+that do not fit (a symbol may stand for a size it must equal elsewhere), and the run then proves
+nothing; any other exception (a NameError, say) is a bad outcome. When torch runs, its outputs must have the checker's
 dtypes and shapes (symbolic dims evaluated with the values given), and onnxruntime must run the
 exported file and give the same values (rtol 1e-3 / atol 1e-5; for f16 1e-2 / 1e-3; integers and
 bools exactly). bf16 goes no further than torch: numpy, and so onnxruntime's Python API, has none.
@@ -20,6 +21,7 @@ TORCH_DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat
                 "i32": torch.int32, "i64": torch.int64, "bool": torch.bool}
 SYMBOL = 2
 MAX_VALUES = 2**20
+SIZE_ERRORS = (RuntimeError, AssertionError, ValueError, IndexError)  # what torch raises for sizes (and attention)
 
 
 def options() -> ort.SessionOptions:
@@ -63,7 +65,7 @@ def run_model(program, model: str, module, onnx_path: str) -> Outcome | bool:
         with torch.no_grad():
             got = outputs(module(*xs))
     except Exception as e:  # noqa: BLE001 - the checker accepted this program
-        if symbols and type(e) is RuntimeError:  # torch's error for sizes that do not fit
+        if symbols and type(e) in SIZE_ERRORS:  # the sizes given to the symbols do not fit
             return False
         return Outcome("bad", "torch-run", f"model {model} (symbols {symbols}): {type(e).__name__}: {e}")
     for out, value in zip(graph.outputs, got):
