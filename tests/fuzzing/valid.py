@@ -271,7 +271,8 @@ def valid_specs(draw) -> Spec:
         start = ["    in tok: i64[B]", f"    emb = Embedding({b.vocab}, {w})", "    h = emb(tok)"]
         inputs = [{"name": "tok", "shape": [3], "dtype": "i64", "high": b.vocab}]
     else:
-        x, start = "x", [f"    in x: [B, {w}]", "    h = x"]
+        dim = draw(st.sampled_from((w, "D")))  # a symbol the first layer pins down
+        x, start = "x", [f"    in x: [B, {dim}]", "    h = x"]
         inputs = [{"name": "x", "shape": [3, width], "dtype": "f32"}]
     for i in range(draw(st.integers(1, 6))):
         b.stage(i)
