@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import selectors
+import shutil
 import signal
 import subprocess
 import sys
@@ -52,7 +53,9 @@ class Worker:
 
     def _start(self) -> None:
         self.log = tempfile.TemporaryFile()  # noqa: SIM115 - the child's stderr, kept while it lives
-        cmd = [sys.executable, "-m", "tests.fuzzing.worker", "--serve", f"--memory-gib={self.memory_gib}"]
+        self.dir = tempfile.mkdtemp(prefix="tiec-fuzz-")  # the child's working folder, removed with it
+        cmd = [sys.executable, "-m", "tests.fuzzing.worker", "--serve", f"--memory-gib={self.memory_gib}",
+               f"--dir={self.dir}"]
         cmd += ["--light"] if self.light else []
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log)
         self.restarts += 1
@@ -79,27 +82,35 @@ class Worker:
         if self.proc is None or self.proc.poll() is not None:
             self._start()
         assert self.proc is not None and self.proc.stdin is not None
-        self.proc.stdin.write((json.dumps({"mode": mode, "text": text, "expect": expect}) + "\n").encode())
-        self.proc.stdin.flush()
-        start = time.monotonic()
-        answer = self._read(self.timeout)
+        start, answer = time.monotonic(), None
+        try:
+            self.proc.stdin.write((json.dumps({"mode": mode, "text": text, "expect": expect}) + "\n").encode())
+            self.proc.stdin.flush()
+            answer = self._read(self.timeout)
+        except BrokenPipeError:  # it died before reading the request
+            pass
         if answer is not None:
             if answer["cls"] == "memory":  # the child exits after one: start the next request afresh
                 self.kill()
             return Outcome(**answer)
         hung = self.proc.poll() is None and time.monotonic() - start >= self.timeout
+        if not hung:
+            self.proc.wait()
+        tail = self._log_tail()
         self.kill()
         if hung:
             return Outcome("bad", "timeout", f"no answer within {self.timeout:g} s")
         code = self.proc.returncode
         why = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
-        return Outcome("bad", "crash", f"the worker died ({why}):\n{self._log_tail()}")
+        return Outcome("bad", "crash", f"the worker died ({why}):\n{tail}")
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
         if self.proc is not None:
             self.proc.wait()
+            self.log.close()
+            shutil.rmtree(self.dir, ignore_errors=True)
 
     def close(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -108,7 +119,8 @@ class Worker:
             try:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
-                self.kill()
+                pass
+        self.kill()
 
 
 def _probe(mode: str) -> Outcome:
@@ -124,14 +136,14 @@ def _probe(mode: str) -> Outcome:
     return Outcome("bad", "KeyError", mode)
 
 
-def _serve(memory_gib: float, light: bool) -> None:
+def _serve(memory_gib: float, light: bool, folder: str) -> None:
     """The child's loop. `light`: serve probes only, without importing the compiler (for tests of
     the harness itself, which restart the child often)."""
     import resource
 
     protocol = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # stray prints (and onnxruntime's) go to the log, not into the protocol
-    os.chdir(tempfile.mkdtemp(prefix="tiec-fuzz-"))  # so diagnostics name the plain file `fuzz.tie`
+    os.chdir(folder)  # so diagnostics name the plain file `fuzz.tie`
     if not light:
         from . import checks  # the heavy imports, before the limit
 
@@ -152,5 +164,5 @@ def _serve(memory_gib: float, light: bool) -> None:
 
 if __name__ == "__main__":
     if "--serve" in sys.argv:
-        memory = float(next(a for a in sys.argv if a.startswith("--memory-gib=")).split("=", 1)[1])
-        _serve(memory, "--light" in sys.argv)
+        options = dict(a.removeprefix("--").split("=", 1) for a in sys.argv if "=" in a)
+        _serve(float(options["memory-gib"]), "--light" in sys.argv, options["dir"])
