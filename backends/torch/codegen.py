@@ -159,6 +159,19 @@ class _Emitter:
         self.namer = Namer(self.reserved)
         self.variants: dict[tuple, str] = {}  # (key, children's classes, slots read transposed) → class
 
+    def _ties(self, model: str) -> tuple[ir.TieGroup, ...]:
+        """`ties(ir, model)`, for every model at once: a file may hold a thousand models."""
+        if not hasattr(self, "_tie_buckets"):
+            self._tie_buckets: dict[str, list[ir.TieGroup]] = {}
+            owners = {t.id: {split(m.param)[0] for m in t.members} for t in self.ir.tie_groups}
+            for t in self.ir.tie_groups:
+                if len(owners[t.id]) == 1:
+                    m = next(iter(owners[t.id]))
+                    self._tie_buckets.setdefault(m, []).append(
+                        ir.TieGroup(t.id, t.strength, t.norm,
+                                    tuple(ir.Member(split(x.param)[1], x.transposed, x.span) for x in t.members), t.span))
+        return tuple(self._tie_buckets.get(model, ()))
+
     def _types(self, key: str, model: str) -> dict[str, ir.TensorType]:
         return dict(self.ir.local_types.get(key, {}))
 
@@ -275,7 +288,7 @@ class _Emitter:
                             self.reserved, legacy, loop_shares=self.plan.loop_groups.get(model, []) if self.plan else [])
         own = next((p.name for p in params if not local_binds[p.name].transposed), None)
         zero = f"torch.zeros((), device={self._path(model, own)}.device)" if own else "torch.zeros(())"
-        groups_t = ties(self.ir, model)
+        groups_t = self._ties(model)
 
         def member(key: str, flip: bool) -> str:
             return self._path(model, key) + (".T" if flip else "")

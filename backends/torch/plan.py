@@ -139,8 +139,13 @@ class Plan:
 
     def model_groups(self, model: str) -> list[list[str]]:
         """Groups written by `model`'s class: not a block's own, every member in the model."""
-        return [ms for g, ms in self.members.items()
-                if g not in self.handled and all(ir.split(k)[0] == model for k in ms)]
+        if not hasattr(self, "_by_model"):  # bucketed once: a file may hold a thousand models
+            self._by_model: dict[str, list[list[str]]] = {}
+            for g, ms in self.members.items():
+                owners = {ir.split(k)[0] for k in ms}
+                if g not in self.handled and len(owners) == 1:
+                    self._by_model.setdefault(owners.pop(), []).append(ms)
+        return self._by_model.get(model, [])
 
     def program_groups(self) -> list[list[str]]:
         """Groups across models, written by `Program`."""
