@@ -396,13 +396,14 @@ class Binding:
     group: int | None
 
 
-def bindings(ir: ProgramIR, model: str | None = None) -> dict[str, Binding]:
+def bindings(ir: ProgramIR, model: str | None = None, grouped: bool = False) -> dict[str, Binding]:
     """Declared parameter → its tensor. With `model`, keys and canonicals are local names and only
     that model's members count (a cross-model group, restricted, re-picks its canonical); without,
-    keys are qualified names over the whole program."""
+    keys are qualified names over the whole program. `grouped`: only the shared parameters (every
+    other one is its own tensor)."""
     out: dict[str, Binding] = {}
     for name in ir.models:
-        if model is not None and name != model:
+        if grouped or model is not None and name != model:
             continue
         for p in declared_params(ir, name):
             key = p.name if model is not None else qualify(name, p.name)

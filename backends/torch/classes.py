@@ -389,7 +389,7 @@ def aligned(rows: list[tuple[str, str, str]], width_cap: int = 48) -> list[str]:
 
 
 def summary(params: list[ir.Param], binds: Mapping[str, ir.Binding]) -> str:
-    tensors = {b.canonical for b in binds.values()}
-    shapes = {p.name: p.shape for p in params}
-    count = sum(math.prod(shapes[t]) for t in tensors if t in shapes)
-    return f"{len(params)} parameter slots using {len(tensors)} tensors ({count:,} weights)"
+    """`binds` may hold only the shared slots: any other is its own tensor."""
+    own = [p for p in params if p.name not in binds or binds[p.name].canonical == p.name]
+    count = sum(math.prod(p.shape) for p in own)
+    return f"{len(params)} parameter slots using {len(own)} tensors ({count:,} weights)"

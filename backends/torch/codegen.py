@@ -102,10 +102,8 @@ def generate_source(ir: ProgramIR, model: str | None = None) -> str:
     alone = model is not None or len(chosen) == 1
     if alone:  # one model's own view: a group across models, restricted to it, re-picks its canonical
         m = chosen[0]
-        local = bindings(ir, m)
-        # only grouped slots need their qualified names (the plan's groups); the rest are their own tensor
-        binds = {ir_q(m, k): Binding(ir_q(m, b.canonical), b.transposed, b.group)
-                 for k, b in local.items() if b.group is not None}
+        local = bindings(ir, m, grouped=True)  # a slot in no group is its own tensor
+        binds = {ir_q(m, k): Binding(ir_q(m, b.canonical), b.transposed, b.group) for k, b in local.items()}
         by_model = {m: local}
     else:
         binds = bindings(ir, None)
@@ -286,7 +284,7 @@ class _Emitter:
                             else bool(local_binds.get(path) and local_binds[path].transposed),
                             shares, self._types(model, model) if legacy is None else dict(self.ir.types.get(model, {})),
                             self.reserved, legacy, loop_shares=self.plan.loop_groups.get(model, []) if self.plan else [])
-        own = next((p.name for p in params if not local_binds[p.name].transposed), None)
+        own = next((p.name for p in params if not (p.name in local_binds and local_binds[p.name].transposed)), None)
         zero = f"torch.zeros((), device={self._path(model, own)}.device)" if own else "torch.zeros(())"
         groups_t = self._ties(model)
 

@@ -79,8 +79,12 @@ class Plan:
         everywhere = {**self.sites, **{m: [Site(m, "", m)] for m in self.models}}
         for key, sites in everywhere.items():
             sub = self.program.structure[key] if key in self.program.structure else self.program.blocks[key]
+            loops = [x for x in sub.body if isinstance(x, ir.Loop) and not x.shared
+                     and any(isinstance(i, ir.Relations) and i.shares for i in x.body)]
+            if not loops:
+                continue
             order = {p.name: i for i, p in enumerate(lower.declared(sub, blocks, cache).params)}
-            for loop in (x for x in sub.body if isinstance(x, ir.Loop) and not x.shared):
+            for loop in loops:
                 groups = [g for g in _local_groups(sub, order, loop) if self._per_copy(sub, sites, loop, g, handled)]
                 if groups:
                     self.loop_groups.setdefault(key, []).append((loop.id, groups))
