@@ -1,0 +1,214 @@
+"""`tiec.compile`: which classes are blocks, and that compiling keeps numerics, keys and sharing
+while tracing each block class once. Tiny models under `aot_eager` (seconds, not minutes); no
+timing here: benchmarks/compile_cold.py measures cold start and step time with inductor.
+"""
+from __future__ import annotations
+
+import copy
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch._dynamo.utils import counters
+
+import tiec
+import tiec.compile as tc
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+VOCAB, D, HEADS, T = 50, 16, 2, 8
+
+
+def gpt(layers: int = 3):
+    """A tiny GPT-2 with its own Block class (a fresh class per call: marking one is global)."""
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ln, self.fc, self.proj = nn.LayerNorm(D), nn.Linear(D, 4 * D), nn.Linear(4 * D, D)
+
+        def forward(self, x):
+            return x + self.proj(F.gelu(self.fc(self.ln(x)), approximate="tanh"))
+
+    class GPT(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.wte, self.wpe = nn.Embedding(VOCAB, D), nn.Embedding(T, D)
+            self.h = nn.ModuleList(Block() for _ in range(layers))
+            self.lm_head = nn.Linear(D, VOCAB, bias=False)
+            self.lm_head.weight = self.wte.weight
+
+        def forward(self, tokens):
+            x = self.wte(tokens) + self.wpe(torch.arange(tokens.shape[-1]))
+            for block in self.h:
+                x = block(x)
+            return self.lm_head(x)
+
+    torch.manual_seed(0)
+    return GPT()
+
+
+def emitted(layers: int = 3, d: int = D):
+    """tiec's own GPT-2 module (`Block` classes in a ModuleList); each `d` is a fresh class."""
+    program = tiec.load(EXAMPLES / "gpt2_small.tie",
+                        {"layers": layers, "d": d, "heads": HEADS, "vocab": VOCAB, "context": T})
+    return program.torch(model="GPT2Small")
+
+
+class Recorder:
+    """A backend that keeps each dynamo graph and runs it with aot_eager."""
+
+    def __init__(self):
+        self.graphs: list[torch.fx.GraphModule] = []
+
+    def __call__(self, gm, example_inputs):
+        self.graphs.append(gm)
+        return torch._dynamo.lookup_backend("aot_eager")(gm, example_inputs)
+
+    def region_calls(self) -> tuple[int, int]:
+        """(calls of nested compile regions, distinct region subgraphs) over all graphs."""
+        calls = [n for g in self.graphs for n in g.graph.nodes if n.target is torch.ops.higher_order.invoke_subgraph]
+        return len(calls), len({(id(n.graph), n.args[0].target) for n in calls})
+
+
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    torch._dynamo.reset()
+    counters.clear()
+    yield
+    torch._dynamo.reset()
+
+
+def step(module: nn.Module, tokens: torch.Tensor, targets: torch.Tensor):
+    module.zero_grad(set_to_none=True)
+    loss = F.cross_entropy(module(tokens).flatten(0, 1), targets.flatten())
+    loss.backward()
+    return loss.detach(), {name: p.grad.clone() for name, p in module.named_parameters()}
+
+
+def check_same_as_eager(module: nn.Module, compiled: nn.Module) -> None:
+    gen = torch.Generator().manual_seed(1)
+    tokens, targets = (torch.randint(0, VOCAB, (2, T), generator=gen) for _ in range(2))
+    want_loss, want_grads = step(module, tokens, targets)
+    for _ in range(2):  # the second call runs the compiled code without compiling again
+        loss, grads = step(compiled, tokens, targets)
+        torch.testing.assert_close(loss, want_loss, rtol=1e-3, atol=1e-5)
+        assert grads.keys() == want_grads.keys()
+        for name, grad in grads.items():
+            torch.testing.assert_close(grad, want_grads[name], rtol=1e-3, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("make", [gpt, emitted], ids=["hand-written", "emitted"])
+def test_regions_trace_each_block_once_and_keep_numerics(make):
+    module = make(3)
+    eager = copy.deepcopy(module)
+    keys = list(module.state_dict())
+    rec = Recorder()
+    assert tc.compile(module, backend=rec) is module
+    check_same_as_eager(eager, module)
+    assert list(module.state_dict()) == keys
+    assert module.lm_head.weight is module.wte.weight
+    assert len(rec.graphs) == 1, "the whole model is one graph"
+    assert rec.region_calls() == (3, 1), "three calls of one block subgraph"
+    assert counters["stats"]["unique_graphs"] == 1
+
+
+@pytest.mark.parametrize("make", [gpt, lambda n: emitted(n, d=24)], ids=["hand-written", "emitted"])
+def test_eager_rest_compiles_one_graph_per_block_class(make):
+    module = make(3)
+    eager = copy.deepcopy(module)
+    rec = Recorder()
+    tc.compile(module, rest="eager", backend=rec)
+    check_same_as_eager(eager, module)
+    assert module.lm_head.weight is module.wte.weight
+    assert len(rec.graphs) == 1 and counters["stats"]["unique_graphs"] == 1, "three blocks, one graph, no recompile"
+    assert rec.region_calls() == (0, 0)
+
+
+def test_a_shared_repeat_is_one_region_called_in_a_loop():
+    program = tiec.load(EXAMPLES / "albert.tie", {"layers": 3, "d": D, "heads": HEADS, "ffn": 32, "e": 8,
+                                                   "vocab": VOCAB, "max_len": T})
+    module = program.torch(model="Albert")
+    assert [(cls.__name__, len(subs)) for cls, subs in tc.block_classes(module).items()] == [("EncoderLayer", 1)]
+    eager = copy.deepcopy(module)
+    rec = Recorder()
+    tiec.compile(module, backend=rec)  # the module is callable once imported
+    tokens = torch.randint(0, VOCAB, (2, T))
+    module(tokens).sum().backward()
+    assert rec.region_calls() == (3, 1)
+    torch.testing.assert_close(module(tokens), eager(tokens), rtol=1e-3, atol=1e-5)
+
+
+def test_compiled_modules_still_pickle_and_copy():
+    module = tc.compile(emitted(2, d=8), backend="aot_eager")
+    for clone in (pickle.loads(pickle.dumps(module)), copy.deepcopy(module)):
+        assert clone.lm_head.weight is clone.wte.weight
+        assert list(clone.state_dict()) == list(module.state_dict())
+
+
+class Leaf(nn.Module):
+    def forward(self, x):
+        return x
+
+
+class Pair(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = Leaf(), Leaf()
+
+    def forward(self, x):
+        return self.b(self.a(x))
+
+
+class Encoder(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layers = nn.Sequential(Pair(), Pair())
+
+    def forward(self, x):
+        return self.layers(x)
+
+
+class Marked(nn.Module):
+    __tiec_block__ = True
+
+    def forward(self, x):
+        return x
+
+
+class NoForward(nn.Module):
+    pass
+
+
+def test_block_classes_are_found_generically():
+    root = nn.Module()
+    root.encoder = Encoder()  # a wrapper of repeated blocks is compiled through
+    root.norms = nn.ModuleList([nn.LayerNorm(4), nn.LayerNorm(4)])  # torch's own classes never count
+    root.plain = nn.ModuleList([NoForward(), NoForward()])  # no forward of their own
+    root.marked = Marked()
+    root.head = Leaf()  # inside no block; one instance: maybe a shared repeat
+    found = tc.block_classes(root)
+    assert {cls: len(subs) for cls, subs in found.items()} == {Pair: 2, Marked: 1, Leaf: 1}
+    assert found[Leaf] == [root.head], "the Leaf instances inside Pair are compiled as part of Pair"
+    assert tc.summary(root).splitlines() == ["Pair: 2 instance(s)", "Marked: 1 instance(s)", "Leaf: 1 instance(s)"]
+    assert {cls.__name__ for cls in tc.block_classes(root, blocks=["Encoder"])} == {"Encoder", "Marked", "Leaf"}
+    assert tc.block_classes(nn.Sequential(nn.Linear(2, 2), nn.ReLU())) == {}
+
+
+def test_regions_under_inductor_turn_buffer_reuse_off(monkeypatch):
+    seen = []
+    monkeypatch.setattr(nn.Module, "compile", lambda self, **kwargs: seen.append(kwargs))
+    tc.compile(gpt(2))
+    tc.compile(gpt(2), options={"allow_buffer_reuse": True, "max_autotune": False})
+    tc.compile(gpt(2), backend="aot_eager")
+    tc.compile(nn.Linear(2, 2))  # no regions: plain torch.compile
+    assert seen == [{"options": {"allow_buffer_reuse": False}},
+                    {"options": {"allow_buffer_reuse": True, "max_autotune": False}},
+                    {"backend": "aot_eager"}, {}]
+
+
+def test_bad_rest_is_refused():
+    with pytest.raises(ValueError, match="rest must be"):
+        tc.compile(nn.Linear(2, 2), rest="lazy")

@@ -1,0 +1,173 @@
+"""`tiec.compile(module)`: `torch.compile` a module so that each repeated block is compiled once.
+
+A transformer is mostly one block class used N times (`nn.ModuleList` + `for block in self.h:`,
+or one shared instance called in a loop). `torch.compile(model)` inlines every call, so dynamo,
+AOT autograd and inductor each redo the block's work N times and cold start grows with depth.
+This module finds the block classes of any `nn.Module` tree and offers two recipes:
+
+- `rest="compiled"` (the default): each block class's `forward` becomes a
+  `torch.compiler.nested_compile_region` and the whole module is compiled in place
+  (`module.compile()`). Dynamo traces the block once and stamps the graph out for the other
+  calls, inductor generates the block's kernels once, and the embeddings and head stay in the one
+  graph with the blocks' calls, so a step runs as fast as under whole-model compile. That matters
+  for GPT-2's `lm_head.weight is wte.weight`: compiled, the two gradients of the shared matrix are
+  summed inside the backward; eagerly a step pays a dense fill and a dense add of it.
+- `rest="eager"`: each block instance is compiled in place (`block.compile()`). Instances of one
+  class share one graph without recompiling (dynamo passes a module's parameters as graph inputs,
+  so the guards that pass for one instance pass for the others), and the rest runs eagerly. The
+  cheapest cold start, paid for at every step by the eager rest.
+
+The default is the recipe that costs nothing per step: a training run takes many more steps than
+it takes compiles. benchmarks/compile_cold.py measures both against whole-model compile of a
+hand-written GPT-2, each in a fresh process with fresh caches.
+
+With inductor, the regions recipe turns off inductor's wrapper-level buffer reuse
+(`allow_buffer_reuse`, for this compile only; a caller's `options=` wins). In torch 2.13 on CPU,
+inductor reused the buffer holding a region's input once the region's last call had read it,
+although the region had returned that input as a tensor saved for backward: with an embedding,
+two GPT-2 blocks, a LayerNorm and a head, gradients came out wrong, some by half their size,
+while the loss was right.
+
+A *block class* is a user-defined module class (not one of `torch`'s) with its own `forward`,
+other than the root's class, that
+
+- has two or more instances in the tree, is a child of an `nn.ModuleList`, `nn.ModuleDict` or
+  `nn.Sequential`, carries `__tiec_block__ = True`, or is named in `blocks=`; or
+- has one instance that contains no such class (it may be a shared repeat, one instance called
+  in a loop; a region called only once is inlined again by dynamo).
+
+Only the outermost block classes count: a block's sublayers are compiled as part of it, and a
+wrapper holding repeated blocks (an `Encoder` with a `ModuleList`) is compiled through.
+
+Everything happens in place: the same module comes back, with the same state-dict keys, the same
+parameter objects (shared parameters stay shared), and it pickles and deep-copies as before
+(uncompiled). With `rest="compiled"` each block class's `forward` is wrapped on the class (a no-op
+outside `torch.compile`), so other instances of those classes also compile as regions.
+
+`import tiec.compile` makes the module callable: `tiec.compile(model)` is `compile(model)`.
+"""
+from __future__ import annotations
+
+import sys
+import types
+from collections.abc import Iterable
+from typing import Literal
+
+import torch
+from torch import nn
+
+MARKER = "__tiec_block__"
+CONTAINERS = (nn.ModuleList, nn.ModuleDict, nn.Sequential)
+_REGION = "__marked_compile_region_fn__"  # set by torch on a nested_compile_region wrapper
+_MIN_REUSE_ENTRIES = 64  # torch's default of 8 raises once a class has more than 8 configurations
+# Wrong gradients otherwise (see the module docstring); the benchmark checks them on every run.
+NO_BUFFER_REUSE = {"allow_buffer_reuse": False}
+
+
+def _own_forward(cls: type) -> bool:
+    return cls.forward is not nn.Module.forward and not cls.__module__.startswith("torch.")
+
+
+def block_classes(module: nn.Module, blocks: Iterable[type | str] = ()) -> dict[type, list[nn.Module]]:
+    """The outermost block classes in `module`'s tree (see the module docstring), each with its
+    instances in `named_modules()` order.
+
+    Args:
+        module: the root; its own class is never a block.
+        blocks: classes (or class names) to treat as blocks even when they occur once.
+
+    Returns:
+        block class → its instances, in the order of their first occurrence.
+    """
+    named = {b if isinstance(b, str) else b.__qualname__ for b in blocks}
+    instances: dict[type, list[nn.Module]] = {}
+    in_container: set[type] = set()
+    for parent in module.modules():
+        for child in parent.children():
+            if isinstance(parent, CONTAINERS):
+                in_container.add(type(child))
+    for sub in module.modules():  # each instance once, however many parents hold it
+        if sub is not module and _own_forward(type(sub)):
+            instances.setdefault(type(sub), []).append(sub)
+    repeated = {cls for cls, subs in instances.items()
+                if len(subs) >= 2 or cls in in_container or getattr(cls, MARKER, False) or cls.__qualname__ in named}
+
+    def holds_repeated(sub: nn.Module) -> bool:
+        return any(type(inner) in repeated for inner in sub.modules() if inner is not sub)
+
+    candidates = {cls for cls, subs in instances.items()
+                  if cls in repeated or not any(holds_repeated(s) for s in subs)}
+    chosen: dict[type, list[nn.Module]] = {}
+    _outermost(module, candidates, chosen, set())
+    return chosen
+
+
+def _outermost(sub: nn.Module, candidates: set[type], chosen: dict[type, list[nn.Module]], seen: set[int]) -> None:
+    """Collect the instances of `candidates` not inside another candidate's instance."""
+    for child in sub.children():
+        if id(child) in seen:
+            continue
+        seen.add(id(child))
+        if type(child) in candidates:
+            chosen.setdefault(type(child), []).append(child)
+        else:
+            _outermost(child, candidates, chosen, seen)
+
+
+def _mark_region(cls: type, instances: int) -> None:
+    """Make `cls.forward` (its own or inherited) a nested compile region, unless it is one already."""
+    if not hasattr(cls.forward, _REGION):
+        cls.forward = torch.compiler.nested_compile_region(
+            cls.forward, max_reuse_entries=max(_MIN_REUSE_ENTRIES, instances))
+
+
+def compile(module: nn.Module, *, rest: Literal["compiled", "eager"] = "compiled",
+            blocks: Iterable[type | str] = (), **torch_compile_kwargs) -> nn.Module:
+    """Compile `module` in place so that each block class is traced and code-generated once.
+
+    Args:
+        module: any `nn.Module` (a tiec module or a hand-written one).
+        rest: "compiled": block classes become nested compile regions and the whole module is
+            compiled (steady-state speed of whole-model compile); "eager": only the blocks are
+            compiled, one graph per class, the rest runs eagerly (cheapest cold start). With no
+            block classes in the tree, both compile the whole module.
+        blocks: classes or class names to treat as blocks although they occur once.
+        **torch_compile_kwargs: passed to `torch.compile` (`backend=`, `mode=`, `dynamic=`, ...).
+
+    Returns:
+        `module` itself, compiled in place (same state-dict keys, same parameter objects).
+
+    Raises:
+        ValueError: `rest` is neither "compiled" nor "eager".
+    """
+    if rest not in ("compiled", "eager"):
+        raise ValueError(f"rest must be 'compiled' or 'eager', not {rest!r}")
+    found = block_classes(module, blocks)
+    if rest == "eager" and found:
+        for subs in found.values():
+            for sub in subs:
+                sub.compile(**torch_compile_kwargs)
+        return module
+    for cls, subs in found.items():
+        _mark_region(cls, len(subs))
+    if found and torch_compile_kwargs.get("backend", "inductor") == "inductor":
+        options = {**NO_BUFFER_REUSE, **torch_compile_kwargs.get("options", {})}
+        torch_compile_kwargs = {**torch_compile_kwargs, "options": options}
+    module.compile(**torch_compile_kwargs)
+    return module
+
+
+def summary(module: nn.Module, blocks: Iterable[type | str] = ()) -> str:
+    """One line per block class that `compile` would find: its name and instance count."""
+    found = block_classes(module, blocks)
+    return "\n".join(f"{cls.__qualname__}: {len(subs)} instance(s)" for cls, subs in found.items()) or "no blocks"
+
+
+class _CallableModule(types.ModuleType):
+    """This module, callable: `tiec.compile(model, ...)` once `tiec.compile` is imported."""
+
+    def __call__(self, module: nn.Module, **kwargs) -> nn.Module:
+        return compile(module, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
