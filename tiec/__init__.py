@@ -16,3 +16,12 @@ def loads(text, overrides=None, filename="<string>"):
     from tiec.api import loads as _loads
 
     return _loads(text, overrides, filename)
+
+
+def __getattr__(name):
+    # `tiec.compile(module)` without importing torch for everyone who only compiles specs
+    if name == "compile":
+        import importlib
+
+        return importlib.import_module("tiec.compile")
+    raise AttributeError(f"module 'tiec' has no attribute {name!r}")
