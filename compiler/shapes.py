@@ -389,7 +389,7 @@ def _check(actual: T, checks: list[ir.Check]) -> None:
                            notes=[(c.declared, "the block declares the input here")])
 
 
-def _reshape_targets(graph: ir.Graph) -> ir.Graph:
+def reshape_targets(graph: ir.Graph) -> ir.Graph:
     """Write reshape targets in ONNX semantics: a symbol standing where the input has it → 0."""
     if not any(n.op == "reshape" for n in graph.nodes):
         return graph
@@ -404,7 +404,7 @@ def run(program: ir.ProgramIR) -> ir.ProgramIR:
     for name, graph in program.models.items():
         try:
             types[name] = ir.frozen(infer(graph))
-            models[name] = _reshape_targets(graph)
+            models[name] = reshape_targets(graph)
         except TieError as e:
             errors.append(e)
     raise_all(errors)

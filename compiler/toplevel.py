@@ -19,7 +19,7 @@ from .config import CVal, evaluate
 from .elaborate import Blocks, SubgraphElaborator
 from .refs import ParamIndex, resolve
 from .relations import share_requests, tie_requests
-from .shapes import _reshape_targets as reshape_targets
+from .shapes import reshape_targets
 
 
 def _definitions(program: ast.Program) -> tuple[dict, dict, list[TieError]]:
