@@ -182,6 +182,17 @@ def graph(program: ir.ProgramIR, model: str, decl: Declared, defaults: Mapping[s
                     tuple(computer.g.nodes), outputs, sub.span, sub.unrolled, tuple(computer.checks))
 
 
+def nodes_of(body) -> list[ir.Node]:
+    """Every node of a structured body, loop bodies included, in order."""
+    out = []
+    for item in body:
+        if isinstance(item, ir.Node):
+            out.append(item)
+        elif isinstance(item, ir.Loop):
+            out += nodes_of(item.body)
+    return out
+
+
 def loop_map(sub: ir.Subgraph) -> dict[int, ir.Loop]:
     """Loop id → loop, for every loop in a subgraph's body."""
     out: dict[int, ir.Loop] = {}

@@ -16,7 +16,7 @@ from tiec.dsl.diagnostics import TieError, raise_all
 
 from . import ir, shapes
 from .catalog import LAYERS, check_table
-from .lower import instance_block
+from .lower import instance_block, nodes_of
 
 check_table("SHAPE_RULES", shapes.SHAPE_RULES)
 
@@ -81,7 +81,7 @@ class _Checker:
         types = {i.name: t for i, t in zip(sub.inputs, ins)}
         if sub.key not in self.views:
             self.views[sub.key] = _View(sub, self.blocks)
-            self.consts[sub.key] = {n.name for n in _nodes(sub.body) if n.op == "const"}
+            self.consts[sub.key] = {n.name for n in nodes_of(sub.body) if n.op == "const"}
         self.walk(sub.body, sub, types)
         out = tuple(types[o.value] for o in sub.outputs)
         self.memo[key] = out
@@ -125,17 +125,6 @@ class _Checker:
             i += 1
         for _, inner, result in loop.carried:
             types[result] = types[inner]
-
-
-def _nodes(body) -> list[ir.Node]:
-    out, stack = [], [body]
-    while stack:
-        for item in stack.pop():
-            if isinstance(item, ir.Node):
-                out.append(item)
-            elif isinstance(item, ir.Loop):
-                stack.append(item.body)
-    return out
 
 
 def run(program: ir.ProgramIR) -> ir.ProgramIR:

@@ -14,13 +14,14 @@ import math
 from collections.abc import Callable, Mapping
 
 from tiec.compiler import ir
+from tiec.compiler.lower import loop_map, nodes_of
 from tiec.dsl.diagnostics import TieError
 
 from .emit_table import TORCH_EMIT, TORCH_LAYER, Call
 from .liveness import Liveness, Locals, inlined_literals
 from .naming import Namer, config_expr, literal
 from .penalty import penalty_lines
-from .plan import loop_counts, referenced
+from .plan import referenced
 from .tree import MODULE_ATTRS, ModuleTree
 
 TORCH_DTYPE = {"f32": "float32", "f16": "float16", "bf16": "bfloat16", "f64": "float64"}
@@ -61,7 +62,7 @@ class SubgraphClass:
         self.legacy = legacy
         self.loop_shares = loop_shares or []
         self.tree = ModuleTree(legacy) if legacy is not None else None
-        self.loops = loop_counts(sub)
+        self.loops = loop_map(sub)
         self.kw = Namer({"peers"}).claim(sub.params)
         self.taken = taken
         for inst in sub.instances:
@@ -263,8 +264,6 @@ class SubgraphClass:
         inline = inlined_literals(body=sub.body, outputs=outputs)
         scope = _Scope()
         loop_vars = self._loop_vars(reserved)
-        from .liveness import nodes_of
-
         nodes = nodes_of(sub.body)
         values = [i.name for i in sub.inputs] + [v for n in nodes if n.name not in inline
                                                   for v in n.attrs.get("outputs", (n.name,))]

@@ -17,6 +17,7 @@ import re
 from collections.abc import Callable, Collection, Iterable
 
 from tiec.compiler.ir import Graph, Loop, Node
+from tiec.compiler.lower import nodes_of
 
 from .naming import literal
 
@@ -25,17 +26,6 @@ _SUFFIX = re.compile(r"_\d+$")
 # Ops whose row renders its operands with infix operators, where a literal reads as it would in
 # hand-written code (`h * 4`); elsewhere (a method call on it, a graph output) it needs a name.
 _INFIX = frozenset({"add", "sub", "mul", "div"})
-
-
-def nodes_of(body: Iterable) -> list[Node]:
-    """Every node of a structured body, loop bodies included, in order."""
-    out = []
-    for item in body:
-        if isinstance(item, Node):
-            out.append(item)
-        elif isinstance(item, Loop):
-            out += nodes_of(item.body)
-    return out
 
 
 def _loop_uses(body: Iterable) -> list[str]:

@@ -23,23 +23,9 @@ class Site:
     key: str  # the subgraph it runs
 
 
-def loop_counts(sub: ir.Subgraph) -> dict[int, ir.Loop]:
-    """Loop id → loop, for every loop of a subgraph's body."""
-    out: dict[int, ir.Loop] = {}
-
-    def walk(body):
-        for item in body:
-            if isinstance(item, ir.Loop):
-                out[item.id] = item
-                walk(item.body)
-
-    walk(sub.body)
-    return out
-
-
 def copies(sub: ir.Subgraph, inst: ir.Instance) -> list[str]:
     """The flat-relative paths of an instance's copies (`fc` alone, or `fc.0.1` …)."""
-    loops = loop_counts(sub)
+    loops = lower.loop_map(sub)
     ranges = [range(loops[lp].count) for lp in inst.loops]
     return [".".join([inst.name, *map(str, idx)]) for idx in itertools.product(*ranges)]
 
