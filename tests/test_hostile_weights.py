@@ -1,9 +1,10 @@
 """`--weights` files and state dicts that hold something other than float tensors.
 
-A checkpoint is a file saved with `torch.save` of a state dict. Each bad entry is reported at the
-layer whose parameter it was meant for, naming the key and what is wrong with it; nothing is cast
-across kinds (an integer, bool or complex tensor is no float weight) and no tensor without dense
-values (meta, sparse, quantized) is read. nan is not an error: a trained model may hold it.
+A checkpoint is a file saved with `torch.save` of a state dict, or a safetensors file. Each bad
+entry is reported at the layer whose parameter it was meant for, naming the key and what is wrong
+with it; nothing is cast across kinds (an integer, bool or complex tensor is no float weight) and
+no tensor without dense values (meta, sparse, quantized) is read. nan and inf are an error unless
+the user allows them (`--allow-nonfinite`): a trained model may hold them, but rarely on purpose.
 """
 from __future__ import annotations
 
@@ -123,13 +124,77 @@ def test_other_float_dtypes_are_accepted(dtype, spec, tmp_path):
     assert arrays["enc.weight"].dtype == np.float32 and np.array_equal(arrays["enc.weight"], weight.numpy())
 
 
-def test_nan_and_inf_weights_are_exported_as_they_are(spec, tmp_path):
+def test_nan_and_inf_weights_are_refused_by_default(spec, capsys):
+    weight = torch.zeros(3, 4)
+    weight[1, 2], weight[2, 0] = float("inf"), float("nan")
+    torch.save({"enc.weight": weight, "enc.bias": torch.zeros(3)}, spec.parent / "w.pt")
+    assert _export(spec, spec.parent / "w.pt", capsys) == (
+        f"{spec}:3:5: error: weight 'enc.weight' holds 2 non-finite value(s) (inf, nan; the first at [1, 2])\n"
+        f"{LAYER}    hint: pass --allow-nonfinite (API: allow_nonfinite=True) to keep them as they are\n")
+    with pytest.raises(tiec.TieError, match="weight 'enc.bias' holds 1 non-finite value"):
+        tiec.load(spec).weights_for("M", {"enc.weight": np.zeros((3, 4)), "enc.bias": np.array([0, -np.inf, 0])})
+
+
+def test_nan_and_inf_weights_are_exported_as_they_are_when_allowed(spec, tmp_path):
     weight = torch.tensor([[float("nan"), float("inf"), -float("inf"), 0.0]] * 3)
     torch.save({"enc.weight": weight, "enc.bias": torch.zeros(3)}, tmp_path / "w.pt")
     out = tmp_path / "m.onnx"
-    assert cli.main(["export", str(spec), "-o", str(out), "--weights", str(tmp_path / "w.pt")]) == 0
+    assert cli.main(["export", str(spec), "-o", str(out), "--weights", str(tmp_path / "w.pt"),
+                     "--allow-nonfinite"]) == 0
     import onnx
     from onnx import numpy_helper
 
     init = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(out)).graph.initializer}
     assert np.array_equal(init["enc.weight"], weight.numpy(), equal_nan=True)
+
+
+def _safetensors(path, header: dict, data: bytes = b"") -> None:
+    import json
+    import struct
+
+    text = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(text)) + text + data)
+
+
+SAFETENSORS_BAD = {  # header → the error
+    "claims 40 GB it does not hold": (
+        {"enc.weight": {"dtype": "F32", "shape": [100000, 100000], "data_offsets": [0, 40_000_000_000]}}, b"",
+        "cannot read weights from {path}: Error while deserializing header: incomplete metadata, file not fully covered"),
+    "wrong shape, read from the header": (
+        {"enc.weight": {"dtype": "F32", "shape": [4, 3], "data_offsets": [0, 48]},
+         "enc.bias": {"dtype": "F32", "shape": [3], "data_offsets": [48, 60]}}, bytes(60),
+        "weight 'enc.weight' has shape [4, 3], the model needs [3, 4]"),
+    "an integer tensor": (
+        {"enc.weight": {"dtype": "I32", "shape": [3, 4], "data_offsets": [0, 48]},
+         "enc.bias": {"dtype": "F32", "shape": [3], "data_offsets": [48, 60]}}, bytes(60),
+        "weight 'enc.weight' has dtype int32, but the parameter is f32"),
+}
+
+
+@pytest.mark.parametrize("case", SAFETENSORS_BAD, ids=str)
+def test_a_bad_safetensors_file_is_refused_before_its_bytes_are_read(case, spec, capsys):
+    header, data, message = SAFETENSORS_BAD[case]
+    path = spec.parent / "w.safetensors"
+    _safetensors(path, header, data)
+    assert f"error: {message.format(path=path)}\n" in _export(spec, path, capsys)
+
+
+def test_a_huge_safetensors_header_is_refused(spec, capsys):
+    path = spec.parent / "w.safetensors"
+    path.write_bytes((2**40).to_bytes(8, "little") + b"{}")
+    assert "Error while deserializing header: header too large" in _export(spec, path, capsys)
+
+
+def test_keys_and_metadata_of_a_file_never_reach_the_output(spec, tmp_path):
+    program = tiec.load(spec)
+    module = program.torch(seed=1)
+    hostile = "x'); import os; os.system('echo owned') #"
+    state = {k: v.detach() for k, v in module.state_dict().items()}
+    import safetensors.torch
+
+    safetensors.torch.save_file({**state, hostile: torch.zeros(1)}, tmp_path / "w.safetensors",
+                                metadata={"format": "pt", "enc.weight": hostile, "tiec.groups": hostile})
+    program.onnx(tmp_path / "direct.onnx", weights=module)
+    program.onnx(tmp_path / "file.onnx", weights=tmp_path / "w.safetensors")
+    assert (tmp_path / "file.onnx").read_bytes() == (tmp_path / "direct.onnx").read_bytes()
+    assert b"owned" not in (tmp_path / "file.onnx").read_bytes()

@@ -2,7 +2,8 @@
 
 A `Program` is a compiled .tie file. `torch()` builds an `nn.Module` (one model, or every model as
 a submodule named after it); `python()` returns the standalone source of that same module;
-`onnx()` exports one model with the user's weights; `stats()` counts parameters.
+`onnx()` exports one model with the user's weights; `save()` and `load_weights()` write and read
+checkpoints that keep share groups (`tiec.weights`); `stats()` counts parameters.
 """
 from __future__ import annotations
 
@@ -10,14 +11,11 @@ import codecs
 import os
 import reprlib
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from tiec.compiler import compile_source, ir
 from tiec.compiler.stats import program_stats
 from tiec.dsl.diagnostics import Source, Span, TieError
-
-if TYPE_CHECKING:
-    import numpy as np
 
 
 class Program:
@@ -53,11 +51,17 @@ class Program:
         """Parameter statistics for each model and the program (see `tiec stats --json`)."""
         return program_stats(self.ir)
 
-    def torch(self, model: str | None = None, seed: int = 0):
-        """An `nn.Module` for `model`, or (None) one holding every model as a submodule."""
+    def torch(self, model: str | None = None, seed: int = 0, anchors: Any = None):
+        """An `nn.Module` for `model`, or (None) one holding every model as a submodule. `anchors`: the
+        checkpoint (a path, or a state dict) holding the tensors its `anchor(…)` ties name (`tiec.anchors`)."""
         from tiec.backends.torch import build_module
 
-        return build_module(self.ir, self._model(model), seed)
+        module = build_module(self.ir, self._model(model), seed)
+        if anchors is not None:
+            from tiec.anchors import load_anchors
+
+            load_anchors(self.ir, module, self._model(model), anchors)
+        return module
 
     def python(self, model: str | None = None) -> str:
         """Standalone PyTorch source of the module `torch(model)` builds."""
@@ -66,130 +70,80 @@ class Program:
         return generate_source(self.ir, self._model(model))
 
     def onnx(self, path: str | os.PathLike, model: str | None = None, weights: Any = None, opset: int = 18,
-             seed: int = 0) -> dict:
+             seed: int = 0, *, allow_nonfinite: bool = False) -> dict:
         """Export `model` to ONNX at `path`. `weights`: a module from `torch()` (one model or all),
-        a state dict, or a file saved with `torch.save`; None means fresh weights from `seed`."""
+        a state dict, or a checkpoint file (safetensors, or `torch.save`); None means fresh weights
+        from `seed`. nan and inf weights are an error unless `allow_nonfinite`."""
         from tiec.backends.onnx import export
 
         name = self._model(model, required=True)
-        arrays = self.weights_for(name, weights, seed)
+        arrays = self.weights_for(name, weights, seed, allow_nonfinite=allow_nonfinite)
         return export(self.ir, name, str(path), arrays, opset=opset)
 
-    def weights_for(self, model: str, weights: Any, seed: int = 0) -> dict:
-        """The arrays of `model`'s canonical parameters, from `weights` (see `onnx`)."""
-        import torch
+    def weights_for(self, model: str, weights: Any, seed: int = 0, *, allow_nonfinite: bool = False) -> dict:
+        """The arrays of `model`'s canonical parameters, from `weights` (see `onnx`; a share group's
+        tensor may be under any member's key: `tiec.weights`)."""
+        from tiec import weights as w
 
         if weights is None:
             weights = self.torch(model, seed)
+        scope = w.Scope(self.ir, model)
+        return {k: w.to_array(v) for k, v in w.resolve(scope, self._state(weights, model), allow_nonfinite).items()}
+
+    def save(self, weights: Any, path: str | os.PathLike, model: str | None = None, *,
+             allow_nonfinite: bool = False) -> dict:
+        """Write `weights` (a module from `torch(model)`, or its state dict) to the safetensors file
+        `path`: one tensor per share group under its canonical key, in its own dtype, the other
+        members' keys recorded in the file's metadata (rules: `tiec.weights`). `model` None: the
+        module of `torch()` (every model, qualified keys, when the file has several).
+
+        Returns:
+            {"path", "tensors", "aliases", "bytes"}."""
+        from tiec import weights as w
+
+        scope = w.Scope(self.ir, self._scope(model))
+        return w.save(scope, self._state(weights, scope.model), path, allow_nonfinite)
+
+    def load_weights(self, path: str | os.PathLike, model: str | None = None, *,
+                     allow_nonfinite: bool = False) -> dict:
+        """The state dict in the checkpoint at `path` (safetensors, or `torch.save`), checked, in
+        the keys of `torch(model)`'s module, so that `module.load_state_dict(sd, strict=True)`
+        loads it: a share group's tensor may be under any member's key in the file, and is given
+        under every key the module holds. Tensors keep the file's dtype."""
+        from tiec import weights as w
+
+        scope = w.Scope(self.ir, self._scope(model))
+        return w.state_dict(scope, self._state(path, scope.model), allow_nonfinite)
+
+    def _scope(self, model: str | None) -> str | None:
+        """The model whose local keys `torch(model)` uses, or None for qualified keys."""
+        if model is None and len(self.models) == 1:
+            return self.models[0]
+        return self._model(model)
+
+    def _state(self, weights: Any, model: str | None) -> Mapping:
+        """`weights` (a module, a mapping, or a checkpoint file's path) as a mapping."""
+        import torch
+
+        from tiec import weights as w
+
+        where = self.ir.models[model or self.models[0]].span
         origin = None
         if isinstance(weights, (str, os.PathLike)):
             origin = os.fspath(weights)
-            try:
-                weights = torch.load(origin, map_location="cpu", weights_only=True)
-            except Exception as e:  # noqa: BLE001 - any unreadable file is the user's to fix
-                raise TieError(f"cannot read weights from {origin}: {e}", self.ir.models[model].span) from None
+            weights = w.read(origin, where)
         state = weights.state_dict() if isinstance(weights, torch.nn.Module) else weights
         if not isinstance(state, Mapping):
             if origin is None:
                 raise TieError(f"weights must be a module, a state dict or a saved state dict file: got {_got(state)}",
-                               self.ir.models[model].span)
-            raise TieError(f"{origin} does not hold a state dict: got {_got(state)}", self.ir.models[model].span,
+                               where)
+            raise TieError(f"{origin} does not hold a state dict: got {_got(state)}", where,
                            hint="save a mapping of parameter names to tensors: torch.save(module.state_dict(), path)")
-        return _canonical_arrays(self.ir, model, state)
-
-
-def _canonical_arrays(program: ir.ProgramIR, model: str, state: Mapping) -> dict:
-    import numpy as np
-
-    graph = program.models[model]
-    params = graph.param_map()
-    local = ir.bindings(program, model)
-    everywhere = ir.bindings(program)
-    out, missing = {}, []
-    for canon in sorted({b.canonical for b in local.values()}):
-        qualified = ir.qualify(model, canon)
-        key, transposed = next((k for k in (canon, qualified) if k in state), None), False
-        if key is None:  # in the all-models module it may be another model's tensor, transposed
-            b = everywhere[qualified]
-            key, transposed = (b.canonical, b.transposed) if b.canonical in state else (None, False)
-        if key is None:
-            missing.append(canon)
-            continue
-        arr = _array(key, state[key], params[canon])
-        if transposed:
-            arr = np.ascontiguousarray(arr.T)
-        if tuple(arr.shape) != params[canon].shape:
-            raise TieError(f"weight '{canon}' has shape {list(arr.shape)}, the model needs {list(params[canon].shape)}",
-                           params[canon].span)
-        out[canon] = arr
-    if missing:
-        foreign = [everywhere[ir.qualify(model, m)] for m in missing]
-        foreign = [f"{b.canonical}{'.T' if b.transposed else ''}" for b in foreign
-                   if ir.split(b.canonical)[0] != model]
-        hint = (f"its tensor lives in another model ({foreign[0]}): pass the module holding every model, "
-                "program.torch()") if foreign else "pass the module from program.torch(), or its state_dict()"
-        raise TieError(f"the weights lack {len(missing)} parameter(s) of {model}: {', '.join(missing[:5])}",
-                       graph.span, hint=hint)
-    return out
-
-
-_PARAM_KINDS = {"f16": "float", "bf16": "float", "f32": "float", "f64": "float", "i32": "integer",
-                "i64": "integer", "bool": "bool"}
-_CAST_HINTS = {  # for a float parameter
-    "complex": "converting it would drop the imaginary part; pass the real values you mean",
-    "bool": "convert it explicitly (tensor.float()) if these are the values you mean",
-    "integer": "convert it explicitly (tensor.float()) if these are the values you mean",
-}
-
-
-def _array(key: Any, value: Any, param: ir.Param) -> np.ndarray:
-    """`value` (the state dict's entry `key` for `param`) as a dense numpy array, checked: never
-    cast across kinds (an integer, bool or complex tensor is no float weight), never read a tensor
-    with no values (meta) or another layout (sparse, quantized, nested). nan and inf pass: a
-    trained model may hold them, and the exported file should hold what was trained."""
-    import numpy as np
-    import torch
-
-    where = param.span
-    if isinstance(value, torch.Tensor):
-        unreadable = _unreadable(value)
-        if unreadable:
-            raise TieError(f"weight '{key}' is {unreadable[0]}", where, hint=unreadable[1])
-        kind = ("float" if value.is_floating_point() else "complex" if value.is_complex()
-                else "bool" if value.dtype == torch.bool else "integer")
-        dtype = str(value.dtype).removeprefix("torch.")
-    elif isinstance(value, np.ndarray):
-        kind = {"f": "float", "c": "complex", "b": "bool", "i": "integer", "u": "integer"}.get(value.dtype.kind, "other")
-        dtype = str(value.dtype)
-    else:
-        raise TieError(f"weight '{key}' is not a tensor: got {_got(value)}", where,
-                       hint="a state dict maps each parameter name to a torch.Tensor")
-    if kind != _PARAM_KINDS[param.dtype]:
-        raise TieError(f"weight '{key}' has dtype {dtype}, but the parameter is {param.dtype}", where,
-                       hint=_CAST_HINTS.get(kind) if _PARAM_KINDS[param.dtype] == "float" else None)
-    if isinstance(value, np.ndarray):
-        return value
-    value = value.detach().cpu()
-    return (value.float() if kind == "float" else value).contiguous().numpy()  # numpy has no bfloat16
+        return state
 
 
 def _got(value: Any) -> str:
     return f"{type(value).__name__} {reprlib.repr(value)}"
-
-
-def _unreadable(tensor: Any) -> tuple[str, str | None] | None:
-    """What keeps `tensor`'s values from being read as a dense array, and the fix, if anything."""
-    import torch
-
-    if tensor.is_meta:
-        return "a meta tensor, which has a shape but no values", "save the weights after loading or initialising them"
-    if tensor.layout != torch.strided:
-        return f"a sparse tensor ({tensor.layout})", "pass it dense: tensor.to_dense()"
-    if tensor.is_quantized:
-        return f"a quantized tensor ({tensor.dtype})", "pass it dequantized: tensor.dequantize()"
-    if tensor.is_nested:
-        return "a nested tensor", "pass one dense tensor of the parameter's shape"
-    return None
 
 
 def loads(text: str, overrides: Mapping[str, int | float] | None = None, filename: str = "<string>") -> Program:

@@ -1,4 +1,4 @@
-"""The `tiec` command: check, stats, compile (PyTorch source) and export (ONNX).
+"""The `tiec` command: check, stats, compile (PyTorch source), export (ONNX) and graph (a drawing).
 
 Errors print as `file:line:col: error: …` with the source line and a caret, exit status 1, and
 never leave a partial output file behind.
@@ -56,9 +56,15 @@ def _parser() -> argparse.ArgumentParser:
     p = command("export", "export one model to ONNX")
     p.add_argument("-o", "--output", required=True, help="output .onnx file")
     p.add_argument("--model", help="the model to export (required when the file has several)")
-    p.add_argument("--weights", help="a state dict saved with torch.save (default: fresh weights)")
+    p.add_argument("--weights", help="a checkpoint: .safetensors, or a state dict saved with torch.save "
+                   "(.pt, .bin); default: fresh weights")
+    p.add_argument("--allow-nonfinite", action="store_true", help="export nan and inf weights instead of refusing")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
     p.add_argument("--seed", type=int, default=0, help="seed for fresh weights (default 0)")
+    p = command("graph", "draw the dataflow, blocks, share and tie groups (SVG, PNG or DOT)")
+    p.add_argument("-o", "--output", required=True, help="output .svg, .png or .dot file")
+    p.add_argument("--model", help="one model (default: every model)")
+    p.add_argument("--format", choices=("svg", "png", "dot"), help="the format (default: from the output's name)")
     return top
 
 
@@ -128,6 +134,10 @@ def run(argv: list[str]) -> int:
     output = getattr(args, "output", None)
     if output:  # before compiling: a spec can take a while, and this needs no spec
         _check_output(output, [args.file, getattr(args, "weights", None)])
+    if args.command == "graph":  # an unknown format or a missing Graphviz, before compiling
+        from tiec.backends.graph import output_format
+
+        output_format(output, args.format)
     from tiec.api import load
 
     program = load(args.file, dict(args.sets))
@@ -146,8 +156,16 @@ def run(argv: list[str]) -> int:
         else:
             sys.stdout.write(source)
     elif args.command == "export":
-        info = program.onnx(args.output, args.model, weights=args.weights, opset=args.opset, seed=args.seed)
+        info = program.onnx(args.output, args.model, weights=args.weights, opset=args.opset, seed=args.seed,
+                            allow_nonfinite=args.allow_nonfinite)
         print(f"wrote {args.output}: {info['bytes']:,} bytes, {info['initializers']} initializers")
+    elif args.command == "graph":
+        from tiec.backends.graph import dot_source, write_graph
+
+        model = program._model(args.model)
+        dot = dot_source(program.ir, model, title=args.file + (f" ({model})" if model else ""))
+        write_graph(dot, args.output, args.format)
+        print(f"wrote {args.output}")
     return 0
 
 
