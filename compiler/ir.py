@@ -53,7 +53,7 @@ dynamic in both backends.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from types import MappingProxyType
 from typing import Any
@@ -204,11 +204,25 @@ class ShareRequest:
 
 
 @dataclass(frozen=True)
+class Anchor:
+    """A tie member that is not trained: the tensor under `key` in a checkpoint given when the module
+    is built (`key` None until sharing solves it: the first member's own state-dict key)."""
+
+    key: str | None
+    span: Span
+
+
+TIE_KINDS = ("pairwise", "centroid")  # Σ_{i<j} ‖r_i − r_j‖², or Σ_i ‖r_i − r̄‖² against the members' mean
+
+
+@dataclass(frozen=True)
 class TieRequest:
     strength: float
     norm: str  # "l2" (squared) or "l1"
     members: tuple[Member, ...]
     span: Span
+    kind: str = "pairwise"  # one of TIE_KINDS
+    anchors: tuple[Anchor, ...] = ()  # fixed members, read as the first member is
 
 
 @dataclass(frozen=True)
@@ -224,6 +238,8 @@ class TieGroup:
     norm: str
     members: tuple[Member, ...]  # transposed relative to the first member
     span: Span
+    kind: str = "pairwise"  # one of TIE_KINDS
+    anchors: tuple[Anchor, ...] = ()  # fixed members (keys solved), each of the first member's shape
 
 
 @dataclass(frozen=True)
@@ -256,6 +272,17 @@ class Relations:
 
 
 @dataclass(frozen=True)
+class Schedule:
+    """How a non-shared loop's copies share: iteration `i` holds the tensors of copy `source[i]`
+    (`source[i] == i`: its own) for the slots under `paths` (every slot when `paths` is empty)."""
+
+    kind: str  # "cycle", "cycle_rev", "sequence", "sandwich", "only"
+    distinct: int  # the number of copies that own their tensors
+    source: tuple[int, ...]
+    paths: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Loop:
     """`repeat count { body }`. `carried`: (value before the loop, the body's name for it, the
     body's result), one per name the body rebinds that existed before; `exports`: (value after
@@ -269,6 +296,7 @@ class Loop:
     carried: tuple[tuple[str, str, str], ...]
     exports: tuple[tuple[str, str], ...]
     span: Span
+    schedule: Schedule | None = None  # a non-shared loop whose copies share by this schedule
 
 
 @dataclass(frozen=True)
@@ -428,5 +456,5 @@ def ties(ir: ProgramIR, model: str | None = None) -> tuple[TieGroup, ...]:
     for tie in ir.tie_groups:
         if all(split(m.param)[0] == model for m in tie.members):
             members = tuple(Member(split(m.param)[1], m.transposed, m.span) for m in tie.members)
-            out.append(TieGroup(tie.id, tie.strength, tie.norm, members, tie.span))
+            out.append(replace(tie, members=members))
     return tuple(out)

@@ -84,7 +84,7 @@ def _extend(out: Declared, child: Declared, prefix: str) -> None:
     out.shares += [Share("." + prefix + r.a[1:], "." + prefix + r.b[1:], r.transposed, r.span, r.a_span, r.b_span)
                    for r in child.shares]
     out.ties += [Tie(t.strength, t.norm, tuple(Member("." + prefix + m.param[1:], m.transposed, m.span)
-                                               for m in t.members), t.span) for t in child.ties]
+                                               for m in t.members), t.span, t.kind, t.anchors) for t in child.ties]
 
 
 def _requalify(d: Declared, model: str) -> Declared:

@@ -2,7 +2,8 @@
 
 Rule: a reference is resolved in the scope where it is written (`refs.resolve`); an index into a
 repeat's copies is noted, so that the emitted constructor can require that many copies; a tie's
-strength is a configuration value baked into `tie_penalty`. Requests carry the local qualifier
+strength is a configuration value, the initial λ of the module's buffer; an `anchor(…)` member is
+kept as the checkpoint key it names. Requests carry the local qualifier
 `LOCAL`: `lower` restates them for every copy of the definition.
 """
 from __future__ import annotations
@@ -44,7 +45,7 @@ class Relating:
                 raise TieError(f"'{stmt.name}' has no parameter '{ann.slot}'", ann.span,
                                hint=did_you_mean(ann.slot, own.params) or f"its parameters: {', '.join(own.params)}")
             own = Target({"": own.params[ann.slot]}, False, stmt.name_span, f"{stmt.name}.{ann.slot}")
-        other = self.target(ann.ref, scope)
+        other = ann.ref if isinstance(ann.ref, ast.AnchorRef) else self.target(ann.ref, scope)
         if isinstance(ann, ast.ShareAnn):
             shares += share_requests([(LOCAL, own), (LOCAL, other)], ann.span)
         else:
@@ -55,11 +56,12 @@ class Relating:
         return share_requests(targets, span)
 
     def tie_refs(self, stmt, refs, scope: Scope) -> list[ir.TieRequest]:
-        return self.tie([self.target(r, scope) for r in refs], stmt, scope)
+        return self.tie([r if isinstance(r, ast.AnchorRef) else self.target(r, scope) for r in refs], stmt, scope)
 
-    def tie(self, targets: list[Target], stmt, scope: Scope) -> list[ir.TieRequest]:
+    def tie(self, targets: list[Target | ast.AnchorRef], stmt, scope: Scope) -> list[ir.TieRequest]:
         strength = coerce(evaluate(stmt.strength, scope.config, "a tie strength"), "float", stmt.strength.span, "λ")
-        self.structural |= strength.deps  # a literal in tie_penalty
-        return tie_requests([(LOCAL, t) for t in targets], strength.value, stmt.norm, stmt.span, stmt.strength.span)
+        self.structural |= strength.deps  # the initial value of the λ buffer
+        return tie_requests([(LOCAL, t) for t in targets], strength.value, stmt.norm, stmt.span, stmt.strength.span,
+                            stmt.kind)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+from tiec.dsl import ast
 from tiec.dsl.diagnostics import Span, TieError
 
 from . import ir
@@ -26,16 +27,29 @@ def share_requests(targets: list[tuple[str, Target]], span: Span) -> list[ir.Sha
     return out
 
 
-def tie_requests(targets: list[tuple[str, Target]], strength: float, norm: str, span: Span,
-                 strength_span: Span) -> list[ir.TieRequest]:
-    """One request per slot, λ · Σ_{i<j} over the counterparts of that slot in every target."""
+MAX_ANCHOR_KEY = 1024  # characters of a checkpoint key named by `anchor("…")`
+
+
+def tie_requests(targets: list[tuple[str, Target | ast.AnchorRef]], strength: float, norm: str, span: Span,
+                 strength_span: Span, kind: str = "pairwise") -> list[ir.TieRequest]:
+    """One request per slot of the first target, holding that slot's counterpart in every other
+    target; an anchor stands for the checkpoint tensor under its key (a layer's slots under
+    `key.slot`), or under the member's own key (`anchor()`)."""
     if not (math.isfinite(strength) and strength >= 0):  # nan passes `strength < 0`
         raise TieError(f"tie strength must be a finite number ≥ 0, got {strength}", strength_span)
     (m0, t0) = targets[0]
-    columns = [(mb, pair_up(t0, t, "tie"), t) for mb, t in targets[1:]]
+    anchors = [t for _, t in targets[1:] if isinstance(t, ast.AnchorRef)]
+    for a in anchors:
+        if a.key is not None and not (0 < len(a.key) <= MAX_ANCHOR_KEY and a.key.isprintable()):
+            raise TieError(f"an anchor's key must be 1 to {MAX_ANCHOR_KEY} printable characters", a.span,
+                           hint='name the checkpoint entry, e.g. anchor("encoder.fc.weight"), or anchor() for the '
+                                "member's own key")
+    columns = [(mb, pair_up(t0, t, "tie"), t) for mb, t in targets[1:] if isinstance(t, Target)]
     out = []
-    for k in range(len(columns[0][1]) if columns else 0):
-        members = [ir.Member(ir.qualify(m0, columns[0][1][k][0]), False, t0.span)]
+    for k, (slot, name) in enumerate(t0.params.items()):
+        members = [ir.Member(ir.qualify(m0, name), False, t0.span)]
         members += [ir.Member(ir.qualify(mb, col[k][1]), col[k][2], t.span) for mb, col, t in columns]
-        out.append(ir.TieRequest(float(strength), norm, tuple(members), span))
+        fixed = tuple(ir.Anchor(None if a.key is None else a.key if not slot else f"{a.key}.{slot}", a.span)
+                      for a in anchors)
+        out.append(ir.TieRequest(float(strength), norm, tuple(members), span, kind, fixed))
     return out

@@ -145,9 +145,15 @@ def _ties(program, params, orient_of, errors):
             continue
         tensors = {(orient_of.get(m.param, (m.param, False))[0],
                     orient_of.get(m.param, (m.param, False))[1] != m.transposed) for m in req.members}
-        if len(tensors) == 1:
+        if len(tensors) == 1 and not req.anchors:
             warnings.append(TieWarning(
                 f"tie between '{req.members[0].param}' and '{req.members[1].param}' has no effect: "
                 "they are one shared tensor, so its penalty is always 0", req.span))
-        ties.append(ir.TieGroup(i, req.strength, req.norm, req.members, req.span))
+        if req.anchors and len({ir.split(m.param)[0] for m in req.members}) > 1:
+            errors.append(TieError("a tie with an anchor ties parameters of one model", req.span,
+                                   hint="write one tie per model, each with its anchor"))
+            continue
+        own_key = ir.split(req.members[0].param)[1]  # `anchor()`: the first member's own state-dict key
+        anchors = tuple(a if a.key is not None else replace(a, key=own_key) for a in req.anchors)
+        ties.append(ir.TieGroup(i, req.strength, req.norm, req.members, req.span, req.kind, anchors))
     return ties, warnings

@@ -107,7 +107,7 @@ def _group_json(members: list[tuple[str, bool]], params) -> dict:
 
 def _tie_json(t: ir.TieGroup) -> dict:
     return {"members": [m.param for m in t.members], "transposed": [m.param for m in t.members if m.transposed],
-            "lambda": t.strength, "norm": t.norm}
+            "lambda": t.strength, "norm": t.norm, "kind": t.kind, "anchors": [a.key for a in t.anchors]}
 
 
 def program_stats(program: ir.ProgramIR) -> dict:

@@ -137,7 +137,8 @@ def elaborate(program: ast.Program, overrides: Mapping[str, int | float] | None 
         warnings += _unused_warnings(shaped, name, decl)
     for stmt in program.statements:
         try:
-            targets = [_top_target(ref, models, elaborators, indexes) for ref in stmt.refs]
+            targets = [("", ref) if isinstance(ref, ast.AnchorRef) else _top_target(ref, models, elaborators, indexes)
+                       for ref in stmt.refs]
         except TieError as e:
             errors.append(e)
             continue
@@ -147,7 +148,8 @@ def elaborate(program: ast.Program, overrides: Mapping[str, int | float] | None 
             if isinstance(stmt, ast.ShareStmt):
                 shares += share_requests(targets, stmt.span)
             else:
-                ties += tie_requests(targets, _top_strength(stmt), stmt.norm, stmt.span, stmt.strength.span)
+                ties += tie_requests(targets, _top_strength(stmt), stmt.norm, stmt.span, stmt.strength.span,
+                                     stmt.kind)
         except TieError as e:
             errors.append(e)
     raise_all(errors)

@@ -95,6 +95,17 @@ class Ref:
     span: Span
 
 
+@dataclass(frozen=True)
+class AnchorRef:
+    """`anchor("fc.weight")` in a tie: a fixed tensor from a checkpoint, under that key (`key`
+    None: `anchor()`, the key of the member it is matched with)."""
+
+    key: str | None
+    span: Span
+
+
+TieRef = Ref | AnchorRef
+
 # ----------------------------------------------------------------------------- statements
 
 
@@ -125,8 +136,9 @@ class ShareAnn:
 class TieAnn:
     strength: Expr
     norm: str
-    ref: Ref
+    ref: TieRef
     span: Span
+    kind: str = "pairwise"  # "pairwise": Σ_{i<j}; "centroid": Σ_i against the members' mean
 
 
 Annotation = ShareAnn | TieAnn
@@ -152,11 +164,21 @@ class Unpack:
 
 
 @dataclass(frozen=True)
+class Schedule:
+    """How a repeat's iterations share their layers: `cycle(3)`, `sandwich`, `only(layer.attn)`."""
+
+    kind: str
+    args: tuple[Expr, ...]
+    span: Span
+
+
+@dataclass(frozen=True)
 class Repeat:
     count: Expr
     shared: bool
     body: tuple[Stmt, ...]
     span: Span
+    schedule: Schedule | None = None  # `repeat N share <schedule> { … }`; None: all or nothing shared
 
 
 @dataclass(frozen=True)
@@ -175,8 +197,9 @@ class ShareStmt:
 class TieStmt:
     strength: Expr
     norm: str
-    refs: tuple[Ref, ...]
+    refs: tuple[TieRef, ...]
     span: Span
+    kind: str = "pairwise"  # as in `TieAnn`
 
 
 Stmt = Input | Assign | Unpack | Repeat | Return | ShareStmt | TieStmt

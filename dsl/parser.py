@@ -23,6 +23,7 @@ from .diagnostics import Source, Span, TieError
 
 DTYPES = ("f32", "f16", "bf16", "f64", "i32", "i64", "bool")
 NORMS = ("l2", "l1")
+TIE_KINDS = ("centroid",)  # a tie's optional word after λ; without it a tie is pairwise
 KEYWORDS = ("model", "block", "in", "repeat", "share", "tie", "return")
 _FLOAT_MAX_DIGITS = len(str(int(sys.float_info.max)))
 
@@ -171,11 +172,14 @@ class _Builder(Transformer):
         parts = tuple(str(x) if isinstance(x, Token) else x for x in c)
         return ast.Ref(parts, self._over(c))
 
-    def _strength(self, args, span: Span) -> tuple[ast.Expr, str]:
+    def _strength(self, args, span: Span) -> tuple[ast.Expr, str, str]:
         pos = [a for a in args if not isinstance(a, ast.Kwarg)]
         kws = {k.name: k for k in args if isinstance(k, ast.Kwarg)}
+        kind = "pairwise"
+        if len(pos) == 2 and isinstance(pos[1], ast.Name) and pos[1].id in TIE_KINDS:
+            kind = pos.pop().id
         if len(pos) != 1:
-            raise TieError("tie takes one strength λ: tie(λ) or tie(λ, norm=l1)", span,
+            raise TieError("tie takes one strength λ: tie(λ), tie(λ, centroid) or tie(λ, norm=l1)", span,
                            hint="for example: tie(0.01) TaskA.fc1, TaskB.fc1")
         norm = "l2"
         for key, kw in kws.items():
@@ -185,7 +189,10 @@ class _Builder(Transformer):
             norm = value.id if isinstance(value, ast.Name) else value.value if isinstance(value, ast.Str) else ""
             if norm not in NORMS:
                 raise TieError("norm must be l2 or l1", value.span)
-        return pos[0], norm
+        return pos[0], norm, kind
+
+    def anchor_ref(self, c):  # c: 'anchor', '(', the key or None, ')' (kept by `!anchor_ref`)
+        return ast.AnchorRef(None if c[2] is None else str(c[2])[1:-1], _join(self._span(c[0]), self._span(c[3])))
 
     def share_slot_ann(self, c):
         return ast.ShareAnn(str(c[0]), c[1], _join(self._span(c[0]), c[1].span))
@@ -194,8 +201,8 @@ class _Builder(Transformer):
         return ast.ShareAnn(None, c[0], c[0].span)
 
     def tie_ann(self, c):
-        strength, norm = self._strength(c[0], c[1].span)
-        return ast.TieAnn(strength, norm, c[1], c[1].span)
+        strength, norm, kind = self._strength(c[0], c[1].span)
+        return ast.TieAnn(strength, norm, c[1], c[1].span, kind)
 
     # --- statements
     def tensor_type(self, c):
@@ -238,6 +245,18 @@ class _Builder(Transformer):
     def repeat_shared(self, c):
         return self._repeat(c, True)
 
+    def schedule(self, c):
+        name, args = c[0], c[1] or []
+        if any(isinstance(a, ast.Kwarg) for a in args):
+            raise TieError("a schedule takes no keyword arguments", next(a for a in args if isinstance(a, ast.Kwarg)).span)
+        return ast.Schedule(str(name), tuple(args), self._span(name))
+
+    def repeat_scheduled(self, c):
+        node = self._repeat([c[0], c[2]], False)
+        scheduled = ast.Repeat(node.count, False, node.body, node.span, c[1])
+        self.depth[id(scheduled)] = self.depth.pop(id(node))
+        return scheduled
+
     def return_stmt(self, c):
         return ast.Return(tuple(c), self._over(c))
 
@@ -246,8 +265,11 @@ class _Builder(Transformer):
 
     def tie_stmt(self, c):
         refs = tuple(c[1:])
-        strength, norm = self._strength(c[0], refs[0].span)
-        return ast.TieStmt(strength, norm, refs, self._over(refs))
+        strength, norm, kind = self._strength(c[0], refs[0].span)
+        if isinstance(refs[0], ast.AnchorRef):
+            raise TieError("a tie starts with a parameter or layer; an anchor is matched against it", refs[0].span,
+                           hint='write the anchor after it: tie(0.01) fc.weight, anchor("fc.weight")')
+        return ast.TieStmt(strength, norm, refs, self._over(refs), kind)
 
     # --- definitions
     def param(self, c):

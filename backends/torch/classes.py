@@ -20,7 +20,7 @@ from tiec.dsl.diagnostics import TieError
 from .emit_table import TORCH_EMIT, TORCH_LAYER, Call
 from .liveness import Liveness, Locals, inlined_literals
 from .naming import Namer, config_expr, literal
-from .penalty import penalty_lines
+from .penalty import init_lines, method_lines, penalty_lines, tie_attrs
 from .plan import referenced
 from .tree import MODULE_ATTRS, ModuleTree
 
@@ -76,6 +76,7 @@ class SubgraphClass:
             src = lp.count_src.strip()
             self.count_attr[lp.id] = attrs(src if src.isidentifier() else f"repeats_{lp.id}")
         self.used: set[str] = set()
+        self.tie_init: list[str] = []  # the tie state's buffers, set by `tie_methods`
 
     # ------------------------------------------------------------------ expressions
     def _cfg(self, src: str | None, value) -> str:
@@ -193,6 +194,8 @@ class SubgraphClass:
             self.used |= reads
             msg = f"{self.class_name}: the spec refers to {name}[{index}], so {count} must be at least {index + 1}"
             checks += [f"if {count} <= {index}:", f"    raise ValueError({literal(msg)})"]
+        if self.tie_init:
+            body += ["", *self.tie_init]
         head = [f"def __init__({', '.join(['self', *sig])}):", "    super().__init__()"]
         return head + ["    " + x if x else "" for x in fill + checks + body]
 
@@ -356,15 +359,24 @@ class SubgraphClass:
         return f"{target} = {rhs}", shape if t is None or t.dtype == "f32" else f"{t.dtype}{shape}"
 
     # ------------------------------------------------------------------ tie_penalty
-    def penalty_lines(self, groups: tuple[ir.TieGroup, ...], member: Callable[[str, bool], str], zero: str) -> list[str]:
+    def tie_methods(self, groups: tuple[ir.TieGroup, ...], member: Callable[[str, bool], str], zero: str,
+                    shape_of: Callable[[str], tuple]) -> list[list[str]]:
+        """`tie_penalty` and, with ties, the methods that read and set λ and load anchors (their buffers
+        go to `tie_init`, the end of `__init__`)."""
         copies = {}  # an instance repeated by one top-level loop → its count, for ties written copy by copy
         if self.legacy is None:
             for inst in self.sub.instances:
                 if len(inst.loops) == 1 and any(lp.id == inst.loops[0] for lp in self.sub.body if isinstance(lp, ir.Loop)):
                     copies[inst.name] = (inst.loops[0], self.loops[inst.loops[0]].count)
-        body = penalty_lines(groups, member, zero, copies)
+        attrs = tie_attrs(groups, [i.name for i in self.sub.instances] +
+                          ([lay.path.split(".")[0] for lay in self.legacy.layers] if self.legacy is not None else []))
+        self.tie_init = init_lines(groups, attrs, shape_of, copies)
+        body = penalty_lines(groups, member, zero, copies, attrs)
         doc = '"""Σ over tie groups of λ · Σ_{i<j} ‖w_i − w_j‖² (l2) or λ · Σ_{i<j} Σ|w_i − w_j| (l1)."""'
-        return ["def tie_penalty(self):", "    " + doc, *("    " + x for x in body)]
+        if any(t.kind == "centroid" for t in groups):
+            doc = '"""Σ over tie groups of λ · Σ_{i<j} ‖w_i − w_j‖² (pairwise) or λ · Σ_i ‖w_i − w̄‖² (centroid), l2 or l1."""'
+        return [["def tie_penalty(self):", "    " + doc, *("    " + x for x in body)],
+                *method_lines(groups, attrs, copies)]
 
 
 class _Scope:

@@ -10,6 +10,7 @@ drift apart. A program without structure (IR built by hand) is emitted flat, one
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 from tiec.compiler import ir
 from tiec.compiler.ir import Binding, ProgramIR, bindings, split, ties
@@ -17,7 +18,7 @@ from tiec.dsl.diagnostics import TieError, did_you_mean
 
 from .classes import SubgraphClass, aligned, attr, chain, summary
 from .naming import EMITTED_GLOBALS, EMITTED_LOCALS, Namer, doc_text
-from .penalty import penalty_lines
+from .penalty import init_lines, method_lines, penalty_lines, tie_attrs
 from .plan import Plan, copies
 from .tree import MODULE_ATTRS
 
@@ -165,9 +166,8 @@ class _Emitter:
             for t in self.ir.tie_groups:
                 if len(owners[t.id]) == 1:
                     m = next(iter(owners[t.id]))
-                    self._tie_buckets.setdefault(m, []).append(
-                        ir.TieGroup(t.id, t.strength, t.norm,
-                                    tuple(ir.Member(split(x.param)[1], x.transposed, x.span) for x in t.members), t.span))
+                    self._tie_buckets.setdefault(m, []).append(replace(
+                        t, members=tuple(ir.Member(split(x.param)[1], x.transposed, x.span) for x in t.members)))
         return tuple(self._tie_buckets.get(model, ()))
 
     def _types(self, key: str, model: str) -> dict[str, ir.TensorType]:
@@ -228,8 +228,8 @@ class _Emitter:
                 out += [f"{c}.{s}" for c in copies(sub, inst) for s in slots]
         return out
 
-    def _render(self, cls: SubgraphClass, doc: str, penalty: list[str] | None = None) -> tuple[str, ...]:
-        methods = [cls.init_lines(), cls.forward_lines(self.reserved)] + ([penalty] if penalty else [])
+    def _render(self, cls: SubgraphClass, doc: str, extra: list[list[str]] | None = None) -> tuple[str, ...]:
+        methods = [cls.init_lines(), cls.forward_lines(self.reserved)] + (extra or [])
         out = ["class CLASS(nn.Module):", f'    """{doc}."""', ""]
         for i, lines in enumerate(methods):
             out += ([""] if i else []) + ["    " + x if x else "" for x in lines]
@@ -291,8 +291,9 @@ class _Emitter:
         def member(key: str, flip: bool) -> str:
             return self._path(model, key) + (".T" if flip else "")
 
-        penalty = cls.penalty_lines(groups_t, member, zero)
-        text = self._render(cls, f"{model}: {summary(list(params), local_binds)}", penalty)
+        shapes = {p.name: p.shape for p in params}
+        methods = cls.tie_methods(groups_t, member, zero, shapes.__getitem__)
+        text = self._render(cls, f"{model}: {summary(list(params), local_binds)}", methods)
         name = self.names[model]
         return [line.replace("CLASS", name) if i == 0 else line for i, line in enumerate(text)]
 
@@ -328,16 +329,35 @@ class _Emitter:
 
         own = [k for k, b in self.binds.items() if not b.transposed]
         zero = f"torch.zeros((), device={member(own[0], False)}.device)" if own else "torch.zeros(())"
+        groups_t = ties(self.ir)
+        attrs = replace(tie_attrs(groups_t, self.models), anchors={})  # anchors are the models' own buffers
+        owned = {m: tie_attrs(self._ties(m), self._instance_names(m)) for m in self.models}
+        anchored = [m for m in self.models if owned[m].anchors]
+
+        def anchor(group: ir.TieGroup, key: str) -> str:  # an anchor lives in the one model its tie is in
+            m = split(group.members[0].param)[0]
+            return f"{attr('self', m)}.{owned[m].anchors[key]}"
+
         doc = '"""Σ over every tie group, those across models too (formula as in each model\'s tie_penalty)."""'
-        penalty = ["def tie_penalty(self):", "    " + doc, *("    " + x for x in penalty_lines(ties(self.ir), member, zero))]
-        return [
-            f"class {name}(nn.Module):",
-            f'    """Every model of {doc_text(self.ir.source.name)}; parameters shared across models are one tensor."""',
-            "",
-            *("    " + x if x else "" for x in init),
-            "",
-            *("    " + x for x in penalty),
-        ]
+        body = penalty_lines(groups_t, member, zero, attrs=attrs, anchor=anchor,
+                             loaded=[f"{attr('self', m)}.{owned[m].loaded}" for m in anchored])
+        methods = [["def tie_penalty(self):", "    " + doc, *("    " + x for x in body)]]
+        methods += method_lines(groups_t, attrs, tied=[attr("self", m) for m in self.models if self._ties(m)],
+                                anchored=[attr("self", m) for m in anchored])
+        if groups_t:
+            init += ["", *("    " + x for x in init_lines(groups_t, attrs, lambda _: ()))]
+        out = [f"class {name}(nn.Module):",
+               f'    """Every model of {doc_text(self.ir.source.name)}; parameters shared across models are one tensor."""',
+               "", *("    " + x if x else "" for x in init)]
+        for lines in methods:
+            out += ["", *("    " + x if x else "" for x in lines)]
+        return out
+
+    def _instance_names(self, model: str) -> list[str]:
+        """The names a model's class gives its submodules (what its tie state's names must avoid)."""
+        if self.structured:
+            return [i.name for i in self.ir.structure[model].instances]
+        return [lay.path.split(".")[0] for lay in self.ir.models[model].layers]
 
 
 def _legacy_subgraph(graph: ir.Graph) -> ir.Subgraph:

@@ -1,4 +1,12 @@
-"""`tie_penalty`'s body: λ · Σ_{i<j} ‖w_i − w_j‖² (l2) or λ · Σ_{i<j} Σ|w_i − w_j| (l1) per tie group.
+"""`tie_penalty` and the tie state a class holds: λ per group in a buffer, anchors as buffers.
+
+Per tie group, with members r_1 … r_k (anchors, fixed tensors from a checkpoint, count as members
+that are not trained): pairwise `l2` is λ · Σ_{i<j} ‖r_i − r_j‖², pairwise `l1` λ · Σ_{i<j} Σ|r_i − r_j|;
+`centroid` `l2` is λ · Σ_i ‖r_i − r̄‖² and `centroid` `l1` λ · Σ_i Σ|r_i − r̄| (r̄ the members' mean).
+λ is read from a non-persistent buffer (`tie_strength`, one entry per group, in emission order), so
+`set_tie_strength` changes it on the live module, under torch.compile too, without recompiling.
+Each anchor is a non-persistent buffer filled by `load_anchors(state)`; `tie_penalty` refuses to
+run before that, rather than pulling weights toward zeros.
 
 A tie written inside a repeat is one group per copy; written out it would make the file grow with
 the count. Groups that differ only in which copy of a repeated layer they read, and that cover
@@ -6,18 +14,42 @@ every copy once, are written as one loop over the copies (`for c in self.c: pena
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 
 from tiec.compiler import ir
 from tiec.dsl.diagnostics import TieError
 
 from .naming import Namer, literal
 
+TIE_METHODS = ("tie_penalty", "tie_strengths", "set_tie_strength", "load_anchors")
 
-def _term(tie: ir.TieGroup, ws: list[str]) -> tuple[list[str], str]:
+
+@dataclass(frozen=True)
+class TieAttrs:
+    """The attribute names a class gives its tie state: λ buffer, anchors-loaded flag, anchor buffers."""
+
+    strength: str
+    loaded: str
+    anchors: Mapping[str, str]  # checkpoint key → buffer attribute
+
+
+def tie_attrs(groups: Iterable[ir.TieGroup], taken: Iterable[str]) -> TieAttrs:
+    """Deterministic names, clear of `taken` (the class's submodules): the same groups give the same names."""
+    names = Namer(set(taken) | set(TIE_METHODS))
+    strength, loaded = names.fresh("tie_strength"), names.fresh("anchors_loaded")
+    keys = dict.fromkeys(a.key for g in groups for a in g.anchors)
+    return TieAttrs(strength, loaded, {k: names.fresh(f"anchor_{i}") for i, k in enumerate(keys)})
+
+
+def _term(tie: ir.TieGroup, ws: list[str], lam: str) -> tuple[list[str], str]:
     if tie.norm not in ("l2", "l1"):
         raise TieError(f"tie group {tie.id}: unknown norm {tie.norm!r} (expected 'l2' or 'l1')", tie.span)
-    lam, k = literal(float(tie.strength)), len(ws)
+    k = len(ws)
+    if tie.kind == "centroid":
+        pre = [f"w = torch.stack([{', '.join(ws)}])"]
+        diff = "(w - w.mean(0))"
+        return pre, f"{lam} * ({diff} ** 2).sum()" if tie.norm == "l2" else f"{lam} * {diff}.abs().sum()"
     if k == 2 and tie.norm == "l2":
         return [], f"{lam} * (({ws[0]} - {ws[1]}) ** 2).sum()"
     if k == 2:
@@ -30,6 +62,8 @@ def _term(tie: ir.TieGroup, ws: list[str]) -> tuple[list[str], str]:
 
 def _pattern(tie: ir.TieGroup, copies: Mapping[str, tuple[int, int]]):
     """(signature, copy index) when every copied member reads the same copy of one loop's layers."""
+    if tie.anchors:  # each copy's anchor is its own buffer: written out
+        return None
     parts, index, loop = [], None, None
     for m in tie.members:
         head, *rest = m.param.split(".")
@@ -42,51 +76,84 @@ def _pattern(tie: ir.TieGroup, copies: Mapping[str, tuple[int, int]]):
             parts.append((m.param, m.transposed))
     if index is None:
         return None
-    return (tie.strength, tie.norm, loop, tuple(parts)), int(index)
+    return (tie.norm, tie.kind, loop, tuple(parts)), int(index)
 
 
-def penalty_lines(groups: tuple[ir.TieGroup, ...], member: Callable[[str, bool], str], zero: str,
-                  copies: Mapping[str, tuple[int, int]] | None = None) -> list[str]:
-    """The body of `tie_penalty`; `copies`: instance → (its loop, the loop's count), for loops over copies."""
-    if not groups:
-        return [f"return {zero}"]
+def order(groups: tuple[ir.TieGroup, ...], copies: Mapping[str, tuple[int, int]] | None = None
+          ) -> tuple[list[ir.TieGroup], dict[int, tuple]]:
+    """The groups in emission order (a loop's groups together, by copy), and for each group that opens
+    a loop, its signature; `copies`: instance → (its loop, the loop's count)."""
     copies = copies or {}
     found: dict[tuple, list[tuple[int, ir.TieGroup]]] = {}
     for tie in groups:
         p = _pattern(tie, copies)
         if p is not None:
             found.setdefault(p[0], []).append((p[1], tie))
+
     def count(sig: tuple) -> int:
         head = next(p[0] for p in sig[3] if len(p) > 2)
         return copies[head][1]
 
-    looped = {sig: ties for sig, ties in found.items() if sorted(i for i, _ in ties) == list(range(count(sig)))}
+    looped = {sig: sorted(ties, key=lambda t: t[0]) for sig, ties in found.items()
+              if sorted(i for i, _ in ties) == list(range(count(sig)))}
     first = {id(ties[0][1]): sig for sig, ties in looped.items()}
     skip = {id(t) for ties in looped.values() for _, t in ties}
-    out, started = [], False
+    out, opens = [], {}
     for tie in groups:
         if id(tie) in first:
+            sig = first[id(tie)]
+            opens[len(out)] = (sig, [t for _, t in looped[sig]])
+            out += [t for _, t in looped[sig]]
+        elif id(tie) not in skip:
+            out.append(tie)
+    return out, opens
+
+
+def penalty_lines(groups: tuple[ir.TieGroup, ...], member: Callable[[str, bool], str], zero: str,
+                  copies: Mapping[str, tuple[int, int]] | None = None, attrs: TieAttrs | None = None,
+                  anchor: Callable[[ir.TieGroup, str], str] | None = None,
+                  loaded: list[str] | None = None) -> list[str]:
+    """The body of `tie_penalty`. `anchor(group, key)`: the expression of an anchor buffer (default:
+    this class's own); `loaded`: the flags that must be set before the penalty runs."""
+    if not groups:
+        return [f"return {zero}"]
+    attrs = attrs or tie_attrs(groups, ())
+    anchor = anchor or (lambda _g, key: f"self.{attrs.anchors[key]}")
+    emitted, opens = order(groups, copies)
+    out = []
+    for flag in loaded if loaded is not None else ([f"self.{attrs.loaded}"] if attrs.anchors else []):
+        out += [f"if not {flag}:",
+                '    raise RuntimeError("tie anchors are not loaded: call load_anchors(state) with the checkpoint")']
+    started, i = False, 0
+    while i < len(emitted):
+        tie = emitted[i]
+        if i in opens:
+            sig, ties = opens[i]
             out += [] if started else [f"penalty = {zero}"]
+            out += _loop(sig, ties, member, f"self.{attrs.strength}", i)
             started = True
-            out += _loop(first[id(tie)], looped[first[id(tie)]], member)
+            i += len(ties)
             continue
-        if id(tie) in skip:
-            continue
-        names = " ~ ".join(m.param + (".T" if m.transposed else "") for m in tie.members)
-        pre, term = _term(tie, [member(m.param, m.transposed) for m in tie.members])
-        out += [f"# tie group {tie.id} ({tie.norm}): {names}", *pre]
+        names = " ~ ".join([m.param + (".T" if m.transposed else "") for m in tie.members] +
+                           [f"anchor({literal(a.key)})" for a in tie.anchors])
+        ws = [member(m.param, m.transposed) for m in tie.members] + [anchor(tie, a.key) for a in tie.anchors]
+        pre, term = _term(tie, ws, f"self.{attrs.strength}[{i}]")
+        kind = "" if tie.kind == "pairwise" else f", {tie.kind}"
+        out += [f"# tie group {tie.id} ({tie.norm}{kind}): {names}", *pre]
         out.append(f"penalty = penalty + {term}" if started else f"penalty = {term}")
         started = True
+        i += 1
     return [*out, "return penalty"]
 
 
-def _loop(sig: tuple, ties: list[tuple[int, ir.TieGroup]], member: Callable[[str, bool], str]) -> list[str]:
+def _loop(sig: tuple, ties: list[ir.TieGroup], member: Callable[[str, bool], str], strength: str,
+          start: int) -> list[str]:
     """One loop over the copies for the tie groups `ties` (one per copy, alike but for the index)."""
     parts = sig[3]
     heads = list(dict.fromkeys(p[0] for p in parts if len(p) > 2))
-    names = Namer({"self", "penalty", "w"})
+    names = Namer({"self", "penalty", "w", "i"})
     var = {h: names.fresh(h) for h in heads}
-    probe = ties[0][1]
+    probe = ties[0]
     ws = []
     for p, m in zip(parts, probe.members):
         if len(p) > 2:
@@ -96,10 +163,86 @@ def _loop(sig: tuple, ties: list[tuple[int, ir.TieGroup]], member: Callable[[str
             ws.append(f"{base}.T" if m.transposed else base)
         else:
             ws.append(member(m.param, m.transposed))
-    pre, term = _term(probe, ws)
+    index = "i" if start == 0 else f"{start} + i"
+    pre, term = _term(probe, ws, f"{strength}[{index}]")
     its = [f"self.{h}" for h in heads]
-    head = f"for {var[heads[0]]} in {its[0]}:" if len(heads) == 1 else \
-        f"for {', '.join(var[h] for h in heads)} in zip({', '.join(its)}):"
+    head = f"for i, {var[heads[0]]} in enumerate({its[0]}):" if len(heads) == 1 else \
+        f"for i, ({', '.join(var[h] for h in heads)}) in enumerate(zip({', '.join(its)})):"
     label = " ~ ".join(".".join(x for x in p[:-1]) + (".T" if p[-1] else "") for p in parts)
-    return [f"# {len(ties)} tie groups ({probe.norm}), one per copy: {label}", head,
+    kind = "" if probe.kind == "pairwise" else f", {probe.kind}"
+    return [f"# {len(ties)} tie groups ({probe.norm}{kind}), one per copy: {label}", head,
             *("    " + x for x in pre), f"    penalty = penalty + {term}"]
+
+
+def init_lines(groups: tuple[ir.TieGroup, ...], attrs: TieAttrs, shape_of: Callable[[str], tuple],
+               copies: Mapping[str, tuple[int, int]] | None = None) -> list[str]:
+    """`__init__` lines: the λ buffer (emission order) and one zero buffer per anchor, not yet loaded."""
+    if not groups:
+        return []
+    emitted, _ = order(groups, copies)
+    lams = ", ".join(literal(float(t.strength)) for t in emitted)
+    out = [(f"self.register_buffer({literal(attrs.strength)}, torch.tensor([{lams}]), persistent=False)"
+           "  # λ per tie group: set_tie_strength changes it")]
+    if attrs.anchors:
+        first = {}
+        for t in emitted:
+            for a in t.anchors:
+                first.setdefault(a.key, t.members[0].param)
+        for key, name in attrs.anchors.items():
+            shape = literal(tuple(shape_of(first[key])))
+            out.append(f"self.register_buffer({literal(name)}, torch.zeros({shape}), persistent=False)"
+                       f"  # anchor {literal(key)}: load_anchors fills it")
+        out.append(f"self.{attrs.loaded} = False")
+    return out
+
+
+def method_lines(groups: tuple[ir.TieGroup, ...], attrs: TieAttrs, copies: Mapping[str, tuple[int, int]] | None = None,
+                 tied: list[str] = (), anchored: list[str] = ()) -> list[list[str]]:
+    """`tie_strengths`, `set_tie_strength` and (with anchors here or in `anchored`) `load_anchors`.
+    `tied`, `anchored`: submodule expressions with ties, and with anchors, that these methods reach
+    too (the all-models module sets λ and loads anchors in each model as well as its own)."""
+    if not groups:
+        return []
+    emitted, _ = order(groups, copies)
+    ids = literal(tuple(t.id for t in emitted))
+    strengths = [
+        "def tie_strengths(self):",
+        '    """Tie group id → λ, as tie_penalty uses it now."""',
+        f"    return dict(zip({ids}, self.{attrs.strength}.tolist()))",
+    ]
+    set_lines = [
+        "def set_tie_strength(self, value, group=None):",
+        '    """Set λ of tie group `group` (an id from tie_strengths), or of every group; no recompiling."""',
+        f"    ids = {ids}",
+        "    if group is not None and group not in ids:",
+        '        raise KeyError(f"no tie group {group!r}; the groups are {ids}")',
+        "    with torch.no_grad():",
+        "        for i, g in enumerate(ids):",
+        "            if group is None or g == group:",
+        f"                self.{attrs.strength}[i] = float(value)",
+    ]
+    for c in tied:
+        set_lines += [f"    if group is None or group in {c}.tie_strengths():", f"        {c}.set_tie_strength(value, group)"]
+    out = [strengths, set_lines]
+    if attrs.anchors or anchored:
+        rows = ", ".join(f"{literal(k)}: self.{v}" for k, v in attrs.anchors.items())
+        load = [
+            "def load_anchors(self, state):",
+            '    """Fill each anchor from `state` (checkpoint key → tensor): same shape and dtype, never cast."""',
+        ]
+        if attrs.anchors:
+            load += [
+                f"    for key, buffer in {{{rows}}}.items():",
+                "        value = state.get(key) if hasattr(state, \"get\") else None",
+                "        if not isinstance(value, torch.Tensor):",
+                '            raise KeyError(f"the checkpoint has no tensor {key!r} for an anchor")',
+                "        if value.shape != buffer.shape or value.dtype != buffer.dtype:",
+                ('            raise ValueError(f"anchor {key!r}: the checkpoint holds {value.dtype} {list(value.shape)}, '
+                'the tie needs {buffer.dtype} {list(buffer.shape)}")'),
+                "        with torch.no_grad():",
+                "            buffer.copy_(value)",
+                f"    self.{attrs.loaded} = True",
+            ]
+        load += [f"    {c}.load_anchors(state)" for c in anchored]
+        out.append(load)
+    return out
