@@ -73,10 +73,11 @@ def test_tied_autoencoder_has_one_weight_initializer(tmp_path, seq):
     assert info["param_bytes"] == param_bytes
     assert os.path.getsize(path) == info["bytes"] <= 1.001 * param_bytes + 64 * 1024
     assert info["overhead"] < 2048
-    if seq:  # enc reads W.T through one Transpose; dec (transposed share) reads W itself
-        assert op_types(proto).count("Transpose") == 1
-        matmul_weights = [node.input[1] for node in proto.graph.node if node.op_type == "MatMul"]
-        assert matmul_weights == ["enc.weight^T", "enc.weight"]
+    if seq:  # enc reads W through Gemm(transB) on x flattened to 2-D; dec (transposed share) reads W itself
+        assert "Transpose" not in op_types(proto)
+        assert [(node.input[1], node.attribute[0].i) for node in proto.graph.node if node.op_type == "Gemm"] == [
+            ("enc.weight", 1)]
+        assert [node.input[1] for node in proto.graph.node if node.op_type == "MatMul"] == ["enc.weight"]
     else:
         assert [(node.input[1], node.attribute[0].i) for node in proto.graph.node if node.op_type == "Gemm"] == [
             ("enc.weight", 1), ("enc.weight", 0)]

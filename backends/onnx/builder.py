@@ -2,9 +2,11 @@
 
 Lowering rules (`ops.py`) talk only to a `GraphBuilder`. They read IR values (`value`, `dtype`,
 `shape`), parameters (`weight`, `param`) and small constants (`scalar`, `ints`), and append
-nodes (`node`). Whatever repeats is made once: equal constants share one initializer, a
-parameter read transposed shares one Transpose node, and a position range shares one subgraph
-per symbolic length. Temporaries are named `~<n>`, which can never clash with an IR value (a
+nodes (`node`). Whatever repeats is made once: equal constants share one initializer and a
+position range shares one subgraph per symbolic length. A parameter read transposed stays a
+reference to its stored initializer (`stored_transpose`) that matrix products consume through
+Gemm's transA/transB; only a use that needs the transposed values themselves gets a Transpose node
+(one per group), since every downstream optimizer folds `Transpose(initializer)` into a copy. Temporaries are named `~<n>`, which can never clash with an IR value (a
 Python identifier) or a parameter (a dotted state-dict key).
 """
 from __future__ import annotations
@@ -69,6 +71,7 @@ class GraphBuilder:
         self._literals: dict[str, int | float] = {}
         self._cache: dict[Hashable, Any] = {}
         self._fresh: set[str] = set()  # temporaries a rule may hand back to be renamed
+        self._lazy_transposes: dict[str, str] = {}  # "W^T" name -> W, made a node only when read as a value
         self._count = 0
         # What each ONNX node was made for, parallel to `nodes` ("node 'h' (add)", its span), so a
         # checker failure can point at the spec; the lowering loop sets `blame` before each rule.
@@ -110,7 +113,17 @@ class GraphBuilder:
             return self.scalar(lit, dtype or self.dtype(value) or literal_dtype(lit))
         if value not in self._env:
             raise KeyError(f"IR value {value!r} is used before it is defined")
-        return self._env[value]
+        name = self._env[value]
+        if name in self._lazy_transposes:
+            return self._transpose_node(self._lazy_transposes[name])
+        return name
+
+    def stored_transpose(self, value: str) -> str | None:
+        """The initializer whose transpose IR value `value` is (a parameter read in the other
+        orientation than it is stored), without making a Transpose node; else None."""
+        if value in self._literals:
+            return None
+        return self._lazy_transposes.get(self._env.get(value, ""))
 
     def param(self, name: str) -> Param | None:
         return self.params.get(name)
@@ -165,13 +178,28 @@ class GraphBuilder:
     def weight(self, name: str, transposed: bool = False) -> str:
         """Declared parameter `name` (a local state-dict key) as a value, optionally transposed:
         its group's initializer, read through one shared Transpose node when the orientations
-        differ."""
+        differ. Matrix products use `stored` instead, which never makes that node."""
+        canonical, flip = self.stored(name, transposed)
+        return self._transpose_node(canonical) if flip else canonical
+
+    def stored(self, name: str, transposed: bool = False) -> tuple[str, bool]:
+        """(initializer, flip) for declared parameter `name` read transposed or not: the group's
+        one tensor, and whether the read is its transpose (never for a 1-D tensor)."""
         b = self.binds[name]
-        flip = b.transposed != transposed and len(self.params[b.canonical].shape) >= 2
+        return b.canonical, b.transposed != transposed and len(self.params[b.canonical].shape) >= 2
+
+    def lazy_weight(self, name: str, transposed: bool = False) -> str:
+        """`weight`, except that a transposed read is a name that becomes a Transpose node only if
+        some rule reads it with `value` rather than `stored_transpose`."""
+        canonical, flip = self.stored(name, transposed)
         if not flip:
-            return b.canonical
+            return canonical
+        self._lazy_transposes[canonical + "^T"] = canonical
+        return canonical + "^T"
+
+    def _transpose_node(self, canonical: str) -> str:
         # No perm: ONNX reverses the dims, as torch's `.T` does.
-        return self.cached(("T", b.canonical), lambda: self.node("Transpose", [b.canonical], out=b.canonical + "^T"))
+        return self.cached(("T", canonical), lambda: self.node("Transpose", [canonical], out=canonical + "^T"))
 
     def dim_key(self, value: str, axis: int) -> Hashable:
         """A key equal for two dims known equal: the symbolic (or fixed) dim from ir.types."""

@@ -4,6 +4,11 @@ A rule takes the `GraphBuilder` and the IR `Node` and returns the ONNX name of t
 (or None for a literal). Semantics are torch.nn.functional's in fp32; each table row's trailing
 comment gives its formula. Layer kinds read their tensors through `GraphBuilder.weight`, so a
 shared or transposed parameter reads its group's one initializer.
+
+A weight is never transposed in the graph: a product with a matrix stored in the other
+orientation is a Gemm with transA/transB (for x of rank ≠ 2, flattened to 2-D around it), and a
+product with one stored as used reads it directly. onnxsim, onnxslim, onnxoptimizer and
+onnxruntime's optimizer would each fold `Transpose(initializer)` into a second copy of the weight.
 """
 from __future__ import annotations
 
@@ -28,7 +33,7 @@ def _x(b: GraphBuilder, node: Node) -> str:
 
 
 def _param(b: GraphBuilder, node: Node) -> str:
-    return b.weight(node.attrs["param"], bool(node.attrs.get("transposed", False)))
+    return b.lazy_weight(node.attrs["param"], bool(node.attrs.get("transposed", False)))
 
 
 def _const(b: GraphBuilder, node: Node) -> None:
@@ -51,6 +56,22 @@ def _binary(op_type: str) -> Rule:
         return b.node(op_type, args)
 
     return rule
+
+
+def _matmul(b: GraphBuilder, node: Node) -> str:
+    a, w = node.inputs
+    same = b.dtype(a) == b.dtype(w)
+    right, left = b.stored_transpose(w), b.stored_transpose(a)
+    if right is not None and same and not b.is_literal(a):  # a @ Sᵀ, S stored [n, k]
+        return gemm_t(b, b.value(a), right, bias=None, rank=_known_rank(b, a))
+    if left is not None and same and _known_rank(b, w) == 2:  # Sᵀ @ w, S stored [k, m]
+        return b.node("Gemm", [left, b.value(w)], transA=1)
+    return _binary("MatMul")(b, node)
+
+
+def _known_rank(b: GraphBuilder, value: str) -> int | None:
+    shape = b.shape(value)
+    return None if shape is None else len(shape)
 
 
 def _unary(op_type: str) -> Rule:
@@ -181,18 +202,40 @@ def _slot(b: GraphBuilder, layer: str, slot: str = "bias") -> str | None:
 
 def _linear(b: GraphBuilder, node: Node) -> str:
     layer, x = node.attrs["layer"], node.inputs[0]
-    shape = b.shape(x)
-    if shape is not None and len(shape) == 2:
-        w = b.binding(f"{layer}.weight")
-        return b.node("Gemm", [b.value(x), w.canonical, _slot(b, layer)], transB=0 if w.transposed else 1)
-    return linear(b, b.value(x), f"{layer}.weight", _slot(b, layer))
+    return linear(b, b.value(x), f"{layer}.weight", _slot(b, layer), _known_rank(b, x))
 
 
-def linear(b: GraphBuilder, x: str, weight: str, bias: str | None) -> str:
-    """x @ W.T (+ b) for any rank of x; W.T is the initializer itself when the binding is
-    transposed, else one shared Transpose of it."""
-    y = b.node("MatMul", [x, b.weight(weight, transposed=True)])
+def linear(b: GraphBuilder, x: str, weight: str, bias: str | None, rank: int | None = None) -> str:
+    """x @ W.T (+ b) for x of any rank (`rank`, where known) and declared weight W, read from its
+    group's initializer as stored: a Gemm with transB when that is W, a MatMul when it is W.T."""
+    stored, flip = b.stored(weight, transposed=True)
+    if flip:
+        return gemm_t(b, x, stored, bias, rank)
+    if rank == 2:  # the initializer is W.T itself
+        return b.node("Gemm", [x, stored, bias], transB=0)
+    y = b.node("MatMul", [x, stored])
     return b.node("Add", [y, bias]) if bias is not None else y
+
+
+def linear_2d(b: GraphBuilder, x: str, weight: str, bias: str | None) -> str:
+    """x @ W.T (+ b) for a 2-D x: one Gemm on W's initializer as stored (transB=1 unless it is W.T)."""
+    stored, flip = b.stored(weight, transposed=True)
+    return b.node("Gemm", [x, stored, bias], transB=int(flip))
+
+
+def gemm_t(b: GraphBuilder, x: str, stored: str, bias: str | None, rank: int | None) -> str:
+    """x @ S.T (+ bias) for initializer S of shape [n, k] and x of shape [..., k]: Gemm(transB=1),
+    with x flattened to [-1, k] and the result shaped back to [..., n] unless x is 2-D."""
+    if rank == 2:
+        return b.node("Gemm", [x, stored, bias], transB=1)
+    y = b.node("Gemm", [b.node("Flatten", [x], axis=-1), stored, bias], transB=1)
+    target = b.node("Concat", [leading_shape(b, x), b.ints([b.param(stored).shape[0]])], axis=0)
+    return b.node("Reshape", [y, target])
+
+
+def leading_shape(b: GraphBuilder, x: str) -> str:
+    """Shape(x) without its last dim (i64 [rank - 1]), made once per value."""
+    return b.cached(("lead", x), lambda: b.node("Shape", [x], end=-1))
 
 
 def _conv2d(b: GraphBuilder, node: Node) -> str:
@@ -210,7 +253,13 @@ def _conv2d(b: GraphBuilder, node: Node) -> str:
 
 
 def _embedding(b: GraphBuilder, node: Node) -> str:
-    return b.node("Gather", [b.weight(f"{node.attrs['layer']}.weight"), _x(b, node)], axis=0)
+    stored, flip = b.stored(f"{node.attrs['layer']}.weight")
+    if not flip:
+        return b.node("Gather", [stored, _x(b, node)], axis=0)
+    # W is stored as W.T [d, V]: gather its columns ([d, *idx]) and move d last.
+    rank = b.rank(node.inputs[0], node)
+    cols = b.node("Gather", [stored, _x(b, node)], axis=1)
+    return b.node("Transpose", [cols], perm=[*range(1, rank + 1), 0])
 
 
 def _normalized_dims(b: GraphBuilder, node: Node) -> int:
@@ -255,27 +304,31 @@ def _self_attention(b: GraphBuilder, node: Node) -> str:
     t = b.dtype(x) or "f32"
     if b.rank(x, node) != 3:
         raise b.fail(node, "SelfAttention takes a batch-first [B, T, d] input")
-    qkv = linear(b, b.value(x), f"{layer}.in_proj_weight", _slot(b, layer, "in_proj_bias"))
-    # [B, T, 3d] → [B, T, 3h, d/h] → [B, 3h, T, d/h] → q, k, v: [B, h, T, d/h] each
-    heads = b.node("Transpose", [b.node("Reshape", [qkv, b.ints([0, 0, 3 * h, d // h])])], perm=[0, 2, 1, 3])
+    # The projections are 2-D Gemms on [B·T, d], so each weight is read as stored (see `linear`).
+    xv = b.value(x)
+    qkv = linear_2d(b, b.node("Flatten", [xv], axis=-1), f"{layer}.in_proj_weight", _slot(b, layer, "in_proj_bias"))
+    # [B·T, 3d] → [B, T, 3h, d/h] → [B, 3h, T, d/h] → q, k, v: [B, h, T, d/h] each
+    split_heads = b.node("Concat", [leading_shape(b, xv), b.ints([3 * h, d // h])], axis=0)
+    heads = b.node("Transpose", [b.node("Reshape", [qkv, split_heads])], perm=[0, 2, 1, 3])
     q, k, v = b.node("Split", [heads], n=3, axis=1, num_outputs=3)
     scores = b.node("MatMul", [q, b.node("Transpose", [k], perm=[0, 1, 3, 2])])
     scores = b.node("Mul", [scores, b.scalar(1 / math.sqrt(d // h), t)])
     if cfg.get("causal"):
         scores = b.node("Where", [_causal_mask(b, x), b.scalar(-math.inf, t), scores])
     ctx = b.node("MatMul", [b.node("Softmax", [scores], axis=-1), v])
-    ctx = b.node("Reshape", [b.node("Transpose", [ctx], perm=[0, 2, 1, 3]), b.ints([0, 0, d])])
-    return linear(b, ctx, f"{layer}.out_proj.weight", _slot(b, layer, "out_proj.bias"))
+    ctx = b.node("Reshape", [b.node("Transpose", [ctx], perm=[0, 2, 1, 3]), b.ints([-1, d])])  # [B·T, d]
+    y = linear_2d(b, ctx, f"{layer}.out_proj.weight", _slot(b, layer, "out_proj.bias"))
+    return b.node("Reshape", [y, b.cached(("shape", xv), lambda: b.node("Shape", [xv]))])  # [B, T, d]
 
 
 ONNX_EMIT: Mapping[str, Rule] = {
-    "param": _param,  # W, or the shared Transpose(W) when read transposed
+    "param": _param,  # W; read transposed, a reference to W that products take through Gemm's transA/transB
     "const": _const,  # no node: a scalar initializer in the result's dtype, per use
     "add": _binary("Add"),  # a + b
     "sub": _binary("Sub"),  # a - b
     "mul": _binary("Mul"),  # a * b
     "div": _binary("Div"),  # a / b
-    "matmul": _binary("MatMul"),  # a @ b
+    "matmul": _matmul,  # a @ b; a @ Wᵀ as Gemm(transB), Wᵀ @ b as Gemm(transA)
     "neg": _unary("Neg"),  # -x
     "relu": _unary("Relu"),  # max(x, 0)
     "tanh": _unary("Tanh"),  # tanh(x)
@@ -293,7 +346,7 @@ ONNX_EMIT: Mapping[str, Rule] = {
     "concat": _concat,  # cat(xs, dim)
     "cosine_similarity": _cosine_similarity,  # Σab / (max(‖a‖, eps)·max(‖b‖, eps)) over dim
     "positions": _positions,  # Range(0, x.shape[-1], 1), i64
-    "Linear": _linear,  # x @ W.T + b: Gemm for 2-D x, else MatMul(+Add)
+    "Linear": _linear,  # x @ W.T + b: Gemm(transB) (x flattened to 2-D), or MatMul(+Add) on a stored W.T
     "Conv2d": _conv2d,  # conv2d(x, W, b, stride, padding)
     "Embedding": _embedding,  # W[idx]
     "LayerNorm": _layer_norm,  # (x - μ) / sqrt(σ² + eps) * W + b over the normalized dims
