@@ -173,8 +173,7 @@ class Binder:
                                hint=f"layer = {func.id}(…), then call layer(x)")
             known = list(OP_SIGNATURES) + [k for k, v in scope.items() if isinstance(v, Instance)]
             raise TieError(f"unknown function or layer '{func.id}'", func.span,
-                           hint=did_you_mean(func.id, known) or
-                           f"declare a layer before calling it: {func.id} = Linear(…)")
+                           hint=did_you_mean(func.id, known) or _unknown_call_hint(func.id, e))
         ref = _as_ref(func)
         if ref is not None and isinstance(scope.get(ref.parts[0]), (Instance, Copies)):
             self.note_indices(ref, scope)
@@ -287,3 +286,11 @@ def _as_ref(e: ast.Expr) -> ast.Ref | None:
         else:
             return None
     return ast.Ref(tuple(reversed(parts)), span)
+
+
+def _unknown_call_hint(name: str, call: ast.Call) -> str:
+    """A layer takes one tensor, so only a one-argument call may be an undeclared layer."""
+    ops = "the ops are listed in docs/language.md §5"
+    if len(call.args) == 1 and not call.kwargs:
+        return f"declare a layer before calling it ({name} = Linear(…)); {ops}"
+    return f"'{name}' is not an op of tiec; {ops}"

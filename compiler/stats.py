@@ -82,19 +82,29 @@ def model_stats(program: ir.ProgramIR, name: str) -> dict:
         "share_groups": [_group_json(members, params) for _, members in sorted(groups.items())],
         "tie_groups": [_tie_json(t) for t in ir.ties(program, name)],
         "convolutions": _convolutions(graph, program.types.get(name) if program.types else None),
-        "modules": _by_module(uses, [params[c] for c in canon]),
+        "modules": _by_module(uses, [params[c] for c in canon], params, binds),
     }
 
 
-def _by_module(uses: list[ir.Param], tensors: list[ir.Param]) -> dict[str, dict[str, int]]:
+def _by_module(uses: list[ir.Param], tensors: list[ir.Param], params, binds) -> dict[str, dict[str, int]]:
     """Logical and unique parameters per top-level module (`layer`, `blk`, `embed`, …): where the
-    sharing happens. A tensor counts under the module of its canonical slot."""
+    sharing happens. A tensor counts under the module of its canonical slot (`unique_params`);
+    `read_params` counts the distinct tensors the module's uses read, wherever they are stored, so
+    a module is used more than its tensors exactly when `logical_params > read_params` (a head
+    reading the embedding's matrix once is not)."""
     out: dict[str, dict[str, int]] = {}
-    for key, params in (("logical_params", uses), ("unique_params", tensors)):
-        for p in params:
-            top = p.name.split(".", 1)[0]
-            row = out.setdefault(top, {"logical_params": 0, "unique_params": 0})
-            row[key] += _numel(p)
+    read: dict[str, set[str]] = {}
+
+    def row(p: ir.Param) -> dict[str, int]:
+        return out.setdefault(p.name.split(".", 1)[0], {"logical_params": 0, "unique_params": 0, "read_params": 0})
+
+    for p in uses:
+        row(p)["logical_params"] += _numel(p)
+        read.setdefault(p.name.split(".", 1)[0], set()).add(binds[p.name].canonical)
+    for p in tensors:
+        row(p)["unique_params"] += _numel(p)
+    for top, names in read.items():
+        out[top]["read_params"] = sum(_numel(params[c]) for c in names)
     return out
 
 

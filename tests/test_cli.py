@@ -65,3 +65,14 @@ def test_stats_show_where_sharing_saves(capsys):
     assert albert["logical_params"] == 12 * albert["unique_params"] == bert["unique_params"] == 85_054_464
     assert cli.main(["stats", str(examples / "albert.tie")]) == 0
     assert "Albert.layer: 85,054,464 / 7,087,872 (12.00x)" in capsys.readouterr().out
+
+
+def test_stats_do_not_list_a_tied_head_called_once(capsys):
+    """GPT-2's lm_head reads the embedding's matrix once: used as often as the tensor it reads."""
+    examples = Path(__file__).resolve().parent.parent / "examples"
+    head = tiec.load(examples / "gpt2_small.tie").stats()["models"]["GPT2Small"]["modules"]["lm_head"]
+    assert head == {"logical_params": 50257 * 768, "unique_params": 0, "read_params": 50257 * 768}
+    assert cli.main(["stats", str(examples / "gpt2_small.tie")]) == 0
+    out = capsys.readouterr().out
+    assert "lm_head" not in out.split("share groups")[0]
+    assert "GPT2Small.lm_head.weight" in out  # still listed as a member of the tied group

@@ -103,12 +103,12 @@ def stats_table(stats: dict) -> str:
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     reused = [(name, top, row) for name, m in stats["models"].items() for top, row in m["modules"].items()
-              if row["logical_params"] != row["unique_params"]]
+              if row["logical_params"] > row["read_params"]]
     if reused:
-        lines += ["", "modules used more than their tensors (logical / unique params):"]
+        lines += ["", "modules used more than their tensors (logical params / distinct params read):"]
         for name, top, row in sorted(reused, key=lambda r: -r[2]["logical_params"])[:12]:
-            ratio = row["logical_params"] / row["unique_params"] if row["unique_params"] else float("inf")
-            lines.append(f"  {name}.{top}: {row['logical_params']:,} / {row['unique_params']:,} ({ratio:.2f}x)")
+            ratio = row["logical_params"] / row["read_params"]
+            lines.append(f"  {name}.{top}: {row['logical_params']:,} / {row['read_params']:,} ({ratio:.2f}x)")
     if stats["share_groups"]:
         lines += ["", "share groups (one tensor each; first member is canonical):"]
         for g in stats["share_groups"]:
