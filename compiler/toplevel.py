@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import replace
 
+import networkx as nx
 from tiec.dsl import ast
 from tiec.dsl.diagnostics import Span, TieError, TieWarning, did_you_mean, raise_all
 
@@ -82,8 +83,31 @@ def _unused_warnings(program: ir.ProgramIR, model: str, decl: lower.Declared) ->
     if lower.all_layers_used(program, model):  # the usual case, decided without visiting each copy
         return []
     used = lower.used_layers(program, model, decl.layers)
-    return [TieWarning(f"layer '{layer.path}' is declared but never used", layer.span)
-            for layer in decl.layers if layer.path not in used and layer.kind != "Dropout"]
+    holders = _holders(program, model, decl, used)
+    unused: dict[object, list[ir.Layer]] = {}  # one warning per declaration, however many copies it has
+    for layer in decl.layers:
+        if layer.path not in used and layer.path not in holders and layer.kind != "Dropout":
+            unused.setdefault(layer.span, []).append(layer)
+    out = []
+    for span, layers in unused.items():
+        more = f", nor are its {len(layers) - 1} other copies" if len(layers) > 1 else ""
+        out.append(TieWarning(f"layer '{layers[0].path}' is declared but never used{more}", span))
+    return out
+
+
+def _holders(program: ir.ProgramIR, model: str, decl: lower.Declared, used: set[str]) -> set[str]:
+    """Layers holding a tensor that a used layer reads through a share (`share fc.weight,
+    holder.weight.T`): the share requests' components that touch a used layer's parameter."""
+    if not decl.shares:
+        return set()
+    graph = nx.Graph((ir.split(r.a)[1], ir.split(r.b)[1]) for r in decl.shares)
+    layer_of = {p.name: p.layer for p in decl.params}
+    out: set[str] = set()
+    for component in nx.connected_components(graph):
+        layers = {layer_of[name] for name in component if name in layer_of}
+        if layers & used:
+            out |= layers
+    return out
 
 
 def elaborate(program: ast.Program, overrides: Mapping[str, int | float] | None = None) -> ir.ProgramIR:

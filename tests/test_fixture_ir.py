@@ -243,3 +243,32 @@ def test_inputs_keep_their_declared_types(name: str):
     for model, g in p.models.items():
         for i in g.inputs:
             assert p.types[model][i.name] == i.type
+
+
+HOLDER = """
+block Layer(d) {
+    in x: [B, d]
+    holder = Linear(d, d)
+    fc = Linear(d, d)
+    share fc.weight, holder.weight.T
+    spare = Linear(d, d)
+    return fc(x)
+}
+model M(d = 4) {
+    in x: [B, d]
+    repeat 12 {
+        blk = Layer(d)
+        x = blk(x)
+    }
+    return x
+}
+"""
+
+
+def test_a_layer_holding_a_shared_tensor_is_used_and_copies_warn_once():
+    from tiec.compiler import compile_source
+
+    rendered = [w.render() for w in compile_source(HOLDER, "holder.tie").warnings]
+    assert len(rendered) == 1, rendered  # not `holder`, which holds fc's weight; one line for 12 copies
+    assert rendered[0].startswith("holder.tie:7:5: warning: layer 'blk.0.spare' is declared but never used, "
+                                  "nor are its 11 other copies")
