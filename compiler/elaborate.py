@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from tiec.dsl import ast
 from tiec.dsl.diagnostics import Span, TieError
 
-from . import ir, lower
+from . import ir, lower, schedules
 from .catalog import LAYERS, REQUIRED, Arg, reserved_member
 from .config import CVal, coerce, evaluate
 from .expressions import Binder, GraphBuilder, bind_args
@@ -243,6 +243,11 @@ class SubgraphElaborator(Relating, Binder):
             raise TieError(f"repeat count {big(count.value)} does not fit in int64", stmt.count.span,
                            hint="docs/language.md lists the limits")
         self.unrolled |= count.deps
+        schedule = None
+        if stmt.schedule is not None:  # the copies share by a schedule: count and k are baked in
+            deps = set(count.deps)
+            schedule = schedules.resolve(stmt.schedule, count.value, scope.config, deps)
+            self.structural |= deps
         loop_id = next(self._loop_ids)
         rebound = _rebound(stmt.body)
         outer_body, self.g.nodes = self.g.nodes, []
@@ -267,12 +272,15 @@ class SubgraphElaborator(Relating, Binder):
             carried.append((outer, inner, result))
         exports = tuple(dict.fromkeys(scope[n] for n in rebound if isinstance(scope.get(n), str)))
         self.g.nodes.append(ir.Loop(loop_id, count.value, count.src, stmt.shared, body, tuple(carried), exports,
-                                    stmt.count.span))
+                                    stmt.count.span, schedule))
         if not stmt.shared:  # after the loop, a name stands for all its copies: blk[3]
-            for name in _declared_names(stmt.body, self, scope):
+            declared = _declared_names(stmt.body, self, scope)
+            for name in declared:
                 if isinstance(scope.get(name), (Instance, Copies)):
                     scope[name] = Copies(name, count.value, count.src)
             self.index.expand(loop_id, count.value)
+            if schedule is not None:
+                self.relations(schedules.requests(schedule, declared, self.index, stmt.schedule.span), ())
 
     # ------------------------------------------------------------------ declarations
     def declare(self, stmt: ast.Assign, kind: str, scope: Scope) -> Instance:

@@ -369,7 +369,8 @@ class SubgraphClass:
                 if len(inst.loops) == 1 and any(lp.id == inst.loops[0] for lp in self.sub.body if isinstance(lp, ir.Loop)):
                     copies[inst.name] = (inst.loops[0], self.loops[inst.loops[0]].count)
         attrs = tie_attrs(groups, [i.name for i in self.sub.instances] +
-                          ([lay.path.split(".")[0] for lay in self.legacy.layers] if self.legacy is not None else []))
+                          ([lay.path.split(".")[0] for lay in self.legacy.layers] if self.legacy is not None else []),
+                          copies)
         self.tie_init = init_lines(groups, attrs, shape_of, copies)
         body = penalty_lines(groups, member, zero, copies, attrs)
         doc = '"""Σ over tie groups of λ · Σ_{i<j} ‖w_i − w_j‖² (l2) or λ · Σ_{i<j} Σ|w_i − w_j| (l1)."""'

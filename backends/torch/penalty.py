@@ -14,8 +14,9 @@ every copy once, are written as one loop over the copies (`for c in self.c: pena
 """
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tiec.compiler import ir
 from tiec.dsl.diagnostics import TieError
@@ -27,19 +28,26 @@ TIE_METHODS = ("tie_penalty", "tie_strengths", "set_tie_strength", "load_anchors
 
 @dataclass(frozen=True)
 class TieAttrs:
-    """The attribute names a class gives its tie state: λ buffer, anchors-loaded flag, anchor buffers."""
+    """The attribute names a class gives its tie state: the λ buffer of the groups written out, one λ
+    buffer per loop over copies (by the index of the loop's first group in emission order), the
+    anchors-loaded flag, and the anchor buffers."""
 
     strength: str
     loaded: str
     anchors: Mapping[str, str]  # checkpoint key → buffer attribute
+    loops: Mapping[int, str] = field(default_factory=dict)
 
 
-def tie_attrs(groups: Iterable[ir.TieGroup], taken: Iterable[str]) -> TieAttrs:
+def tie_attrs(groups: Iterable[ir.TieGroup], taken: Iterable[str],
+              copies: Mapping[str, tuple[int, int]] | None = None) -> TieAttrs:
     """Deterministic names, clear of `taken` (the class's submodules): the same groups give the same names."""
+    groups = tuple(groups)
     names = Namer(set(taken) | set(TIE_METHODS))
     strength, loaded = names.fresh("tie_strength"), names.fresh("anchors_loaded")
     keys = dict.fromkeys(a.key for g in groups for a in g.anchors)
-    return TieAttrs(strength, loaded, {k: names.fresh(f"anchor_{i}") for i, k in enumerate(keys)})
+    anchors = {k: names.fresh(f"anchor_{i}") for i, k in enumerate(keys)}
+    loops = {at: names.fresh(f"tie_strength_{n + 1}") for n, at in enumerate(order(groups, copies)[1])}
+    return TieAttrs(strength, loaded, anchors, loops)
 
 
 def _term(tie: ir.TieGroup, ws: list[str], lam: str) -> tuple[list[str], str]:
@@ -76,7 +84,7 @@ def _pattern(tie: ir.TieGroup, copies: Mapping[str, tuple[int, int]]):
             parts.append((m.param, m.transposed))
     if index is None:
         return None
-    return (tie.norm, tie.kind, loop, tuple(parts)), int(index)
+    return (tie.strength, tie.norm, tie.kind, loop, tuple(parts)), int(index)
 
 
 def order(groups: tuple[ir.TieGroup, ...], copies: Mapping[str, tuple[int, int]] | None = None
@@ -91,11 +99,15 @@ def order(groups: tuple[ir.TieGroup, ...], copies: Mapping[str, tuple[int, int]]
             found.setdefault(p[0], []).append((p[1], tie))
 
     def count(sig: tuple) -> int:
-        head = next(p[0] for p in sig[3] if len(p) > 2)
+        head = next(p[0] for p in sig[4] if len(p) > 2)
         return copies[head][1]
 
+    def progression(ties: list[tuple[int, ir.TieGroup]]) -> bool:  # ids a, a + s, a + 2s, …: a range
+        ids = [t.id for _, t in sorted(ties, key=lambda t: t[0])]
+        return len(ids) < 2 or ids[1] > ids[0] and all(b - a == ids[1] - ids[0] for a, b in itertools.pairwise(ids))
+
     looped = {sig: sorted(ties, key=lambda t: t[0]) for sig, ties in found.items()
-              if sorted(i for i, _ in ties) == list(range(count(sig)))}
+              if sorted(i for i, _ in ties) == list(range(count(sig))) and progression(ties)}
     first = {id(ties[0][1]): sig for sig, ties in looped.items()}
     skip = {id(t) for ties in looped.values() for _, t in ties}
     out, opens = [], {}
@@ -117,39 +129,39 @@ def penalty_lines(groups: tuple[ir.TieGroup, ...], member: Callable[[str, bool],
     this class's own); `loaded`: the flags that must be set before the penalty runs."""
     if not groups:
         return [f"return {zero}"]
-    attrs = attrs or tie_attrs(groups, ())
+    attrs = attrs or tie_attrs(groups, (), copies)
     anchor = anchor or (lambda _g, key: f"self.{attrs.anchors[key]}")
     emitted, opens = order(groups, copies)
     out = []
     for flag in loaded if loaded is not None else ([f"self.{attrs.loaded}"] if attrs.anchors else []):
         out += [f"if not {flag}:",
                 '    raise RuntimeError("tie anchors are not loaded: call load_anchors(state) with the checkpoint")']
-    started, i = False, 0
+    started, i, single = False, 0, 0
     while i < len(emitted):
         tie = emitted[i]
         if i in opens:
             sig, ties = opens[i]
             out += [] if started else [f"penalty = {zero}"]
-            out += _loop(sig, ties, member, f"self.{attrs.strength}", i)
+            out += _loop(sig, ties, member, f"self.{attrs.loops[i]}")
             started = True
             i += len(ties)
             continue
         names = " ~ ".join([m.param + (".T" if m.transposed else "") for m in tie.members] +
                            [f"anchor({literal(a.key)})" for a in tie.anchors])
         ws = [member(m.param, m.transposed) for m in tie.members] + [anchor(tie, a.key) for a in tie.anchors]
-        pre, term = _term(tie, ws, f"self.{attrs.strength}[{i}]")
+        pre, term = _term(tie, ws, f"self.{attrs.strength}[{single}]")
         kind = "" if tie.kind == "pairwise" else f", {tie.kind}"
         out += [f"# tie group {tie.id} ({tie.norm}{kind}): {names}", *pre]
         out.append(f"penalty = penalty + {term}" if started else f"penalty = {term}")
         started = True
         i += 1
+        single += 1
     return [*out, "return penalty"]
 
 
-def _loop(sig: tuple, ties: list[ir.TieGroup], member: Callable[[str, bool], str], strength: str,
-          start: int) -> list[str]:
+def _loop(sig: tuple, ties: list[ir.TieGroup], member: Callable[[str, bool], str], strength: str) -> list[str]:
     """One loop over the copies for the tie groups `ties` (one per copy, alike but for the index)."""
-    parts = sig[3]
+    parts = sig[4]
     heads = list(dict.fromkeys(p[0] for p in parts if len(p) > 2))
     names = Namer({"self", "penalty", "w", "i"})
     var = {h: names.fresh(h) for h in heads}
@@ -163,8 +175,7 @@ def _loop(sig: tuple, ties: list[ir.TieGroup], member: Callable[[str, bool], str
             ws.append(f"{base}.T" if m.transposed else base)
         else:
             ws.append(member(m.param, m.transposed))
-    index = "i" if start == 0 else f"{start} + i"
-    pre, term = _term(probe, ws, f"{strength}[{index}]")
+    pre, term = _term(probe, ws, f"{strength}[i]")
     its = [f"self.{h}" for h in heads]
     head = f"for i, {var[heads[0]]} in enumerate({its[0]}):" if len(heads) == 1 else \
         f"for i, ({', '.join(var[h] for h in heads)}) in enumerate(zip({', '.join(its)})):"
@@ -174,16 +185,35 @@ def _loop(sig: tuple, ties: list[ir.TieGroup], member: Callable[[str, bool], str
             *("    " + x for x in pre), f"    penalty = penalty + {term}"]
 
 
+def _segments(groups, copies) -> list[tuple[str | None, str, str]]:
+    """(loop head or None, ids expression, λ values expression) per λ buffer: the groups written out,
+    then each loop, whose length follows its copies (`len(self.c)`) as the constructor builds them."""
+    emitted, opens = order(groups, copies)
+    inside = {id(t) for _, ties in opens.values() for t in ties}
+    singles = [t for t in emitted if id(t) not in inside]
+    out = [(None, literal(tuple(t.id for t in singles)),
+            f"torch.tensor([{', '.join(literal(float(t.strength)) for t in singles)}])")] if singles else []
+    for at, (sig, ties) in opens.items():
+        head = next(p[0] for p in sig[4] if len(p) > 2)
+        n, first = f"len(self.{head})", ties[0].id
+        step = ties[1].id - first if len(ties) > 1 else 1
+        out.append((at, f"range({first}, {first} + {step} * {n}, {step})" if step != 1 else
+                    f"range({first}, {first} + {n})", f"torch.full(({n},), {literal(float(sig[0]))})"))
+    return out
+
+
 def init_lines(groups: tuple[ir.TieGroup, ...], attrs: TieAttrs, shape_of: Callable[[str], tuple],
                copies: Mapping[str, tuple[int, int]] | None = None) -> list[str]:
-    """`__init__` lines: the λ buffer (emission order) and one zero buffer per anchor, not yet loaded."""
+    """`__init__` lines: the λ buffers and one zero buffer per anchor, not yet loaded."""
     if not groups:
         return []
-    emitted, _ = order(groups, copies)
-    lams = ", ".join(literal(float(t.strength)) for t in emitted)
-    out = [(f"self.register_buffer({literal(attrs.strength)}, torch.tensor([{lams}]), persistent=False)"
-           "  # λ per tie group: set_tie_strength changes it")]
+    out = []
+    for at, _, values in _segments(groups, copies):
+        name = attrs.strength if at is None else attrs.loops[at]
+        what = "λ per tie group written out" if at is None else "λ per copy of a tie written in a repeat"
+        out.append(f"self.register_buffer({literal(name)}, {values}, persistent=False)  # {what}")
     if attrs.anchors:
+        emitted, _ = order(groups, copies)
         first = {}
         for t in emitted:
             for a in t.anchors:
@@ -203,23 +233,26 @@ def method_lines(groups: tuple[ir.TieGroup, ...], attrs: TieAttrs, copies: Mappi
     too (the all-models module sets λ and loads anchors in each model as well as its own)."""
     if not groups:
         return []
-    emitted, _ = order(groups, copies)
-    ids = literal(tuple(t.id for t in emitted))
+    pairs = [(ids, f"self.{attrs.strength if at is None else attrs.loops[at]}")
+             for at, ids, _ in _segments(groups, copies)]
+    table = ["    buffers = (  # (tie group ids, their λ buffer)", *(f"        ({ids}, {buf})," for ids, buf in pairs), "    )"]
     strengths = [
         "def tie_strengths(self):",
         '    """Tie group id → λ, as tie_penalty uses it now."""',
-        f"    return dict(zip({ids}, self.{attrs.strength}.tolist()))",
+        *table,
+        "    return {g: lam for ids, buffer in buffers for g, lam in zip(ids, buffer.tolist())}",
     ]
     set_lines = [
         "def set_tie_strength(self, value, group=None):",
         '    """Set λ of tie group `group` (an id from tie_strengths), or of every group; no recompiling."""',
-        f"    ids = {ids}",
-        "    if group is not None and group not in ids:",
-        '        raise KeyError(f"no tie group {group!r}; the groups are {ids}")',
+        "    if group is not None and group not in self.tie_strengths():",
+        '        raise KeyError(f"no tie group {group!r}; the groups are {sorted(self.tie_strengths())}")',
+        *table,
         "    with torch.no_grad():",
-        "        for i, g in enumerate(ids):",
-        "            if group is None or g == group:",
-        f"                self.{attrs.strength}[i] = float(value)",
+        "        for ids, buffer in buffers:",
+        "            for i, g in enumerate(ids):",
+        "                if group is None or g == group:",
+        "                    buffer[i] = float(value)",
     ]
     for c in tied:
         set_lines += [f"    if group is None or group in {c}.tie_strengths():", f"        {c}.set_tie_strength(value, group)"]
@@ -238,7 +271,7 @@ def method_lines(groups: tuple[ir.TieGroup, ...], attrs: TieAttrs, copies: Mappi
                 '            raise KeyError(f"the checkpoint has no tensor {key!r} for an anchor")',
                 "        if value.shape != buffer.shape or value.dtype != buffer.dtype:",
                 ('            raise ValueError(f"anchor {key!r}: the checkpoint holds {value.dtype} {list(value.shape)}, '
-                'the tie needs {buffer.dtype} {list(buffer.shape)}")'),
+                 'the tie needs {buffer.dtype} {list(buffer.shape)}")'),
                 "        with torch.no_grad():",
                 "            buffer.copy_(value)",
                 f"    self.{attrs.loaded} = True",
