@@ -65,6 +65,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="output .svg, .png or .dot file")
     p.add_argument("--model", help="one model (default: every model)")
     p.add_argument("--format", choices=("svg", "png", "dot"), help="the format (default: from the output's name)")
+    p = sub.add_parser("dedup", help="store each tensor of any ONNX file once",
+                       description="merge initializers that are copies or transposes of each other, verified "
+                                   "with onnxruntime")
+    p.add_argument("file", help="the .onnx file (from any exporter)")
+    p.add_argument("-o", "--output", required=True, help="output .onnx file")
+    p.add_argument("--seed", type=int, default=0, help="seed for the random inputs of the check (default 0)")
     return top
 
 
@@ -134,6 +140,8 @@ def run(argv: list[str]) -> int:
     output = getattr(args, "output", None)
     if output:  # before compiling: a spec can take a while, and this needs no spec
         _check_output(output, [args.file, getattr(args, "weights", None)])
+    if args.command == "dedup":
+        return _dedup(args)
     if args.command == "graph":  # an unknown format or a missing Graphviz, before compiling
         from tiec.backends.graph import output_format
 
@@ -167,6 +175,26 @@ def run(argv: list[str]) -> int:
         write_graph(dot, args.output, args.format)
         print(f"wrote {args.output}")
     return 0
+
+
+def _dedup(args: argparse.Namespace) -> int:
+    from tiec.backends.onnx.dedup import dedup_file
+
+    report = dedup_file(args.file, args.output, seed=args.seed)
+    merges = report["merges"]
+    saved = report["initializer_bytes_before"] - report["initializer_bytes_after"]
+    print(f"merged {len(merges)} initializer(s) into others, {saved:,} bytes no longer stored"
+          + (":" if merges else ""))
+    for m in merges:
+        print(f"  {_shown(m.removed)} = {_shown(m.kept)}{'.T' if m.transposed else ''} ({m.nbytes:,} bytes)")
+    print(f"wrote {args.output}: {report['bytes_after']:,} bytes (was {report['bytes_before']:,}); "
+          f"onnxruntime outputs unchanged (max |diff| {report['max_abs_diff']:.3g})")
+    return 0
+
+
+def _shown(name: str) -> str:
+    """A name from a file, printable: escapes instead of terminal control characters."""
+    return name if name.isprintable() else ascii(name)
 
 
 def main(argv: list[str] | None = None) -> int:
