@@ -116,7 +116,7 @@ def test_bad_anchor_checkpoints_are_located_errors(change, message):
 def test_unreadable_anchor_file_is_an_error(tmp_path):
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"not a checkpoint at all")
-    with pytest.raises(TieError, match="cannot read anchors"):
+    with pytest.raises(TieError, match="cannot read weights from"):
         tiec.loads(ANCHORED).torch(anchors=bad)
 
 

@@ -21,25 +21,12 @@ TORCH_DTYPES = {"f32": "float32", "f16": "float16", "bf16": "bfloat16", "f64": "
 
 
 def read_checkpoint(path: str | os.PathLike, where) -> Mapping[str, Any]:
-    """The tensors of a safetensors file or of a `torch.save` state dict (`weights_only=True`)."""
-    import torch
+    """The tensors of a safetensors file (read lazily) or of a `torch.save` state dict (`tiec.weights.read`)."""
+    from tiec import weights
 
-    origin = os.fspath(path)
-    try:
-        with open(origin, "rb") as f:
-            head = f.read(9)
-    except OSError as e:
-        raise TieError(f"cannot read anchors from {origin}: {e.strerror or e}", where) from None
-    try:
-        if len(head) == 9 and head[8:9] == b"{":  # safetensors: an 8-byte header length, then JSON
-            from safetensors.torch import load_file
-
-            return load_file(origin)
-        state = torch.load(origin, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is the user's to fix
-        raise TieError(f"cannot read anchors from {origin}: {e}", where) from None
+    state = weights.read(path, where)
     if not isinstance(state, Mapping):
-        raise TieError(f"{origin} does not hold a state dict: got {type(state).__name__}", where,
+        raise TieError(f"{os.fspath(path)} does not hold a state dict: got {type(state).__name__}", where,
                        hint="save a mapping of names to tensors: torch.save(module.state_dict(), path)")
     return state
 
