@@ -216,7 +216,11 @@ def _reshape(ctx: Ctx) -> T:
             known[known.index(-1)] = f"({_mul([n_in, *left])})//{n_out}"  # the elements the target leaves
         else:
             ctx.fail(f"reshape: cannot reshape {_fmt(x.shape)} into {_fmt(target)}")
-    elif not left and n_in != n_out:
+    elif left:  # without a -1 the target's count is fixed, and a runtime size would have to match it
+        ctx.fail(f"reshape: the input's dim{'s' if len(left) > 1 else ''} {', '.join(map(str, left))} "
+                 f"{'have' if len(left) > 1 else 'has'} no place in {_fmt(target)} (input {_fmt(x.shape)})",
+                 hint=f"keep {left[0]} where the input has it, or use -1 for the dim that absorbs it")
+    elif n_in != n_out:
         ctx.fail(f"reshape: {_fmt(x.shape)} has {_mul(x.shape)} elements, {_fmt(target)} has {_mul(known)}")
     return T(x.dtype, tuple(known))
 
