@@ -73,7 +73,9 @@ def _model_config(d: ast.Definition, overrides: Mapping) -> dict[str, CVal]:
         if p.default is None:
             raise TieError(f"model parameter '{p.name}' needs a default", p.span,
                            hint=f"for example {p.name} = 128; override it with --set {p.name}=…")
-        value = overrides[p.name] if p.name in overrides else evaluate(p.default, config, "a default").value
+        own = f"{d.name}.{p.name}"  # `--set Model.name=…` wins over `--set name=…`
+        value = overrides[own] if own in overrides else overrides[p.name] if p.name in overrides else \
+            evaluate(p.default, config, "a default").value
         config[p.name] = CVal(value, p.name, frozenset({p.name}))
     return config
 
@@ -111,13 +113,22 @@ def _holders(program: ir.ProgramIR, model: str, decl: lower.Declared, used: set[
 
 
 def elaborate(program: ast.Program, overrides: Mapping[str, int | float] | None = None) -> ir.ProgramIR:
-    """Build the `ProgramIR` of every model in `program`, model parameters overridden."""
+    """Build the `ProgramIR` of every model in `program`, model parameters overridden: `name`
+    overrides that parameter of every model that has it, `Model.name` only that model's."""
     overrides = overrides or {}
     blocks, models, errors = _definitions(program)
     known = {p.name for d in models.values() for p in d.params}
     nowhere = Span(program.span.source, 0, 0, 0, 0)  # an override is not in the file: no line to show
     for name, value in overrides.items():
-        if name not in known:
+        model, dot, param = name.rpartition(".")
+        if dot and model not in models:
+            errors.append(TieError(f"--set {name}: no model '{model}'", nowhere,
+                                   hint=did_you_mean(model, list(models)) or f"models: {', '.join(models)}"))
+        elif dot and param not in (own := [p.name for p in models[model].params]):
+            errors.append(TieError(f"--set {name}: model {model} has no parameter '{param}'", nowhere,
+                                   hint=did_you_mean(param, own) or
+                                   (f"parameters: {', '.join(own)}" if own else f"{model} takes no parameters")))
+        elif not dot and name not in known:
             errors.append(TieError(f"--set {name}: no model has a parameter '{name}'", nowhere,
                                    hint=did_you_mean(name, known) or
                                    (f"parameters: {', '.join(sorted(known))}" if known else "no model takes parameters")))

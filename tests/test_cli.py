@@ -76,3 +76,33 @@ def test_stats_do_not_list_a_tied_head_called_once(capsys):
     out = capsys.readouterr().out
     assert "lm_head" not in out.split("share groups")[0]
     assert "GPT2Small.lm_head.weight" in out  # still listed as a member of the tied group
+
+
+TWO_MODELS = """model A(d = 4) {
+    in x: [B, 8]
+    y = reshape(x, [B, 2, d])
+    return y
+}
+model C(d = 4) {
+    in x: [B, d]
+    fc = Linear(d, 2)
+    return fc(x)
+}
+"""
+
+
+def test_set_with_model_applies_to_that_model_only(tmp_path, capsys):
+    spec = tmp_path / "two.tie"
+    spec.write_text(TWO_MODELS)
+    out = tmp_path / "c.onnx"
+    assert cli.main(["check", str(spec), "--set", "d=6"]) == 1  # A's reshape cannot take d=6
+    assert "two.tie:3:9: error: reshape" in capsys.readouterr().err
+    assert cli.main(["export", str(spec), "--model", "C", "--set", "d=6", "-o", str(out)]) == 0
+    import onnx
+    assert [d.dim_value for d in onnx.load(out).graph.input[0].type.tensor_type.shape.dim][1] == 6
+    assert cli.main(["check", str(spec), "--set", "C.d=6"]) == 0
+    program = tiec.loads(TWO_MODELS, {"C.d": 6})
+    assert program.stats()["models"]["A"]["unique_params"] == 0
+    assert program.stats()["models"]["C"]["unique_params"] == 6 * 2 + 2
+    assert cli.main(["check", str(spec), "--set", "Q.d=6"]) == 1
+    assert "no model 'Q'" in capsys.readouterr().err

@@ -147,7 +147,8 @@ def _got(value: Any) -> str:
 
 
 def loads(text: str, overrides: Mapping[str, int | float] | None = None, filename: str = "<string>") -> Program:
-    """Compile .tie source text."""
+    """Compile .tie source text. `overrides`: {"d": 64} sets d in every model that has it,
+    {"Encoder.d": 64} in one model only."""
     return Program(compile_source(text, filename, overrides), filename)
 
 

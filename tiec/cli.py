@@ -31,9 +31,14 @@ def _value(text: str) -> int | float:
 
 def _setting(text: str) -> tuple[str, int | float]:
     name, eq, value = text.partition("=")
-    if not eq or not name.strip().isidentifier():
-        raise argparse.ArgumentTypeError(f"expected name=value, got '{text}'")
+    if not eq or not all(part.isidentifier() for part in name.strip().split(".", 1)):
+        raise argparse.ArgumentTypeError(f"expected name=value or Model.name=value, got '{text}'")
     return name.strip(), _value(value.strip())
+
+
+def _overrides(sets: list[tuple[str, int | float]], model: str | None) -> dict[str, int | float]:
+    """With `--model M`, a plain `--set name=…` is M's alone: other models keep their defaults."""
+    return {f"{model}.{name}" if model and "." not in name else name: value for name, value in sets}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,7 +49,8 @@ def _parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help)
         p.add_argument("file", help="the .tie file")
         p.add_argument("--set", dest="sets", action="append", type=_setting, default=[], metavar="NAME=VALUE",
-                       help="override a model parameter (repeatable)")
+                       help="override a model parameter (repeatable): `name=…` for every model that has it "
+                            "(only the --model one where a command takes --model), `Model.name=…` for one")
         return p
 
     command("check", "check a spec: syntax, names, shapes, sharing")
@@ -148,7 +154,7 @@ def run(argv: list[str]) -> int:
         output_format(output, args.format)
     from tiec.api import load
 
-    program = load(args.file, dict(args.sets))
+    program = load(args.file, _overrides(args.sets, getattr(args, "model", None)))
     for w in program.warnings:
         print(w.render(), file=sys.stderr)
     if args.command == "check":
