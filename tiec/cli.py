@@ -71,6 +71,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="output .svg, .png or .dot file")
     p.add_argument("--model", help="one model (default: every model)")
     p.add_argument("--format", choices=("svg", "png", "dot"), help="the format (default: from the output's name)")
+    p = command("collapse", "make tie groups whose trained members are within --eps one shared tensor; write "
+                            "the weights and ONNX")
+    p.add_argument("--weights", required=True, help="the trained checkpoint (.safetensors, or torch.save)")
+    p.add_argument("--eps", type=_value, required=True, help="the largest relative distance ‖w_i − w̄‖/‖w̄‖ collapsed")
+    p.add_argument("-o", "--output", required=True, help="output .onnx file")
+    p.add_argument("--weights-out", help="output .safetensors file (default: the output's name with .safetensors)")
+    p.add_argument("--model", help="the model (required when the file has several)")
+    p.add_argument("--samples", type=int, default=4, help="sample inputs for the output change (default 4)")
+    p.add_argument("--seed", type=int, default=0, help="seed for the sample inputs (default 0)")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
     p = sub.add_parser("dedup", help="store each tensor of any ONNX file once",
                        description="merge initializers that are copies or transposes of each other, verified "
                                    "with onnxruntime")
@@ -173,6 +184,10 @@ def run(argv: list[str]) -> int:
         info = program.onnx(args.output, args.model, weights=args.weights, opset=args.opset, seed=args.seed,
                             allow_nonfinite=args.allow_nonfinite)
         print(f"wrote {args.output}: {info['bytes']:,} bytes, {info['initializers']} initializers")
+    elif args.command == "collapse":
+        from tiec.collapse import cli_run
+
+        return cli_run(program, args)
     elif args.command == "graph":
         from tiec.backends.graph import dot_source, write_graph
 
