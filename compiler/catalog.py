@@ -121,6 +121,7 @@ RESERVED_MEMBERS = frozenset({
     "register_module", "register_parameter", "register_state_dict_post_hook", "register_state_dict_pre_hook",
     "requires_grad_", "set_extra_state", "set_submodule", "share_memory", "state_dict", "to", "to_empty", "train",
     "training", "type", "xpu", "zero_grad", "tie_penalty",
+    "tie_strengths", "set_tie_strength", "load_anchors",  # the tie methods every emitted model has
 })
 
 
