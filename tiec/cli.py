@@ -65,6 +65,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", help="a checkpoint: .safetensors, or a state dict saved with torch.save "
                    "(.pt, .bin); default: fresh weights")
     p.add_argument("--allow-nonfinite", action="store_true", help="export nan and inf weights instead of refusing")
+    p.add_argument("--external-data", action="store_true",
+                   help="write the weights to OUT.data beside OUT, as they are produced (automatic past 2 GiB)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
     p.add_argument("--seed", type=int, default=0, help="seed for fresh weights (default 0)")
     p = command("graph", "draw the dataflow, blocks, share and tie groups (SVG, PNG or DOT)")
@@ -182,8 +185,10 @@ def run(argv: list[str]) -> int:
             sys.stdout.write(source)
     elif args.command == "export":
         info = program.onnx(args.output, args.model, weights=args.weights, opset=args.opset, seed=args.seed,
-                            allow_nonfinite=args.allow_nonfinite)
-        print(f"wrote {args.output}: {info['bytes']:,} bytes, {info['initializers']} initializers")
+                            allow_nonfinite=args.allow_nonfinite, external_data=args.external_data or None,
+                            progress=not args.quiet and sys.stderr.isatty())
+        beside = f" and {info['data_path']}" if "data_path" in info else ""
+        print(f"wrote {args.output}{beside}: {info['bytes']:,} bytes, {info['initializers']} initializers")
     elif args.command == "collapse":
         from tiec.collapse import cli_run
 

@@ -11,13 +11,21 @@ Rule, as compilers and `cp` treat their output:
   (replacing `/dev/null` would delete the device);
 - a read-only file, a folder, and any other kind of file (a block device, a socket) are refused.
 Every refusal and I/O failure is a `TieError` naming the output, with no line.
+
+A file written with companions beside it (an ONNX model and its external data: `written_together`)
+follows the same rule for each, and they appear together: all are written in a temporary folder
+beside the first and moved into place only when every one is complete; a failure leaves none.
+They must be regular files (new or existing): a device or a FIFO cannot hold a companion.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import shutil
 import stat
 import tempfile
+from collections.abc import Iterator
 
 from tiec.dsl.diagnostics import Source, Span, TieError
 
@@ -44,6 +52,47 @@ def write_output(path: str | os.PathLike, data: bytes | str) -> None:
             _replace(target, raw, st.st_mode & 0o777 if st is not None else 0o666 & ~_umask())
     except OSError as e:
         raise _error(path, e.strerror or str(e)) from None
+
+
+@contextlib.contextmanager
+def written_together(path: str | os.PathLike, companions: tuple[str, ...]) -> Iterator[tuple[str, list[str]]]:
+    """Write `path` and the files named `companions` in its folder as one (module docstring):
+    yields the temporary paths to write them at (`path`'s, then each companion's), with those
+    names, in one temporary folder; when the block ends without an error they replace their
+    targets (companions first, so a reader never finds the file without them), else the folder
+    is removed.
+
+    Raises:
+        TieError: one of the files must not or cannot be written; nothing was changed.
+    """
+    path = os.fspath(path)
+    target, st, stream = _target(path)
+    if stream:
+        raise _error(path, "it is not a regular file, and the files written beside it need one")
+    folder = os.path.dirname(target)
+    others = [os.path.join(folder, name) for name in companions]  # beside the file a link leads to
+    places = []
+    for other in others:
+        t, s, streamed = _target(other)
+        if streamed:
+            raise _error(other, "it is not a regular file")
+        places.append((t, s))
+    try:
+        tmp = tempfile.mkdtemp(dir=folder, prefix=f".{os.path.basename(target)}.", suffix=".tmp")
+    except OSError as e:
+        raise _error(path, e.strerror or str(e)) from None
+    try:
+        inner = [os.path.join(tmp, os.path.basename(target))] + [os.path.join(tmp, n) for n in companions]
+        yield inner[0], inner[1:]
+        for (t, s), written in [*zip(places, inner[1:]), ((target, st), inner[0])]:
+            os.chmod(written, s.st_mode & 0o777 if s is not None else 0o666 & ~_umask())
+            with open(written, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(written, t)
+    except OSError as e:
+        raise _error(path, e.strerror or str(e)) from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _target(path: str) -> tuple[str, os.stat_result | None, bool]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -31,7 +31,7 @@ PRODUCER = "tiec"
 
 
 def export(ir: ProgramIR, model: str, path: str, weights: Mapping[str, np.ndarray], opset: int = 18,
-           *, check: bool = True) -> dict[str, Any]:
+           *, check: bool = True, external_data: bool | None = None, progress: bool = False) -> dict[str, Any]:
     """Write `model` of `ir` to the ONNX file `path`.
 
     Args:
@@ -43,6 +43,9 @@ def export(ir: ProgramIR, model: str, path: str, weights: Mapping[str, np.ndarra
             declared shape; converted to its declared dtype. Other keys are ignored.
         opset: the default-domain opset (18 or later).
         check: run `onnx.checker.check_model(full_check=True)` before writing.
+        external_data: write the initializers to `path + ".data"` beside the model, as they are
+            produced (`external.py`); None: only when they pass `external.INLINE_LIMIT` (2 GiB).
+        progress: draw a progress bar on standard error once writing takes a few seconds.
 
     Raises:
         TieError: the checker rejects the model (the error points at the IR node responsible), or
@@ -51,9 +54,22 @@ def export(ir: ProgramIR, model: str, path: str, weights: Mapping[str, np.ndarra
     Returns:
         {"model", "path", "nodes", "initializers", "constants", "param_bytes", "bytes", "overhead"}:
         counts of graph nodes, parameter initializers and small constant initializers; bytes of
-        unique parameters, of the file, and their difference.
+        unique parameters, of the file, and their difference; with external data, "bytes" counts
+        both files, and "data_path" and "data_bytes" describe the data file.
     """
-    proto, param_bytes, builder = _lower(ir, model, weights, opset)
+    from tiec.backends.onnx import external
+
+    size = external.unique_param_bytes(ir, model) if model in ir.models else 0
+    bar = external.Progress(size, progress)
+    if external_data or external_data is None and size > external.INLINE_LIMIT:
+        return external.write(path, lambda fill: _lower(ir, model, weights, opset, fill), check=check, progress=bar)
+
+    def fill(t, name, arr, dtype):
+        fill_tensor(t, name, arr, dtype)
+        bar.advance(len(t.raw_data))
+
+    proto, param_bytes, builder = _lower(ir, model, weights, opset, fill)
+    bar.close()
     data = proto.SerializeToString(deterministic=True)
     if check:
         check_model(proto, data, builder)
@@ -72,9 +88,11 @@ def build(ir: ProgramIR, model: str, weights: Mapping[str, np.ndarray], opset: i
     return proto, param_bytes
 
 
-def _lower(ir: ProgramIR, model: str, weights: Mapping[str, np.ndarray], opset: int
-           ) -> tuple[onnx.ModelProto, int, GraphBuilder]:
-    """`build`, and the builder that made the graph (its `origins` lead ONNX nodes back to the IR)."""
+def _lower(ir: ProgramIR, model: str, weights: Mapping[str, np.ndarray], opset: int,
+           fill: Callable = fill_tensor) -> tuple[onnx.ModelProto, int, GraphBuilder]:
+    """`build`, and the builder that made the graph (its `origins` lead ONNX nodes back to the IR).
+    `fill(tensor, name, array, dtype)` makes each parameter's initializer once the whole graph is
+    lowered: inline bytes, or external data written as it goes."""
     if model not in ir.models:
         raise KeyError(f"no model {model!r} in the program (models: {', '.join(ir.models)})")
     if opset < MIN_OPSET:
@@ -107,7 +125,7 @@ def _lower(ir: ProgramIR, model: str, weights: Mapping[str, np.ndarray], opset: 
     proto = helper.make_model(g, opset_imports=opsets, producer_name=PRODUCER,
                               ir_version=helper.find_min_ir_version_for(opsets))
     for p, arr in arrays:  # filled in place: make_graph/make_model would copy every tensor
-        fill_tensor(proto.graph.initializer.add(), p.name, arr, p.dtype)
+        fill(proto.graph.initializer.add(), p.name, arr, p.dtype)
     proto.graph.initializer.extend(b.constants)
     groups = json.dumps(manifest(ir, model, binds), separators=(",", ":"))
     helper.set_model_props(proto, {"tiec.groups": groups})
