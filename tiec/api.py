@@ -70,18 +70,20 @@ class Program:
         return generate_source(self.ir, self._model(model))
 
     def onnx(self, path: str | os.PathLike, model: str | None = None, weights: Any = None, opset: int = 18,
-             seed: int = 0, *, allow_nonfinite: bool = False, external_data: bool | None = None,
-             progress: bool = False) -> dict:
+             seed: int = 0, *, allow_nonfinite: bool = False, quantize: str | None = None,
+             external_data: bool | None = None, progress: bool = False) -> dict:
         """Export `model` to ONNX at `path`. `weights`: a module from `torch()` (one model or all),
         a state dict, or a checkpoint file (safetensors, or `torch.save`); None means fresh weights
-        from `seed`. nan and inf weights are an error unless `allow_nonfinite`.
+        from `seed`. nan and inf weights are an error unless `allow_nonfinite`. `quantize="int8"`
+        stores each weight matrix once as int8 with a scale per row (weight-only; docs/cli.md).
         `external_data`: the weights go to `path + ".data"`, streamed (None: only past 2 GiB);
         `progress`: a progress bar on standard error for a long export."""
         from tiec.backends.onnx import export
 
         name = self._model(model, required=True)
         arrays = self.weights_for(name, weights, seed, allow_nonfinite=allow_nonfinite)
-        return export(self.ir, name, str(path), arrays, opset=opset, external_data=external_data, progress=progress)
+        return export(self.ir, name, str(path), arrays, opset=opset, quantize=quantize, external_data=external_data,
+                      progress=progress)
 
     def weights_for(self, model: str, weights: Any, seed: int = 0, *, allow_nonfinite: bool = False) -> dict:
         """The arrays of `model`'s canonical parameters, from `weights` (see `onnx`; a share group's

@@ -70,6 +70,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
     p.add_argument("--seed", type=int, default=0, help="seed for fresh weights (default 0)")
+    p.add_argument("--quantize", choices=("int8",), help="store each weight matrix once as int8, a scale per row "
+                   "(weight-only: compute stays float)")
     p = command("graph", "draw the dataflow, blocks, share and tie groups (SVG, PNG or DOT)")
     p.add_argument("-o", "--output", required=True, help="output .svg, .png or .dot file")
     p.add_argument("--model", help="one model (default: every model)")
@@ -185,10 +187,17 @@ def run(argv: list[str]) -> int:
             sys.stdout.write(source)
     elif args.command == "export":
         info = program.onnx(args.output, args.model, weights=args.weights, opset=args.opset, seed=args.seed,
-                            allow_nonfinite=args.allow_nonfinite, external_data=args.external_data or None,
+                            allow_nonfinite=args.allow_nonfinite, quantize=args.quantize,
+                            external_data=args.external_data or None,
                             progress=not args.quiet and sys.stderr.isatty())
         beside = f" and {info['data_path']}" if "data_path" in info else ""
         print(f"wrote {args.output}{beside}: {info['bytes']:,} bytes, {info['initializers']} initializers")
+        if "quantized" in info:
+            q = info["quantized"]
+            n = len(q["tensors"])
+            print(f"int8: {n} weight {'matrix' if n == 1 else 'matrices'}, {q['int8_bytes'] + q['scale_bytes']:,} bytes with their "
+                  f"scales (float32: {info['param_bytes'] - q['float_bytes_kept']:,}); largest weight error "
+                  f"{q['max_abs_error']:.3g}")
     elif args.command == "collapse":
         from tiec.collapse import cli_run
 

@@ -31,7 +31,8 @@ PRODUCER = "tiec"
 
 
 def export(ir: ProgramIR, model: str, path: str, weights: Mapping[str, np.ndarray], opset: int = 18,
-           *, check: bool = True, external_data: bool | None = None, progress: bool = False) -> dict[str, Any]:
+           *, check: bool = True, quantize: str | None = None, external_data: bool | None = None,
+           progress: bool = False) -> dict[str, Any]:
     """Write `model` of `ir` to the ONNX file `path`.
 
     Args:
@@ -43,6 +44,8 @@ def export(ir: ProgramIR, model: str, path: str, weights: Mapping[str, np.ndarra
             declared shape; converted to its declared dtype. Other keys are ignored.
         opset: the default-domain opset (18 or later).
         check: run `onnx.checker.check_model(full_check=True)` before writing.
+        quantize: None, or "int8": each matrix stored once as int8 with a scale per row
+            (`quantize.py`).
         external_data: write the initializers to `path + ".data"` beside the model, as they are
             produced (`external.py`); None: only when they pass `external.INLINE_LIMIT` (2 GiB).
         progress: draw a progress bar on standard error once writing takes a few seconds.
@@ -54,14 +57,17 @@ def export(ir: ProgramIR, model: str, path: str, weights: Mapping[str, np.ndarra
     Returns:
         {"model", "path", "nodes", "initializers", "constants", "param_bytes", "bytes", "overhead"}:
         counts of graph nodes, parameter initializers and small constant initializers; bytes of
-        unique parameters, of the file, and their difference; with external data, "bytes" counts
-        both files, and "data_path" and "data_bytes" describe the data file.
+        unique parameters, of the file, and their difference; with `quantize`, also "quantized"
+        (`quantize_int8`'s summary); with external data, "bytes" counts both files, and
+        "data_path" and "data_bytes" describe the data file.
     """
     from tiec.backends.onnx import external
 
     size = external.unique_param_bytes(ir, model) if model in ir.models else 0
+    if external_data and quantize is not None:
+        raise ValueError("a quantized export is written inline: drop --external-data (or --quantize)")
     bar = external.Progress(size, progress)
-    if external_data or external_data is None and size > external.INLINE_LIMIT:
+    if external_data or external_data is None and quantize is None and size > external.INLINE_LIMIT:
         return external.write(path, lambda fill: _lower(ir, model, weights, opset, fill), check=check, progress=bar)
 
     def fill(t, name, arr, dtype):
@@ -70,16 +76,27 @@ def export(ir: ProgramIR, model: str, path: str, weights: Mapping[str, np.ndarra
 
     proto, param_bytes, builder = _lower(ir, model, weights, opset, fill)
     bar.close()
+    quantized = _quantize(proto, builder, quantize) if quantize is not None else None
     data = proto.SerializeToString(deterministic=True)
     if check:
         check_model(proto, data, builder)
     write_output(path, data)
     n_params = sum(1 for t in proto.graph.initializer if not t.name.startswith("~"))
+    n_params -= len(quantized["tensors"]) if quantized is not None else 0  # a quantized tensor's scale
     return {
         "model": model, "path": os.fspath(path), "nodes": len(proto.graph.node),
         "initializers": n_params, "constants": len(proto.graph.initializer) - n_params,
         "param_bytes": param_bytes, "bytes": len(data), "overhead": len(data) - param_bytes,
+        **({"quantized": quantized} if quantized is not None else {}),
     }
+
+
+def _quantize(proto: onnx.ModelProto, builder: GraphBuilder, scheme: str) -> dict[str, Any]:
+    from tiec.backends.onnx.quantize import SCHEMES, quantize_int8
+
+    if scheme not in SCHEMES:
+        raise ValueError(f"unknown quantization {scheme!r} (choose from: {', '.join(SCHEMES)})")
+    return quantize_int8(proto, builder)
 
 
 def build(ir: ProgramIR, model: str, weights: Mapping[str, np.ndarray], opset: int = 18) -> tuple[onnx.ModelProto, int]:
