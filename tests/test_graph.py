@@ -224,3 +224,12 @@ def test_a_drawing_over_the_node_limit_is_refused_and_writes_nothing(tmp_path, c
     err = capsys.readouterr().err
     assert f"over {MAX_GRAPH_NODES:,} nodes" in err and "--model" in err
     assert not out.exists()
+
+
+def test_the_python_api_returns_the_dot_text_and_writes_the_drawing(tmp_path):
+    program = tiec.load(EXAMPLES / "tied_autoencoder.tie")
+    text = program.graph()
+    assert text == dot_source(program.ir, title=str(EXAMPLES / "tied_autoencoder.tie"))
+    out = tmp_path / "m.dot"
+    assert program.graph(out, model="TiedAutoencoder") == out.read_text(encoding="utf-8")
+    assert "(TiedAutoencoder)" in out.read_text(encoding="utf-8")  # the caption names the model drawn

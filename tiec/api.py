@@ -63,6 +63,21 @@ class Program:
             load_anchors(self.ir, module, self._model(model), anchors)
         return module
 
+    def graph(self, path: str | os.PathLike | None = None, model: str | None = None,
+              format: str | None = None) -> str:
+        """The Graphviz DOT text of `model`'s dataflow, or (None) every model's: blocks and repeats as
+        clusters, share groups coloured, ties as dashed edges (see `tiec graph`). With `path`, the
+        drawing is also written there: `.svg`/`.png` rendered by Graphviz's `dot`, `.dot` as text."""
+        from tiec.backends.graph import dot_source, output_format, write_graph
+
+        if path is not None:
+            output_format(path, format)  # an unknown format, or no Graphviz, before the work
+        name = self._model(model)
+        dot = dot_source(self.ir, name, title=self.path + (f" ({name})" if name else ""))
+        if path is not None:
+            write_graph(dot, path, format)
+        return dot
+
     def python(self, model: str | None = None) -> str:
         """Standalone PyTorch source of the module `torch(model)` builds."""
         from tiec.backends.torch import generate_source

@@ -203,11 +203,7 @@ def run(argv: list[str]) -> int:
 
         return cli_run(program, args)
     elif args.command == "graph":
-        from tiec.backends.graph import dot_source, write_graph
-
-        model = program._model(args.model)
-        dot = dot_source(program.ir, model, title=args.file + (f" ({model})" if model else ""))
-        write_graph(dot, args.output, args.format)
+        program.graph(args.output, args.model, args.format)
         print(f"wrote {args.output}")
     return 0
 
