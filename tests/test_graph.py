@@ -9,9 +9,11 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
 from tiec.backends.graph import MAX_GRAPH_NODES, dot_source, quote
 
 import tiec
+from tests.fuzzing.valid import valid_specs
 from tiec import cli
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -233,3 +235,28 @@ def test_the_python_api_returns_the_dot_text_and_writes_the_drawing(tmp_path):
     out = tmp_path / "m.dot"
     assert program.graph(out, model="TiedAutoencoder") == out.read_text(encoding="utf-8")
     assert "(TiedAutoencoder)" in out.read_text(encoding="utf-8")  # the caption names the model drawn
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(spec=valid_specs())
+def test_every_valid_spec_draws_with_every_layer_and_group_named(spec):
+    program = tiec.loads(spec.text)
+    nodes, _, clusters = parse(dot_source(program.ir))
+    first_lines = {a["label"].split("\n")[0] for a in nodes.values()}
+    for model in program.models:
+        assert f"model {model}" in dict(clusters)
+        assert {layer.path for layer in program.ir.models[model].layers} <= first_lines | _unused(program, model)
+    legend = " ".join(nodes[n]["label"] for n in dict(clusters).get("share and tie groups", []))
+    for g in program.ir.share_groups:
+        assert f"share #{g.id} " in legend
+    for t in program.ir.tie_groups:
+        assert f"tie #{t.id} " in legend
+
+
+def _unused(program, model: str) -> set[str]:
+    """Layers no node calls (declared, never run): they have no node to draw."""
+    graph = program.ir.models[model]
+    called = {n.attrs["layer"] for n in graph.nodes if "layer" in n.attrs}
+    params = graph.param_map()
+    read = {params[n.attrs["param"]].layer for n in graph.nodes if n.op == "param"}
+    return {layer.path for layer in graph.layers} - called - read

@@ -179,8 +179,16 @@ class _Drawing:
 
 
 def _layer(program: ir.ProgramIR, sub: ir.Subgraph, local: str) -> ir.Layer:
-    """The layer a local path calls (`fc`, `blk.3`: an indexed copy is the instance's layer)."""
-    return sub.instance_map[local.partition(".")[0]].layer
+    """The layer a local path calls: `fc`, `blk.3` (an indexed copy is the instance's layer), or
+    one inside a block instance, `tower.fc`."""
+    for part in local.split("."):
+        if part.isdigit():
+            continue
+        inst = sub.instance_map[part]
+        if inst.layer is not None:
+            return inst.layer
+        sub = program.blocks[inst.block]
+    raise AssertionError(f"{local} names no layer")  # the compiler resolved every call
 
 
 def dot_source(program: ir.ProgramIR, model: str | None = None, title: str = "") -> str:
