@@ -260,3 +260,13 @@ def _unused(program, model: str) -> set[str]:
     params = graph.param_map()
     read = {params[n.attrs["param"]].layer for n in graph.nodes if n.op == "param"}
     return {layer.path for layer in graph.layers} - called - read
+
+
+def test_a_layer_called_through_its_block_instance_is_that_layer():
+    program = tiec.loads("block T {\n    in x: [B, 4]\n    fc = Linear(4, 4)\n    return fc(x)\n}\n"
+                         "model M {\n    in x: [B, 4]\n    t = T()\n    return t.fc(t(x))\n}\n")
+    nodes, edges, clusters = parse(dot_source(program.ir))
+    calls = _named(nodes, "t.fc")
+    assert len(calls) == 2 and len({nodes[n]["fillcolor"] for n in calls}) == 1
+    inside, outside = (calls if calls[0] in dict(clusters)["t: T"] else calls[::-1])
+    assert outside not in dict(clusters)["t: T"] and (inside, outside, {}) in edges
