@@ -6,7 +6,7 @@ STAMP := $(VENV)/.tiec-installed
 OUT := out
 N ?= 2000
 
-.PHONY: setup test demo bench lint clean fuzz
+.PHONY: setup test demo bench lint clean fuzz experiment
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,14 @@ demo: setup
 
 bench: setup
 	$(PY) benchmarks/run.py
+
+# The seed's experiment on data (docs/experiments.md, written by the driver): a few minutes on 2 cores.
+$(VENV)/.tiec-experiment: $(STAMP)
+	$(PY) -m pip install -q -e ".[experiment]"
+	touch $@
+
+experiment: setup $(VENV)/.tiec-experiment
+	$(PY) benchmarks/experiment/run.py
 
 # A fuzz campaign of N inputs (`make fuzz N=20000`): counts of successes, diagnostics, bad outcomes.
 fuzz: setup
