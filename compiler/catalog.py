@@ -17,7 +17,8 @@ REQUIRED = object()
 @dataclass(frozen=True)
 class Arg:
     name: str  # the spec's name for it
-    kind: str  # tensor | tensors | int | float | eps (a float ≥ 0) | bool | pair | str | dims | opt_pair | opt_float
+    kind: str  # tensor | operand (a tensor or a literal) | tensors | int | float | eps (a float ≥ 0) | bool | pair |
+    #            str | dims | opt_pair | opt_float
     default: Any = REQUIRED
     key: str = ""  # config / attrs key; defaults to `name`
     aliases: tuple[str, ...] = ()
@@ -86,6 +87,11 @@ LAYERS: dict[str, LayerSpec] = {
 
 _X = Arg("x", "tensor")
 _UNARY = (_X,)
+_AB = (Arg("a", "tensor", aliases=("input",)), Arg("b", "tensor", aliases=("other",)))
+# An operand is a tensor or a number literal (`gt(x, 0)`, `where(m, x, 0.0)`): the literal takes
+# the tensor's dtype, as in PyTorch.
+_AB_OPERANDS = (Arg("a", "operand", aliases=("input",)), Arg("b", "operand", aliases=("other",)))
+TENSOR_DTYPES = ("f32", "f16", "bf16", "f64", "i32", "i64", "bool")
 
 OP_SIGNATURES: dict[str, tuple[Arg, ...]] = {
     "relu": _UNARY,
@@ -107,6 +113,17 @@ OP_SIGNATURES: dict[str, tuple[Arg, ...]] = {
     "cosine_similarity": (Arg("x1", "tensor", aliases=("a",)), Arg("x2", "tensor", aliases=("b",)),
                           Arg("dim", "int", 1), Arg("eps", "eps", 1e-8)),
     "positions": _UNARY,
+    # elementwise math, comparisons, selection and casts (rules: shapes_math.py)
+    **{op: _UNARY for op in ("exp", "log", "sqrt", "rsqrt", "sin", "cos", "erf", "abs")},
+    "pow": (_X, Arg("exponent", "operand")),
+    "minimum": _AB, "maximum": _AB,
+    "clamp": (_X, Arg("min", "opt_float", None), Arg("max", "opt_float", None)),
+    **{op: _AB_OPERANDS for op in ("eq", "ne", "lt", "le", "gt", "ge")},
+    "logical_and": _AB, "logical_or": _AB, "logical_not": _UNARY,
+    "where": (Arg("condition", "tensor"), Arg("a", "operand", aliases=("input",)),
+              Arg("b", "operand", aliases=("other",))),
+    "masked_fill": (_X, Arg("mask", "tensor"), Arg("value", "float")),
+    "cast": (_X, Arg("dtype", "str", choices=TENSOR_DTYPES)),
 }
 
 # Names a layer, block instance or (in a program of several models) a model cannot take: every
@@ -153,7 +170,8 @@ FUNCTION_OPS: dict[str, tuple[str, ...]] = {
     "const": ("value",),
     **{op: () for op in BINARY_OPS.values()},
     "neg": (),
-    **{op: tuple(a.target for a in sig if a.kind not in ("tensor", "tensors")) for op, sig in OP_SIGNATURES.items()},
+    **{op: tuple(a.target for a in sig if a.kind not in ("tensor", "operand", "tensors"))
+       for op, sig in OP_SIGNATURES.items()},
 }
 
 

@@ -203,6 +203,11 @@ class Binder:
             x = exprs[arg.name]
             if arg.kind == "tensor":
                 inputs.append(self.tensor(x, scope))
+            elif arg.kind == "operand":  # a number literal becomes a `const` node, as in `x * 0.5`
+                v = self.operand(x, scope)
+                if isinstance(v, tuple):
+                    raise TieError(f"this block call returns {len(v)} values; a call needs one", x.span)
+                inputs.append(self.const(v, x.span) if isinstance(v, CVal) else v)
             elif arg.kind == "tensors":
                 if not isinstance(x, ast.ListExpr) or not x.items:
                     raise TieError(f"{op} takes a list of tensors: {op}([a, b], dim)", x.span)

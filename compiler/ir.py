@@ -43,6 +43,15 @@ Node ops (the closed set `OPS`), with their `attrs`:
     concat       (x1, …, xn)      {"dim": int}
     cosine_similarity (a, b)      {"dim": int, "eps": float}
     positions    (x)              {}        i64 [T]: 0 … T-1 where T is x's last dim
+    exp log sqrt rsqrt sin cos erf abs (x) {}
+    pow          (x, e)           {}                      e: a tensor or a const
+    minimum maximum (a, b)        {}
+    clamp        (x)              {"min": float | None, "max": float | None}
+    eq ne lt le gt ge (a, b)      {}        bool; either input may be a const
+    logical_and logical_or (a, b), logical_not (x) {}     bool
+    where        (c, a, b)        {}        a, b: tensors or consts
+    masked_fill  (x, mask)        {"value": float}
+    cast         (x)              {"dtype": one of DTYPES}
     <LayerKind>  (x)              {"layer": layer path}   a call of that layer instance
     call         (x1, …, xn)      {"instance": path, "outputs": (value names), "arg_spans": (spans)}
                                   a block instance run on its inputs (structured IR only)

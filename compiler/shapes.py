@@ -413,3 +413,10 @@ def run(program: ir.ProgramIR) -> ir.ProgramIR:
             errors.append(e)
     raise_all(errors)
     return replace(program, models=ir.frozen(models), types=ir.frozen(types))
+
+
+# The rules of the elementwise math, comparison, selection and cast ops live beside this module.
+from .shapes_math import MATH_DTYPES, MATH_SHAPES  # last: it builds on the helpers above
+
+SHAPE_RULES.update(MATH_SHAPES)
+DTYPE_RULES.update(MATH_DTYPES)

@@ -52,6 +52,23 @@ CASES: dict[str, tuple[str, str, str]] = {
     "concat": ("a b", "", "concat([a, b], dim=1)"),
     "cosine_similarity": ("a b", "", "cosine_similarity(a, b)"),
     "positions": ("a", "", "positions(a)"),
+    **{op: ("a", "", f"{op}(a)") for op in ("exp", "log", "sqrt", "rsqrt", "sin", "cos", "erf", "abs")},
+    "pow": ("a b", "", "pow(a, b)"),
+    "pow_int_literal": ("a", "", "pow(a, 2)"),
+    "minimum": ("a b", "", "minimum(a, b)"),
+    "maximum": ("a b", "", "maximum(a, b)"),
+    "clamp": ("a", "", "clamp(a, min=0, max=2)"),
+    **{op: ("a b", "", f"{op}(a, b)") for op in ("eq", "ne", "lt", "le", "gt", "ge")},
+    "lt_int_literal": ("a", "", "lt(a, 1)"),
+    "lt_float_literal": ("a", "", "lt(a, 0.5)"),
+    "eq_float_literal": ("a", "", "eq(a, 0.5)"),
+    "logical_and": ("a b", "", "logical_and(a, b)"),
+    "logical_or": ("a b", "", "logical_or(a, b)"),
+    "logical_not": ("a", "", "logical_not(a)"),
+    "where": ("a b", "", "where(eq(a, b), a, b)"),
+    "where_float_literal": ("a b", "", "where(eq(a, b), a, 0.5)"),
+    "masked_fill": ("a b", "", "masked_fill(a, eq(a, b), 3.0)"),
+    **{f"cast_{t}": ("a", "", f'cast(a, "{t}")') for t in ("f32", "f64", "i64", "i32", "bool")},
     "Linear": ("a", "l = Linear(4, 3)", "l(a)"),
     "Conv2d": ("img", "l = Conv2d(2, 3, 3, padding=1)", "l(img)"),
     "Embedding": ("a", "l = Embedding(10, 3)", "l(a)"),
@@ -68,6 +85,8 @@ LANGUAGE_RULES = {
     # (Add, Mul and MatMul on bool): one rule, "bool tensors take no arithmetic", is simpler.
     ("div", "bool"), ("div_int_literal", "bool"), ("div_float_literal", "bool"),
     ("add_float_literal", "bool"), ("mul_float_literal", "bool"),
+    # bool < 0.5 runs (both cast the bool to f32), but ordering bools is arithmetic on them
+    ("lt_float_literal", "bool"),
 }
 
 

@@ -200,6 +200,7 @@ def test_every_op_and_its_shape():
     assert (t["p"], t["q"], t["f"], t["g"]) == ("f32[N, 2, 4, 4]", "f32[N, 2, 2, 5]", "f32[N, 32]", "f32[N, 2, 10]")
     assert (t["t"], t["m"], t["c"], t["r"]) == ("f32[N, 6, 5]", "f32[N, 6, 1]", "f32[N, 6, 7]", "f32[N, 42]")
     assert (t["u"], t["sim"], t["pos"], t["prod"]) == ("f32[N, 94]", "f32[N]", "i64[5]", "f32[N, 5, 5]")
+    assert (t["keep"], t["sel"], t["z"]) == ("bool[N, 5, 6]", "f32[N, 5, 6]", "f32[N, 5, 6]")
     pool = next(n for n in p.models["Ops"].nodes if n.op == "max_pool2d")
     assert dict(pool.attrs) == {"kernel": (2, 2), "stride": (2, 2), "padding": (0, 0)}  # stride defaults to kernel
 

@@ -16,6 +16,7 @@ import math
 from collections.abc import Callable, Mapping
 
 from tiec.backends.onnx.builder import ONNX_DTYPES, GraphBuilder
+from tiec.backends.onnx.ops_math import MATH_EMIT
 from tiec.compiler.ir import Node
 
 Rule = Callable[[GraphBuilder, Node], "str | None"]
@@ -353,4 +354,5 @@ ONNX_EMIT: Mapping[str, Rule] = {
     "RMSNorm": _rms_norm,  # x / sqrt(mean(x²) + eps) * W over the normalized dims
     "SelfAttention": _self_attention,  # softmax(QKᵀ/√(d/h) [+ causal -inf]) V per head, then out_proj
     "Dropout": _dropout,  # x (inference)
+    **MATH_EMIT,  # elementwise math, comparisons, where, masked_fill, cast: ops_math.py
 }

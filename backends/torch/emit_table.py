@@ -48,6 +48,28 @@ def _reshape(c: Call) -> str:
     return f"{x}.reshape({', '.join(dims)})" if dims else f"{x}.reshape(())"
 
 
+TORCH_DTYPES = {"f32": "float32", "f16": "float16", "bf16": "bfloat16", "f64": "float64", "i32": "int32",
+                "i64": "int64", "bool": "bool"}
+
+
+def _number(v: float) -> str:
+    """A whole number as an int literal: torch would turn an integer tensor float beside a float."""
+    return literal(int(v) if float(v).is_integer() else v)
+
+
+def _function(fn: str) -> Callable[[Call], str]:
+    return lambda c: f"torch.{fn}({c.args[0]})"
+
+
+def _infix(symbol: str) -> Callable[[Call], str]:
+    return lambda c: f"{c.args[0]} {symbol} {c.args[1]}"
+
+
+def _clamp(c: Call) -> str:
+    bounds = [f"{k}={_number(c.attrs[k])}" for k in ("min", "max") if c.attrs[k] is not None]
+    return f"torch.clamp({c.args[0]}, {', '.join(bounds)})"
+
+
 def _pool(fn: str) -> Callable[[Call], str]:
     def render(c: Call) -> str:
         a = c.attrs
@@ -126,6 +148,20 @@ TORCH_EMIT: Mapping[str, Callable[[Call], str]] = {
         f"F.cosine_similarity({c.args[0]}, {c.args[1]}, dim={c.attrs['dim']}, eps={literal(c.attrs['eps'])})"
     ),
     "positions": lambda c: f"torch.arange({c.args[0]}.shape[-1], device={c.args[0]}.device)",  # 0 … T-1
+    **{op: _function(op)  # exp log sqrt rsqrt sin cos erf abs, elementwise
+       for op in ("exp", "log", "sqrt", "rsqrt", "sin", "cos", "erf", "abs")},
+    "pow": lambda c: f"torch.pow({c.args[0]}, {c.args[1]})",  # x ** e
+    "minimum": lambda c: f"torch.minimum({c.args[0]}, {c.args[1]})",  # min(a, b) elementwise
+    "maximum": lambda c: f"torch.maximum({c.args[0]}, {c.args[1]})",  # max(a, b) elementwise
+    "clamp": _clamp,  # min(max(x, lo), hi)
+    **{op: _infix(sym)  # a < b …, bool
+       for op, sym in (("eq", "=="), ("ne", "!="), ("lt", "<"), ("le", "<="), ("gt", ">"), ("ge", ">="))},
+    "logical_and": lambda c: f"torch.logical_and({c.args[0]}, {c.args[1]})",  # a ∧ b
+    "logical_or": lambda c: f"torch.logical_or({c.args[0]}, {c.args[1]})",  # a ∨ b
+    "logical_not": lambda c: f"torch.logical_not({c.args[0]})",  # ¬a
+    "where": lambda c: f"torch.where({c.args[0]}, {c.args[1]}, {c.args[2]})",  # condition ? a : b
+    "masked_fill": lambda c: f"{c.args[0]}.masked_fill({c.args[1]}, {_number(c.attrs['value'])})",  # mask ? v : x
+    "cast": lambda c: f"{c.args[0]}.to(torch.{TORCH_DTYPES[c.attrs['dtype']]})",  # x in another dtype
     "Linear": _linear,  # x Wᵀ + b
     "Conv2d": _conv2d,  # Σ W ⋆ x + b
     "Embedding": _embedding,  # W[x]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Collection, Iterable
 
+from tiec.compiler.catalog import OP_SIGNATURES
 from tiec.compiler.ir import Graph, Loop, Node
 from tiec.compiler.lower import nodes_of
 
@@ -25,7 +26,10 @@ _SUFFIX = re.compile(r"_\d+$")
 
 # Ops whose row renders its operands with infix operators, where a literal reads as it would in
 # hand-written code (`h * 4`); elsewhere (a method call on it, a graph output) it needs a name.
-_INFIX = frozenset({"add", "sub", "mul", "div"})
+# Ops whose rows take a Python number where a literal stands: the infix arithmetic, and the ops
+# whose catalog arguments are operands (`x > 0`, `torch.where(m, x, 0.0)`, `torch.pow(x, 2)`).
+_INFIX = frozenset({"add", "sub", "mul", "div"}) | frozenset(
+    op for op, sig in OP_SIGNATURES.items() if any(a.kind == "operand" for a in sig))
 
 
 def _loop_uses(body: Iterable) -> list[str]:
