@@ -110,18 +110,26 @@ def test_a_meta_module_is_refused(spec):
 def test_numpy_arrays_are_checked_the_same_way(spec):
     program = tiec.load(spec)
     with pytest.raises(tiec.TieError) as info:
-        program.weights_for("M", {"enc.weight": np.zeros((3, 4), np.complex128), "enc.bias": np.zeros(3)})
+        program.weights_for("M", {"enc.weight": np.zeros((3, 4), np.complex128), "enc.bias": np.zeros(3, np.float32)})
     assert info.value.message == "weight 'enc.weight' has dtype complex128, but the parameter is f32"
-    arrays = program.weights_for("M", {"enc.weight": np.ones((3, 4)), "enc.bias": np.zeros(3, np.float32)})
-    assert arrays["enc.weight"].dtype == np.float64 and arrays["enc.weight"].sum() == 12
+    with pytest.raises(tiec.TieError) as info:
+        program.weights_for("M", {"enc.weight": np.ones((3, 4)), "enc.bias": np.zeros(3, np.float32)})
+    assert info.value.message == "weight 'enc.weight' has dtype float64, but the parameter is f32"
+    arrays = program.weights_for("M", {"enc.weight": np.ones((3, 4), np.float32), "enc.bias": np.zeros(3, np.float32)})
+    assert arrays["enc.weight"].dtype == np.float32 and arrays["enc.weight"].sum() == 12
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
-def test_other_float_dtypes_are_accepted(dtype, spec, tmp_path):
+def test_other_float_dtypes_are_refused_never_cast(dtype, spec, tmp_path):
     weight = torch.arange(12, dtype=torch.float32).reshape(3, 4)
-    torch.save({"enc.weight": weight.to(dtype), "enc.bias": torch.zeros(3, dtype=dtype)}, tmp_path / "w.pt")
-    arrays = tiec.load(spec).weights_for("M", tmp_path / "w.pt")
-    assert arrays["enc.weight"].dtype == np.float32 and np.array_equal(arrays["enc.weight"], weight.numpy())
+    torch.save({"enc.weight": weight.to(dtype), "enc.bias": torch.zeros(3)}, tmp_path / "w.pt")
+    name = str(dtype).removeprefix("torch.")
+    for weights in (tmp_path / "w.pt", tiec.load(spec).torch("M").to(dtype)):
+        with pytest.raises(tiec.TieError) as info:
+            tiec.load(spec).weights_for("M", weights)
+        assert info.value.message.endswith(f" has dtype {name}, but the parameter is f32")
+        assert info.value.hint == ("convert the weights to float32 first if that is what you mean "
+                                   "(module.to(torch.float32), or tensor.to(torch.float32) for one tensor)")
 
 
 def test_nan_and_inf_weights_are_refused_by_default(spec, capsys):
@@ -132,7 +140,8 @@ def test_nan_and_inf_weights_are_refused_by_default(spec, capsys):
         f"{spec}:3:5: error: weight 'enc.weight' holds 2 non-finite value(s) (inf, nan; the first at [1, 2])\n"
         f"{LAYER}    hint: pass --allow-nonfinite (API: allow_nonfinite=True) to keep them as they are\n")
     with pytest.raises(tiec.TieError, match="weight 'enc.bias' holds 1 non-finite value"):
-        tiec.load(spec).weights_for("M", {"enc.weight": np.zeros((3, 4)), "enc.bias": np.array([0, -np.inf, 0])})
+        tiec.load(spec).weights_for("M", {"enc.weight": np.zeros((3, 4), np.float32),
+                                          "enc.bias": np.array([0, -np.inf, 0], np.float32)})
 
 
 def test_nan_and_inf_weights_are_exported_as_they_are_when_allowed(spec, tmp_path):

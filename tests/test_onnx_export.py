@@ -150,3 +150,15 @@ def test_any_checker_error_becomes_a_tie_error(tmp_path, monkeypatch, error, bla
         export(ir, "M", str(tmp_path / "m.onnx"), random_weights(ir))
     assert str(error) in err.value.message
     assert os.listdir(tmp_path) == []
+
+
+def test_a_weight_of_another_dtype_is_refused_never_cast(tmp_path):
+    ir = mlp()
+    w = random_weights(ir)
+    name = min(w)
+    w[name] = w[name].astype(np.float16)
+    with pytest.raises(ValueError) as err:
+        export(ir, "M", str(tmp_path / "m.onnx"), w)
+    assert str(err.value) == (f"weight {name!r} has dtype float16, but the parameter is f32: "
+                              "convert it to float32 first if that is what you mean")
+    assert not (tmp_path / "m.onnx").exists()

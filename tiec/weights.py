@@ -188,6 +188,14 @@ def _check_kind(key: str, kind: str, dtype: str, param: ir.Param) -> None:
     if kind != _PARAM_KINDS[param.dtype]:
         raise TieError(f"weight '{key}' has dtype {dtype}, but the parameter is {param.dtype}", param.span,
                        hint=_CAST_HINTS.get(kind) if _PARAM_KINDS[param.dtype] == "float" else None)
+    if kind == "float" and _FLOAT_NAMES.get(dtype) != param.dtype:  # never cast one float dtype to another
+        target = {v: k for k, v in _FLOAT_NAMES.items()}.get(param.dtype, param.dtype)
+        raise TieError(f"weight '{key}' has dtype {dtype}, but the parameter is {param.dtype}", param.span,
+                       hint=f"convert the weights to {target} first if that is what you mean "
+                            f"(module.to(torch.{target}), or tensor.to(torch.{target}) for one tensor)")
+
+
+_FLOAT_NAMES = {"float32": "f32", "float16": "f16", "bfloat16": "bf16", "float64": "f64"}
 
 
 def _check_shape(key: str, shape: tuple, want: tuple, param: ir.Param) -> None:

@@ -41,7 +41,7 @@ def export(ir: ProgramIR, model: str, path: str, weights: Mapping[str, np.ndarra
         path: the .onnx file to write (replaced atomically; see `tiec.output` for links, devices
             and read-only files).
         weights: canonical local parameter name (e.g. "fc1.weight") → array of that parameter's
-            declared shape; converted to its declared dtype. Other keys are ignored.
+            declared shape and dtype (never converted). Other keys are ignored.
         opset: the default-domain opset (18 or later).
         check: run `onnx.checker.check_model(full_check=True)` before writing.
         quantize: None, or "int8": each matrix stored once as int8 with a scale per row
@@ -182,8 +182,9 @@ def _checked_weights(ir: ProgramIR, model: str, weights: Mapping[str, np.ndarray
         if tuple(arr.shape) != tuple(p.shape):
             raise ValueError(f"weight {p.name!r} has shape {tuple(arr.shape)}, but the parameter is declared "
                              f"{TensorType(p.dtype, tuple(p.shape))}")
-        if arr.dtype != numpy_dtype(p.dtype) and not np.can_cast(arr.dtype, numpy_dtype(p.dtype), "same_kind"):
-            raise ValueError(f"weight {p.name!r} has dtype {arr.dtype}, which does not convert to {p.dtype}")
+        if arr.dtype != numpy_dtype(p.dtype):  # never cast: the file would not hold the values given
+            raise ValueError(f"weight {p.name!r} has dtype {arr.dtype}, but the parameter is {p.dtype}: "
+                             f"convert it to {numpy_dtype(p.dtype)} first if that is what you mean")
         out.append((p, arr))
         total += DTYPE_BYTES[p.dtype] * int(np.prod(p.shape, dtype=np.int64))
     return out, total
