@@ -186,8 +186,8 @@ def test_shares_and_ties_inside_a_repeat_are_written_once_as_loops(n):
     src = program.python()
     assert src.count("\n") == tiec.loads(LOOP_RELATIONS, {"n": 7}).python().count("\n")
     assert "for a, b in zip(self.a, self.b):\n            b.weight = a.weight  # shared: one tensor per copy" in src
-    assert "for i, c in enumerate(self.c):\n            penalty = penalty + self.tie_strength_1[i] * ((c.weight - " \
-           "self.base.weight) ** 2).sum()" in src
+    assert "for i, c in enumerate(self.c):\n            penalty = penalty + self.tie_strength_1[i] * F.mse_loss(c.weight, " \
+           "self.base.weight, reduction=\"sum\")" in src
     m = program.torch().double()
     assert all(m.b[i].weight is m.a[i].weight for i in range(n)) and m.b[0].weight is not m.a[1].weight
     want = sum(0.5 * ((m.c[i].weight - m.base.weight) ** 2).sum() + 0.5 * ((m.c[i].bias - m.base.bias) ** 2).sum()

@@ -324,3 +324,26 @@ def test_stats_list_tie_kinds_and_anchors():
     ties = stats["tie_groups"]
     assert [t["anchors"] for t in ties] == [["pre.fc.weight"], ["pre.fc.bias"], ["out.weight"]]
     assert {t["kind"] for t in tiec.loads(CENTROID).stats()["tie_groups"]} == {"centroid"}
+
+
+def test_tie_kinds_benchmark_checks_each_penalty_at_tiny_size():
+    """The benchmark's figures exist and its values are right (no timing is asserted)."""
+    import importlib
+    import sys
+    from pathlib import Path
+
+    bench = str(Path(__file__).resolve().parent.parent / "benchmarks")
+    saved = {name: sys.modules.pop(name) for name in ("common", "tie_kinds") if name in sys.modules}
+    sys.path.insert(0, bench)
+    try:
+        tie_kinds = importlib.import_module("tie_kinds")
+        figures, extra = tie_kinds.run(copies=4, n=8, rounds=1)
+    finally:
+        sys.path.remove(bench)
+        for name in ("common", "tie_kinds"):
+            sys.modules.pop(name, None)
+        sys.modules.update(saved)
+    assert [f.name.split(",")[1].split("(")[0].strip() for f in figures] == ["pairwise", "centroid", "anchor"]
+    assert all(f.value > 0 and f.error is None for f in figures)
+    for kind, v in extra["values"].items():
+        assert v["compiled"] == pytest.approx(v["float64"], rel=1e-4), kind

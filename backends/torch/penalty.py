@@ -51,20 +51,22 @@ def tie_attrs(groups: Iterable[ir.TieGroup], taken: Iterable[str],
 
 
 def _term(tie: ir.TieGroup, ws: list[str], lam: str) -> tuple[list[str], str]:
+    """(lines before, the term) of one group. Fused losses read each tensor once: `F.mse_loss` and
+    `F.l1_loss` with `reduction="sum"` are exactly Σ(a − b)² and Σ|a − b|."""
     if tie.norm not in ("l2", "l1"):
         raise TieError(f"tie group {tie.id}: unknown norm {tie.norm!r} (expected 'l2' or 'l1')", tie.span)
     k = len(ws)
-    if tie.kind == "centroid":
-        pre = [f"w = torch.stack([{', '.join(ws)}])"]
-        diff = "(w - w.mean(0))"
-        return pre, f"{lam} * ({diff} ** 2).sum()" if tie.norm == "l2" else f"{lam} * {diff}.abs().sum()"
-    if k == 2 and tie.norm == "l2":
-        return [], f"{lam} * (({ws[0]} - {ws[1]}) ** 2).sum()"
-    if k == 2:
-        return [], f"{lam} * ({ws[0]} - {ws[1]}).abs().sum()"
-    pre = [f"w = torch.stack([{', '.join(ws)}])"]
+    loss = "F.mse_loss" if tie.norm == "l2" else "F.l1_loss"
+    if k == 2 and tie.kind == "pairwise":
+        return [], f"{lam} * {loss}({ws[0]}, {ws[1]}, reduction=\"sum\")"
     if tie.norm == "l2":  # Σ_{i<j} ‖w_i − w_j‖² = k · Σ_i ‖w_i − w̄‖²: linear in k, not quadratic
-        return pre, f"{lam} * {k} * ((w - w.mean(0)) ** 2).sum()"
+        pre = [f"ws = ({', '.join(ws)})",
+               f"mean = sum(w.detach() for w in ws) / {k}  # Σ_i (w_i − w̄) = 0: the mean adds no gradient"]
+        scale = f"{lam} * {k}" if tie.kind == "pairwise" else lam
+        return pre, f"{scale} * sum(F.mse_loss(w, mean, reduction=\"sum\") for w in ws)"
+    pre = [f"w = torch.stack([{', '.join(ws)}])"]
+    if tie.kind == "centroid":  # under l1 the mean's own gradient does not cancel: it stays attached
+        return pre, f"{lam} * (w - w.mean(0)).abs().sum()"
     return pre, f"{lam} * torch.pdist(w.flatten(1), p=1).sum()"
 
 
@@ -163,7 +165,7 @@ def _loop(sig: tuple, ties: list[ir.TieGroup], member: Callable[[str, bool], str
     """One loop over the copies for the tie groups `ties` (one per copy, alike but for the index)."""
     parts = sig[4]
     heads = list(dict.fromkeys(p[0] for p in parts if len(p) > 2))
-    names = Namer({"self", "penalty", "w", "i"})
+    names = Namer({"self", "penalty", "w", "ws", "mean", "i", "F", "torch"})
     var = {h: names.fresh(h) for h in heads}
     probe = ties[0]
     ws = []
