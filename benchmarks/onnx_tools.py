@@ -5,7 +5,8 @@ onnxruntime's graph optimizer at each level (the optimized model it saves). Figu
 the processed file) / (unique parameter bytes from `program.stats()`); 1.0 is the physical limit.
 A tool that folds a `Transpose(initializer)` into a constant stores that weight twice (≈ 2.0 for a
 tied LM). The note gives the initializers' bytes over the unique bytes (1.000: no copy) and the
-number of initializers. A tool that fails is recorded, not fatal.
+number of initializers; below 1.000, a tool merged byte-equal tensors (fresh LayerNorms are all
+ones). A tool that fails is recorded, not fatal.
 """
 from __future__ import annotations
 

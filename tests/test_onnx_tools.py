@@ -137,3 +137,43 @@ def test_tool_keeps_one_initializer_per_group(case, tool, tmp_path):
         assert round(stored / unique, 3) == 1.000  # initializer bytes ÷ unique bytes, shape constants included
         assert len(processed.SerializeToString()) <= FILE_RATIO * unique
     check_outputs(processed, case, reference)
+
+
+READS = """model M {
+    in tokens: i64[B, T]
+    in x: [4, 5]
+    in y: [B, 8]
+    head = Linear(8, 20)
+    embed = Embedding(8, 20) share weight = head.weight.T
+    proj = Linear(3, 4)
+    return head(y), embed(tokens), proj.weight.T @ x, transpose(x, 0, 1) @ proj.weight, y @ head.weight.T, head.weight.T + 1.0
+}
+"""
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+def test_every_read_of_a_weight_keeps_one_initializer(tool, tmp_path):
+    """A Linear, an Embedding holding its transpose (Gather on axis 1), Wᵀ @ x (Gemm transA),
+    x @ W and y @ Wᵀ (Gemm transB); only `head.weight.T + 1`, which needs the transposed values
+    themselves, reads a Transpose node, which a tool may fold into a constant of its own."""
+    program = tiec.loads(READS)
+    module = program.torch("M")
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=g))
+    params = program.weights_for("M", module)
+    proto, _ = build(program.ir, "M", params)
+    transposed = [n.input[0] for n in proto.graph.node if n.op_type == "Transpose" and n.input[0] in params]
+    assert transposed == ["head.weight"]  # for the `+ 1.0` alone
+    with contextlib.redirect_stdout(io.StringIO()):
+        processed = TOOLS[tool](proto, tmp_path)
+    held, _ = copies(processed, params)
+    assert (held["head.weight"], held["proj.weight"]) == (1, 1)  # (proj.bias is never read: a tool may drop it)
+    tokens, x, y = torch.tensor([[0, 7, 3]]), torch.randn(4, 5, generator=g), torch.randn(2, 8, generator=g)
+    W, b, P = (torch.from_numpy(params[k]) for k in ("head.weight", "head.bias", "proj.weight"))
+    want = [y @ W.T + b, W.T[tokens], P.T @ x, x.T @ P, y @ W.T, W.T + 1.0]
+    session = ort.InferenceSession(processed.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"tokens": tokens.numpy(), "x": x.numpy(), "y": y.numpy()})
+    for a, e in zip(got, want, strict=True):
+        np.testing.assert_allclose(a, e.numpy(), rtol=1e-3, atol=1e-5)
