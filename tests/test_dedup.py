@@ -154,7 +154,7 @@ def test_an_unverified_merge_writes_nothing(tmp_path, monkeypatch, capsys):
     model = _model([helper.make_node("Add", ["x", "a"], ["s"]), helper.make_node("Mul", ["s", "b"], ["y"])],
                    [("x", [3, 4])], [("y", [3, 4])], {"a": w, "b": w + 1})
     onnx.save(model, str(tmp_path / "in.onnx"))
-    monkeypatch.setattr(dedup, "plan", lambda m: {"b": ("a", False)})  # a wrong merge must be caught
+    monkeypatch.setattr(dedup, "plan", lambda *_: {"b": ("a", False)})  # a wrong merge must be caught
     assert cli.main(["dedup", str(tmp_path / "in.onnx"), "-o", str(tmp_path / "out.onnx")]) == 1
     err = capsys.readouterr().err
     assert err.startswith(f"{tmp_path / 'in.onnx'}: error: cannot dedup {tmp_path / 'in.onnx'}: output 'y' changed")

@@ -82,15 +82,16 @@ def _movable(reads: list, ranks: dict[str, int]) -> bool:
     return True
 
 
-def plan(model: onnx.ModelProto) -> dict[str, tuple[str, bool]]:
-    """Each initializer to drop → (the one kept, read transposed); see the module docstring."""
+def plan(model: onnx.ModelProto, ranks: dict[str, int] | None = None) -> dict[str, tuple[str, bool]]:
+    """Each initializer to drop → (the one kept, read transposed); see the module docstring.
+    `ranks`: `_ranks(model)`, when the caller has it."""
     graph = model.graph
     fixed = {v.name for v in graph.input} | {v.name for v in graph.output}
     inits = [t for t in graph.initializer if t.name not in fixed]
     listed = _manifest_names(model)
     inits.sort(key=lambda t: t.name not in listed)  # stable: file order within each part
     reads = _readers(graph, {t.name for t in inits})
-    ranks = _ranks(model)
+    ranks = _ranks(model) if ranks is None else ranks
     arrays = {t.name: numpy_helper.to_array(t) for t in inits}
     kept: dict[tuple, list[str]] = {}  # (dtype, shape, fingerprint) → kept names with those bytes
     shapes = {(t.data_type, tuple(t.dims)) for t in inits}
@@ -124,7 +125,8 @@ def plan(model: onnx.ModelProto) -> dict[str, tuple[str, bool]]:
     return alias
 
 
-def rewrite(model: onnx.ModelProto, alias: dict[str, tuple[str, bool]]) -> list[Merge]:
+def rewrite(model: onnx.ModelProto, alias: dict[str, tuple[str, bool]],
+            ranks: dict[str, int] | None = None) -> list[Merge]:
     """Apply `plan`'s `alias` to `model` in place: readers moved, copies dropped."""
     graph = model.graph
     taken = _names(graph)
@@ -145,7 +147,7 @@ def rewrite(model: onnx.ModelProto, alias: dict[str, tuple[str, bool]]) -> list[
         return consts[tuple(values)]
 
     sizes = {t.name: len(numpy_helper.to_array(t).tobytes()) for t in graph.initializer if t.name in alias}
-    ranks = _ranks(model)
+    ranks = _ranks(model) if ranks is None else ranks
     spliced: dict[int, tuple[onnx.GraphProto, dict[int, list]]] = {}  # id(graph) → node index → nodes
     for name, reads in _readers(graph, set(alias)).items():
         target, transposed = alias[name]
@@ -226,11 +228,21 @@ def _names(graph: onnx.GraphProto) -> set[str]:
 
 
 def _ranks(model: onnx.ModelProto) -> dict[str, int]:
-    """Rank of each main-graph value that shape inference (or the file) knows."""
+    """Rank of each main-graph value that shape inference (or the file) knows. Inference runs on a
+    copy whose large initializers keep their type and dims but not their bytes."""
+    light = onnx.ModelProto(ir_version=model.ir_version, opset_import=model.opset_import, functions=model.functions)
+    g, src = light.graph, model.graph
+    for field in ("node", "input", "output", "value_info"):
+        getattr(g, field).extend(getattr(src, field))
+    for t in src.initializer:
+        if t.ByteSize() <= 4096:  # small ones may be shapes that inference reads
+            g.initializer.append(t)
+        else:
+            g.initializer.add(name=t.name, data_type=t.data_type, dims=t.dims)
     try:
-        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+        inferred = onnx.shape_inference.infer_shapes(light, data_prop=True)
     except Exception:  # noqa: BLE001 - an unknown rank only limits the forms chosen
-        inferred = model
+        inferred = light
     g = inferred.graph
     out = {t.name: len(t.dims) for t in g.initializer}
     for v in (*g.input, *g.value_info, *g.output):
@@ -290,8 +302,9 @@ def dedup_file(src: str | os.PathLike, dst: str | os.PathLike, *, seed: int = 0)
     check_output(dst)
     model, before = _read(src)
     init_before = _initializer_bytes(model)
-    alias = plan(model)
-    merges = rewrite(model, alias)
+    ranks = _ranks(model)
+    alias = plan(model, ranks)
+    merges = rewrite(model, alias, ranks)
     record(model, merges)
     try:
         data = model.SerializeToString(deterministic=True)
