@@ -17,8 +17,8 @@ REQUIRED = object()
 @dataclass(frozen=True)
 class Arg:
     name: str  # the spec's name for it
-    kind: str  # tensor | operand (a tensor or a literal) | tensors | int | float | eps (a float ≥ 0) | bool | pair |
-    #            str | dims | opt_pair | opt_float
+    kind: str  # tensor | opt_tensor | operand (a tensor or a literal) | tensors | int | float | eps (a float ≥ 0) |
+    #            bool | pair | str | dims | opt_pair | opt_float
     default: Any = REQUIRED
     key: str = ""  # config / attrs key; defaults to `name`
     aliases: tuple[str, ...] = ()
@@ -124,6 +124,10 @@ OP_SIGNATURES: dict[str, tuple[Arg, ...]] = {
               Arg("b", "operand", aliases=("other",))),
     "masked_fill": (_X, Arg("mask", "tensor"), Arg("value", "float")),
     "cast": (_X, Arg("dtype", "str", choices=TENSOR_DTYPES)),
+    # softmax(q kᵀ · scale [+ mask]) v, PyTorch's F.scaled_dot_product_attention (rules: shapes_attention.py)
+    "sdpa": (Arg("q", "tensor", aliases=("query",)), Arg("k", "tensor", aliases=("key",)),
+             Arg("v", "tensor", aliases=("value",)), Arg("mask", "opt_tensor", None, aliases=("attn_mask",)),
+             Arg("causal", "bool", False, aliases=("is_causal",)), Arg("scale", "opt_float", None)),
 }
 
 # Names a layer, block instance or (in a program of several models) a model cannot take: every
@@ -170,7 +174,7 @@ FUNCTION_OPS: dict[str, tuple[str, ...]] = {
     "const": ("value",),
     **{op: () for op in BINARY_OPS.values()},
     "neg": (),
-    **{op: tuple(a.target for a in sig if a.kind not in ("tensor", "operand", "tensors"))
+    **{op: tuple(a.target for a in sig if a.kind not in ("tensor", "opt_tensor", "operand", "tensors"))
        for op, sig in OP_SIGNATURES.items()},
 }
 

@@ -203,6 +203,9 @@ class Binder:
             x = exprs[arg.name]
             if arg.kind == "tensor":
                 inputs.append(self.tensor(x, scope))
+            elif arg.kind == "opt_tensor":  # an optional input comes last: the node has it or not
+                if x is not None:
+                    inputs.append(self.tensor(x, scope))
             elif arg.kind == "operand":  # a number literal becomes a `const` node, as in `x * 0.5`
                 v = self.operand(x, scope)
                 if isinstance(v, tuple):

@@ -415,8 +415,11 @@ def run(program: ir.ProgramIR) -> ir.ProgramIR:
     return replace(program, models=ir.frozen(models), types=ir.frozen(types))
 
 
-# The rules of the elementwise math, comparison, selection and cast ops live beside this module.
-from .shapes_math import MATH_DTYPES, MATH_SHAPES  # last: it builds on the helpers above
+# The rules of the elementwise math, comparison, selection, cast and attention ops live beside this module.
+from .shapes_attention import ATTENTION_DTYPES, ATTENTION_SHAPES  # last: they build on the helpers above
+from .shapes_math import MATH_DTYPES, MATH_SHAPES
 
 SHAPE_RULES.update(MATH_SHAPES)
+SHAPE_RULES.update(ATTENTION_SHAPES)
 DTYPE_RULES.update(MATH_DTYPES)
+DTYPE_RULES.update(ATTENTION_DTYPES)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from . import ir
-from .shapes import FLOATS, INTEGERS, Ctx, _f32_in_onnxruntime, _floats, _takes, broadcast
+from .shapes import FLOATS, INTEGERS, Ctx, _f32_in_onnxruntime, _floats, _takes, broadcast, same
 
 T = ir.TensorType
 NUMBERS = FLOATS + INTEGERS
@@ -41,6 +41,12 @@ def _shape_of(ctx: Ctx, types: list[T]) -> tuple:
     for t in types:
         shape = broadcast(ctx, shape, t.shape)
     return shape
+
+
+def broadcasts_to(small: tuple, big: tuple) -> bool:
+    """Whether a tensor of shape `small` broadcasts to `big` without growing it."""
+    return len(small) <= len(big) and all(
+        d == 1 or same(d, e) for d, e in zip(reversed(small), reversed(big)))
 
 
 def _same_as_input(ctx: Ctx) -> T:
@@ -86,7 +92,7 @@ def _where(ctx: Ctx) -> T:
 
 def _masked_fill(ctx: Ctx) -> T:
     x, mask = ctx.ins
-    if broadcast(ctx, x.shape, mask.shape) != tuple(x.shape):
+    if not broadcasts_to(mask.shape, x.shape):
         ctx.fail(f"masked_fill: the mask {mask} must broadcast to the input's shape {x}")
     value = ctx.node.attrs["value"]
     if x.dtype in INTEGERS and value != int(value):

@@ -69,6 +69,8 @@ CASES: dict[str, tuple[str, str, str]] = {
     "where_float_literal": ("a b", "", "where(eq(a, b), a, 0.5)"),
     "masked_fill": ("a b", "", "masked_fill(a, eq(a, b), 3.0)"),
     **{f"cast_{t}": ("a", "", f'cast(a, "{t}")') for t in ("f32", "f64", "i64", "i32", "bool")},
+    "sdpa": ("c", "", "sdpa(c, c, c)"),
+    "sdpa_causal": ("c", "", "sdpa(c, c, c, causal=true)"),
     "Linear": ("a", "l = Linear(4, 3)", "l(a)"),
     "Conv2d": ("img", "l = Conv2d(2, 3, 3, padding=1)", "l(img)"),
     "Embedding": ("a", "l = Embedding(10, 3)", "l(a)"),

@@ -16,6 +16,7 @@ import math
 from collections.abc import Callable, Mapping
 
 from tiec.backends.onnx.builder import ONNX_DTYPES, GraphBuilder
+from tiec.backends.onnx.ops_attention import ATTENTION_EMIT
 from tiec.backends.onnx.ops_math import MATH_EMIT
 from tiec.compiler.ir import Node
 
@@ -355,4 +356,5 @@ ONNX_EMIT: Mapping[str, Rule] = {
     "SelfAttention": _self_attention,  # softmax(QKᵀ/√(d/h) [+ causal -inf]) V per head, then out_proj
     "Dropout": _dropout,  # x (inference)
     **MATH_EMIT,  # elementwise math, comparisons, where, masked_fill, cast: ops_math.py
+    **ATTENTION_EMIT,  # sdpa: ops_attention.py
 }

@@ -351,7 +351,7 @@ class SubgraphClass:
             layer = self._layer(node.attrs["layer"])
             call = Call(args, node.attrs, self.expr(node.attrs["layer"], scope), layer.config)
         else:
-            call = Call(args, node.attrs)
+            call = Call(args, node.attrs, types=tuple(self.types.get(v) for v in node.inputs))
         rhs = TORCH_EMIT[node.op](call)
         target = names.define(node.name, at)
         t = self.types.get(node.name)

@@ -29,6 +29,7 @@ class Call:
     ref: str = ""  # param: the bound tensor expression; layer op: the module expression
     config: Mapping[str, Any] = field(default_factory=frozen)
     slots: Mapping[str, str] | None = None
+    types: tuple[Any, ...] = ()  # an op's input types, where the checker inferred them
 
 
 def _slot(c: Call, name: str) -> str:
@@ -50,6 +51,17 @@ def _reshape(c: Call) -> str:
 
 TORCH_DTYPES = {"f32": "float32", "f16": "float16", "bf16": "bfloat16", "f64": "float64", "i32": "int32",
                 "i64": "int64", "bool": "bool"}
+
+
+def _sdpa(c: Call) -> str:
+    q, k, v = c.args[:3]
+    extra = [f"attn_mask={c.args[3]}"] if len(c.args) == 4 else []
+    extra += ["is_causal=True"] if c.attrs["causal"] else []
+    extra += [f"scale={literal(c.attrs['scale'])}"] if c.attrs["scale"] is not None else []
+    heads = [t.shape[-3] for t in c.types[:2] if t is not None and len(t.shape) >= 3]
+    if len(heads) == 2 and heads[0] != heads[1]:  # grouped-query attention: fewer key/value heads
+        extra.append("enable_gqa=True")
+    return f"F.scaled_dot_product_attention({', '.join([q, k, v, *extra])})"
 
 
 def _number(v: float) -> str:
@@ -162,6 +174,7 @@ TORCH_EMIT: Mapping[str, Callable[[Call], str]] = {
     "where": lambda c: f"torch.where({c.args[0]}, {c.args[1]}, {c.args[2]})",  # condition ? a : b
     "masked_fill": lambda c: f"{c.args[0]}.masked_fill({c.args[1]}, {_number(c.attrs['value'])})",  # mask ? v : x
     "cast": lambda c: f"{c.args[0]}.to(torch.{TORCH_DTYPES[c.attrs['dtype']]})",  # x in another dtype
+    "sdpa": _sdpa,  # softmax(q kᵀ · scale [+ mask]) v, key/value heads repeated for grouped queries
     "Linear": _linear,  # x Wᵀ + b
     "Conv2d": _conv2d,  # Σ W ⋆ x + b
     "Embedding": _embedding,  # W[x]
