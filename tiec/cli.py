@@ -145,8 +145,10 @@ def stats_table(stats: dict) -> str:
     if stats["tie_groups"]:
         lines += ["", "tie groups (training penalty):"]
         for t in stats["tie_groups"]:
-            members = ", ".join(m + (".T" if m in t["transposed"] else "") for m in t["members"])
-            lines.append(f"  #{t['id']} λ={t['lambda']:g} ({t['norm']}): {members}")
+            members = ", ".join([m + (".T" if m in t["transposed"] else "") for m in t["members"]] +
+                                [f"anchor({json.dumps(a)})" for a in t.get("anchors", ())])
+            kind = "" if t.get("kind", "pairwise") == "pairwise" else f", {t['kind']}"
+            lines.append(f"  #{t['id']} λ={t['lambda']:g} ({t['norm']}{kind}): {members}")
     convs = [(name, c) for name, m in stats["models"].items() for c in m["convolutions"]]
     if convs:
         lines += ["", "convolutions (weights shared across positions vs a locally connected layer):"]
