@@ -347,3 +347,31 @@ def test_tie_kinds_benchmark_checks_each_penalty_at_tiny_size():
     assert all(f.value > 0 and f.error is None for f in figures)
     for kind, v in extra["values"].items():
         assert v["compiled"] == pytest.approx(v["float64"], rel=1e-4), kind
+
+
+def test_own_key_anchors_follow_each_copy_and_each_block_instance():
+    spec = """
+    block B(d) {
+        in x: [N, d]
+        fc = Linear(d, d) tie(0.5) anchor()
+        return fc(x)
+    }
+    model M {
+        in x: [N, 3]
+        repeat 2 {
+            blk = Linear(3, 3, bias=false) tie(1) anchor()
+            x = blk(x)
+        }
+        t = B(3)
+        return t(x)
+    }
+    """
+    program = tiec.loads(spec)
+    assert [a.key for t in program.ir.tie_groups for a in t.anchors] == \
+        ["blk.0.weight", "blk.1.weight", "t.fc.weight", "t.fc.bias"]
+    m = program.torch(seed=0)
+    pretrained = {k: torch.full_like(v, 0.5) for k, v in m.state_dict().items()}  # a checkpoint of this model
+    m.load_anchors(pretrained)
+    lam = {"blk.0.weight": 1.0, "blk.1.weight": 1.0, "t.fc.weight": 0.5, "t.fc.bias": 0.5}
+    want = sum(lam[k] * ((_np(v) - 0.5) ** 2).sum() for k, v in m.state_dict().items())
+    assert m.tie_penalty().item() == pytest.approx(want, rel=1e-5)
