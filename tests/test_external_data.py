@@ -113,6 +113,13 @@ def test_past_the_inline_limit_the_data_goes_beside_the_model(spec, tmp_path, mo
     assert (tmp_path / "net.onnx").stat().st_size < 10_000
 
 
+def test_inline_past_the_limit_is_refused_before_writing(spec, tmp_path, monkeypatch):
+    monkeypatch.setattr(external, "INLINE_LIMIT", 1000)
+    with pytest.raises(ValueError, match="more than one ONNX file holds inline"):
+        tiec.load(spec).onnx(tmp_path / "net.onnx", external_data=False)
+    assert list(tmp_path.iterdir()) == [spec]
+
+
 def test_the_progress_bar_appears_only_for_slow_exports_and_when_asked():
     shown, hidden, quick = io.StringIO(), io.StringIO(), io.StringIO()
     for stream, enabled, after in ((shown, True, 0.0), (hidden, False, 0.0), (quick, True, 60.0)):

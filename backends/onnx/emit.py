@@ -66,6 +66,9 @@ def export(ir: ProgramIR, model: str, path: str, weights: Mapping[str, np.ndarra
     size = external.unique_param_bytes(ir, model) if model in ir.models else 0
     if external_data and quantize is not None:
         raise ValueError("a quantized export is written inline: drop --external-data (or --quantize)")
+    if external_data is False and quantize is None and size > external.INLINE_LIMIT:
+        raise ValueError(f"the weights are {size:,} bytes, more than one ONNX file holds inline (2 GiB): "
+                         "write them as external data (external_data=True, or leave it None)")
     bar = external.Progress(size, progress)
     if external_data or external_data is None and quantize is None and size > external.INLINE_LIMIT:
         return external.write(path, lambda fill: _lower(ir, model, weights, opset, fill), check=check, progress=bar)
