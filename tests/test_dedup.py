@@ -204,3 +204,14 @@ def test_names_with_control_characters_are_printed_escaped(tmp_path, capsys):
     assert cli.main(["dedup", str(tmp_path / "in.onnx"), "-o", str(tmp_path / "out.onnx")]) == 0
     out = capsys.readouterr().out
     assert "\x1b" not in out and "'b\\x1b[31m' = a" in out
+
+
+def test_a_malformed_tensor_is_left_alone_and_the_checker_refuses_the_file(tmp_path, capsys):
+    w = np.ones((2, 2), np.float32)
+    model = _model([helper.make_node("Add", ["x", "a"], ["s"]), helper.make_node("Add", ["s", "b"], ["y"])],
+                   [("x", [2, 2])], [("y", [2, 2])], {"a": w, "b": w.copy()})
+    model.graph.initializer[1].raw_data = b"\0" * 12  # 3 floats for a 2 x 2 tensor
+    assert dedup.plan(model) == {}
+    onnx.save(model, str(tmp_path / "in.onnx"))
+    assert cli.main(["dedup", str(tmp_path / "in.onnx"), "-o", str(tmp_path / "out.onnx")]) == 1
+    assert "is too small for the declared shape" in capsys.readouterr().err and not (tmp_path / "out.onnx").exists()

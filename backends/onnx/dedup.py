@@ -47,6 +47,28 @@ class Merge:
     nbytes: int
 
 
+# packed sub-byte types (4-bit ints and floats) and strings: no element-wise transpose of the bytes
+_UNFLIPPABLE = {onnx.TensorProto.INT4, onnx.TensorProto.UINT4, onnx.TensorProto.STRING,
+                getattr(onnx.TensorProto, "FLOAT4E2M1", -1)}
+
+
+def _data(t: onnx.TensorProto) -> bytes:
+    """A tensor's values as little-endian bytes, however the file stores them."""
+    return t.raw_data if t.HasField("raw_data") else numpy_helper.to_array(t).tobytes()
+
+
+def _nbytes(t: onnx.TensorProto) -> int:
+    """The bytes `t`'s dims and dtype call for (not for packed or string types)."""
+    return int(np.prod(t.dims, dtype=np.int64)) * helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+
+
+def _transposed(data: bytes, t: onnx.TensorProto) -> bytes:
+    """The bytes of the 2-D tensor `t` (whose bytes are `data`), transposed: elements moved whole."""
+    size = helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+    rows, cols = t.dims
+    return np.ascontiguousarray(np.frombuffer(data, dtype=f"V{size}").reshape(rows, cols).T).tobytes()
+
+
 def _fingerprint(data: bytes) -> bytes:
     return data if len(data) <= 64 else hashlib.blake2b(data, digest_size=16).digest()
 
@@ -92,7 +114,7 @@ def plan(model: onnx.ModelProto, ranks: dict[str, int] | None = None) -> dict[st
     inits.sort(key=lambda t: t.name not in listed)  # stable: file order within each part
     reads = _readers(graph, {t.name for t in inits})
     ranks = _ranks(model) if ranks is None else ranks
-    arrays = {t.name: numpy_helper.to_array(t) for t in inits}
+    by_name = {t.name: t for t in inits}  # bytes are read one tensor at a time, never all kept
     kept: dict[tuple, list[str]] = {}  # (dtype, shape, fingerprint) → kept names with those bytes
     shapes = {(t.data_type, tuple(t.dims)) for t in inits}
     alias: dict[str, tuple[str, bool]] = {}
@@ -101,17 +123,18 @@ def plan(model: onnx.ModelProto, ranks: dict[str, int] | None = None) -> dict[st
         return reads[name] + [r for a, (k, t) in alias.items() if k == name and not t for r in reads[a]]
 
     for t in inits:
-        arr = arrays[t.name]
-        data = arr.tobytes()
+        data = _data(t)
+        if t.data_type not in _UNFLIPPABLE and len(data) != _nbytes(t):
+            continue  # a malformed tensor is left alone (onnxruntime's check then refuses the file)
         key = (t.data_type, tuple(t.dims), _fingerprint(data))
-        same = next((k for k in kept.get(key, []) if arrays[k].tobytes() == data), None)
+        same = next((k for k in kept.get(key, []) if _data(by_name[k]) == data), None)
         if same is not None:
             alias[t.name] = (same, False)
             continue
-        if arr.ndim == 2 and (t.data_type, tuple(reversed(t.dims))) in shapes:
-            flipped = np.ascontiguousarray(arr.T).tobytes()
+        if len(t.dims) == 2 and t.data_type not in _UNFLIPPABLE and (t.data_type, tuple(reversed(t.dims))) in shapes:
+            flipped = _transposed(data, t)
             tkey = (t.data_type, tuple(reversed(t.dims)), _fingerprint(flipped))
-            other = next((k for k in kept.get(tkey, []) if k != t.name and arrays[k].tobytes() == flipped), None)
+            other = next((k for k in kept.get(tkey, []) if k != t.name and _data(by_name[k]) == flipped), None)
             if other is not None and _movable(reads[t.name], ranks):
                 alias[t.name] = (other, True)
                 continue
@@ -146,7 +169,7 @@ def rewrite(model: onnx.ModelProto, alias: dict[str, tuple[str, bool]],
             graph.initializer.append(numpy_helper.from_array(np.array(values, np.int64), name))
         return consts[tuple(values)]
 
-    sizes = {t.name: len(numpy_helper.to_array(t).tobytes()) for t in graph.initializer if t.name in alias}
+    sizes = {t.name: len(_data(t)) for t in graph.initializer if t.name in alias}
     ranks = _ranks(model) if ranks is None else ranks
     spliced: dict[int, tuple[onnx.GraphProto, dict[int, list]]] = {}  # id(graph) → node index → nodes
     for name, reads in _readers(graph, set(alias)).items():
