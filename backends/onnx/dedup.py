@@ -123,6 +123,8 @@ def plan(model: onnx.ModelProto, ranks: dict[str, int] | None = None) -> dict[st
         return reads[name] + [r for a, (k, t) in alias.items() if k == name and not t for r in reads[a]]
 
     for t in inits:
+        if t.data_type == onnx.TensorProto.STRING:  # no byte form to compare
+            continue
         data = _data(t)
         if t.data_type not in _UNFLIPPABLE and len(data) != _nbytes(t):
             continue  # a malformed tensor is left alone (onnxruntime's check then refuses the file)
