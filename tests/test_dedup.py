@@ -215,3 +215,41 @@ def test_a_malformed_tensor_is_left_alone_and_the_checker_refuses_the_file(tmp_p
     onnx.save(model, str(tmp_path / "in.onnx"))
     assert cli.main(["dedup", str(tmp_path / "in.onnx"), "-o", str(tmp_path / "out.onnx")]) == 1
     assert "is too small for the declared shape" in capsys.readouterr().err and not (tmp_path / "out.onnx").exists()
+
+
+@pytest.fixture
+def dynamic_gpt2(tmp_path):
+    """A TorchScript export whose inputs are symbolic but whose traced Reshapes fix batch 2 and length 8."""
+    torch.manual_seed(0)
+    ref = GPT2(vocab=100, context=16, d=16, heads=2, layers=1).eval()
+    path = tmp_path / "dynamic.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(ref, (torch.randint(0, 100, (2, 8)),), str(path), dynamo=False, opset_version=18,
+                          input_names=["tokens"], dynamic_axes={"tokens": {0: "B", 1: "T"}})
+    return path
+
+
+def test_a_graph_that_fixes_a_symbolic_dim_needs_dim(dynamic_gpt2, tmp_path, capsys):
+    out = tmp_path / "out.onnx"
+    assert cli.main(["dedup", str(dynamic_gpt2), "-o", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "onnxruntime cannot run it on random inputs" in err and "hint: if the graph fixes a size" in err
+    assert not out.exists()
+    assert cli.main(["dedup", str(dynamic_gpt2), "-o", str(out), "--dim", "B=2", "--dim", "T=8"]) == 0
+    assert "= wte.weight.T" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("bad", ["B", "B=0", "B=x", "B=2000000"])
+def test_dim_must_be_a_named_size_in_range(bad, tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["dedup", str(tmp_path / "in.onnx"), "-o", str(tmp_path / "out.onnx"), "--dim", bad])
+    assert info.value.code == 2 and "expected NAME=N with 1 <= N <= 1048576" in capsys.readouterr().err
+
+
+def test_random_inputs_are_bounded_before_allocating(tmp_path, capsys):
+    model = _model([helper.make_node("Relu", ["x"], ["y"])], [("x", [100_000, 100_000])], [("y", [100_000, 100_000])],
+                   {"w": np.ones((2, 2), np.float32), "v": np.ones((2, 2), np.float32)})
+    onnx.save(model, str(tmp_path / "in.onnx"))
+    assert cli.main(["dedup", str(tmp_path / "in.onnx"), "-o", str(tmp_path / "out.onnx")]) == 1
+    assert "need more than 67,108,864 random values, the limit for the check" in capsys.readouterr().err

@@ -41,6 +41,13 @@ def _overrides(sets: list[tuple[str, int | float]], model: str | None) -> dict[s
     return {f"{model}.{name}" if model and "." not in name else name: value for name, value in sets}
 
 
+def _dim(text: str) -> tuple[str, int]:
+    name, eq, value = text.partition("=")
+    if not eq or not name or not value.strip().isdigit() or not 1 <= int(value) <= 2**20:
+        raise argparse.ArgumentTypeError(f"expected NAME=N with 1 <= N <= {2**20}, got '{text}'")
+    return name, int(value)
+
+
 def _parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="tiec", description="Compile .tie model specs to PyTorch and ONNX.")
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -93,6 +100,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("file", help="the .onnx file (from any exporter)")
     p.add_argument("-o", "--output", required=True, help="output .onnx file")
     p.add_argument("--seed", type=int, default=0, help="seed for the random inputs of the check (default 0)")
+    p.add_argument("--dim", dest="dims", action="append", type=_dim, default=[], metavar="NAME=N",
+                   help="size of a symbolic input dim in the check (default 2; repeatable)")
     return top
 
 
@@ -213,7 +222,7 @@ def run(argv: list[str]) -> int:
 def _dedup(args: argparse.Namespace) -> int:
     from tiec.backends.onnx.dedup import dedup_file
 
-    report = dedup_file(args.file, args.output, seed=args.seed)
+    report = dedup_file(args.file, args.output, seed=args.seed, dims=dict(args.dims))
     merges = report["merges"]
     saved = report["initializer_bytes_before"] - report["initializer_bytes_after"]
     print(f"merged {len(merges)} initializer(s) into others, {saved:,} bytes no longer stored"

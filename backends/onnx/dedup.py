@@ -312,8 +312,13 @@ def record(model: onnx.ModelProto, merges: list[Merge]) -> None:
     helper.set_model_props(model, props)
 
 
-def dedup_file(src: str | os.PathLike, dst: str | os.PathLike, *, seed: int = 0) -> dict[str, Any]:
+def dedup_file(src: str | os.PathLike, dst: str | os.PathLike, *, seed: int = 0,
+               dims: dict[str, int] | None = None) -> dict[str, Any]:
     """Read the ONNX file `src`, merge its copies (module docstring), verify, and write `dst`.
+
+    Args:
+        seed: for the random inputs of the onnxruntime check.
+        dims: a size for each named symbolic input dim (default 2), for graphs that fix them.
 
     Returns:
         {"merges": [Merge], "bytes_before", "bytes_after", "initializer_bytes_before",
@@ -336,7 +341,7 @@ def dedup_file(src: str | os.PathLike, dst: str | os.PathLike, *, seed: int = 0)
         onnx.checker.check_model(data)
     except (ValueError, onnx.checker.ValidationError) as e:
         raise _error(src, f"the merged model is not valid ONNX: {e}") from None
-    diff = same_outputs(before, data, seed, lambda why: _error(src, why))  # raises unless unchanged
+    diff = same_outputs(before, data, seed, lambda why, hint=None: _error(src, why, hint), dims)  # raises unless same
     write_output(dst, data)
     return {"merges": merges, "bytes_before": len(before), "bytes_after": len(data),
             "initializer_bytes_before": init_before, "initializer_bytes_after": _initializer_bytes(model),
@@ -364,6 +369,6 @@ def _initializer_bytes(model: onnx.ModelProto) -> int:
     return sum(len(t.raw_data) or numpy_helper.to_array(t).nbytes for t in model.graph.initializer)
 
 
-def _error(path: str, why: str) -> TieError:
-    return TieError(f"cannot dedup {path}: {why}", Span(Source(path, ""), 0, 0, 0, 0))
+def _error(path: str, why: str, hint: str | None = None) -> TieError:
+    return TieError(f"cannot dedup {path}: {why}", Span(Source(path, ""), 0, 0, 0, 0), hint=hint)
 
