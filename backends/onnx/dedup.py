@@ -90,15 +90,18 @@ def _readers(graph: onnx.GraphProto, names: set[str], shadowed: frozenset = froz
     return out
 
 
-def _movable(reads: list, ranks: dict[str, int]) -> bool:
-    """Whether every read can take the other orientation without a Transpose of the weight."""
+def _movable(reads: list, ranks: dict[str, int], opset: int) -> bool:
+    """Whether every read can take the other orientation without a Transpose of the weight (the
+    Reshape → Gemm form of a MatMul whose input is not known to be 2-D needs opset 13)."""
     for graph, j, i in reads:
         node = graph.node[j]
-        if sum(1 for n in node.input if n == node.input[i]) > 1:  # Gemm(W, W): leave it
-            return False
+        if node.domain not in ("", "ai.onnx") or sum(1 for n in node.input if n == node.input[i]) > 1:
+            return False  # another domain's op of that name, or Gemm(W, W)
         if node.op_type == "Gemm" and i in (0, 1):
             continue
-        if node.op_type == "MatMul" and (i == 1 or ranks.get(node.input[1]) == 2):
+        if node.op_type == "MatMul" and i == 1 and (ranks.get(node.input[0]) == 2 or opset >= 13):
+            continue
+        if node.op_type == "MatMul" and i == 0 and ranks.get(node.input[1]) == 2:
             continue
         return False
     return True
@@ -114,6 +117,7 @@ def plan(model: onnx.ModelProto, ranks: dict[str, int] | None = None) -> dict[st
     inits.sort(key=lambda t: t.name not in listed)  # stable: file order within each part
     reads = _readers(graph, {t.name for t in inits})
     ranks = _ranks(model) if ranks is None else ranks
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     by_name = {t.name: t for t in inits}  # bytes are read one tensor at a time, never all kept
     kept: dict[tuple, list[str]] = {}  # (dtype, shape, fingerprint) → kept names with those bytes
     shapes = {(t.data_type, tuple(t.dims)) for t in inits}
@@ -137,10 +141,10 @@ def plan(model: onnx.ModelProto, ranks: dict[str, int] | None = None) -> dict[st
             flipped = _transposed(data, t)
             tkey = (t.data_type, tuple(reversed(t.dims)), _fingerprint(flipped))
             other = next((k for k in kept.get(tkey, []) if k != t.name and _data(by_name[k]) == flipped), None)
-            if other is not None and _movable(reads[t.name], ranks):
+            if other is not None and _movable(reads[t.name], ranks, opset):
                 alias[t.name] = (other, True)
                 continue
-            if other is not None and _movable(group_reads(other), ranks):  # keep this one instead
+            if other is not None and _movable(group_reads(other), ranks, opset):  # keep this one instead
                 for a, (k, tr) in list(alias.items()):
                     if k == other:
                         alias[a] = (t.name, not tr)
