@@ -208,3 +208,40 @@ def test_albert_base_parameter_table():
     assert got["share only(layer.up, layer.down)"] == got[""] - 11 * feed_forward
     for schedule, paper in PAPER.items():  # the paper rounds to millions
         assert abs(got[schedule] - paper) < 1e6, (schedule, got[schedule])
+
+
+def test_emitted_constructor_aliases_each_copy_to_its_owner_in_one_loop():
+    program, _ = _build("cycle_rev(3)", 6)
+    src = program.python()
+    assert "for i, j in ((3, 2), (4, 1), (5, 0)):  # cycle_rev(3): copy i runs copy j's tensors\n" \
+           "            self.blk[i] = self.blk[j]" in src
+    assert "# shared: group" not in src  # no line per slot
+    albert = tiec.loads(ALBERT.replace("SCHEDULE", "share only(layer.attn, layer.attn_norm)"), {"vocab": 50})
+    src = albert.python()
+    pairs = tuple((i, 0) for i in range(1, 12))
+    assert f"for i, j in {pairs}:  # only layer.attn: copy i runs copy j's tensors\n" \
+           "            self.layer[i].attn = self.layer[j].attn" in src
+    assert "self.layer[i].attn_norm = self.layer[j].attn_norm" in src
+
+
+def test_a_schedule_whose_groups_reach_outside_the_repeat_is_written_slot_by_slot():
+    spec = """
+    model M {
+        in x: [B, 4]
+        base = Linear(4, 4)
+        repeat 4 share cycle(2) {
+            blk = Linear(4, 4) share weight = base.weight
+            x = blk(x)
+        }
+        return base(x)
+    }
+    """
+    program = tiec.loads(spec)
+    m = program.torch(seed=0)
+    assert all(m.blk[i].weight is m.base.weight for i in range(4))  # every copy's weight is base's
+    assert m.blk[2].bias is m.blk[0].bias and m.blk[3].bias is m.blk[1].bias and m.blk[1].bias is not m.blk[0].bias
+    x = torch.randn(2, 4)
+    want = x
+    for i in (0, 1, 0, 1):
+        want = F.linear(want, m.base.weight, m.blk[i].bias)
+    torch.testing.assert_close(m(x), m.base(want))

@@ -77,6 +77,7 @@ class SubgraphClass:
             self.count_attr[lp.id] = attrs(src if src.isidentifier() else f"repeats_{lp.id}")
         self.used: set[str] = set()
         self.tie_init: list[str] = []  # the tie state's buffers, set by `tie_methods`
+        self.schedule_init: list[str] = []  # scheduled repeats' aliases (`backends/torch/schedules.py`)
 
     # ------------------------------------------------------------------ expressions
     def _cfg(self, src: str | None, value) -> str:
@@ -194,8 +195,9 @@ class SubgraphClass:
             self.used |= reads
             msg = f"{self.class_name}: the spec refers to {name}[{index}], so {count} must be at least {index + 1}"
             checks += [f"if {count} <= {index}:", f"    raise ValueError({literal(msg)})"]
-        if self.tie_init:
-            body += ["", *self.tie_init]
+        for extra in (self.schedule_init, self.tie_init):
+            if extra:
+                body += ["", *extra]
         head = [f"def __init__({', '.join(['self', *sig])}):", "    super().__init__()"]
         return head + ["    " + x if x else "" for x in fill + checks + body]
 

@@ -20,6 +20,7 @@ from .classes import SubgraphClass, aligned, attr, chain, summary
 from .naming import EMITTED_GLOBALS, EMITTED_LOCALS, Namer, doc_text
 from .penalty import init_lines, method_lines, penalty_lines, tie_attrs
 from .plan import Plan, copies
+from .schedules import schedule_aliases
 from .tree import MODULE_ATTRS
 
 # Each import is emitted only when the body uses it, so the file is lint-clean as emitted.
@@ -284,6 +285,10 @@ class _Emitter:
                             else bool(local_binds.get(path) and local_binds[path].transposed),
                             shares, self._types(model, model) if legacy is None else dict(self.ir.types.get(model, {})),
                             self.reserved, legacy, loop_shares=self.plan.loop_groups.get(model, []) if self.plan else [])
+        if legacy is None:  # a scheduled repeat: one loop aliasing each copy to its owner, not a line per slot
+            cls.schedule_init, groups = schedule_aliases(sub, groups, lambda k: self.binds[k].transposed,
+                                                         set(cls.kw.mapping().values()))
+            cls.shares = [r for g in groups for r in self._share_row(model, g, "", local=False)]
         own = next((p.name for p in params if not (p.name in local_binds and local_binds[p.name].transposed)), None)
         zero = f"torch.zeros((), device={self._path(model, own)}.device)" if own else "torch.zeros(())"
         groups_t = self._ties(model)
