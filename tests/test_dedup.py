@@ -71,18 +71,27 @@ def test_torchscripts_second_copy_of_the_tied_head_is_merged(gpt2_file, tmp_path
     assert group["initializer"] == "wte.weight" and group["members"][1]["transposed"] is True
 
 
-def test_the_merged_file_survives_onnxsim_and_onnxoptimizer(gpt2_file, tmp_path):
+def test_the_merged_file_survives_every_tool(gpt2_file, tmp_path):
     import onnxoptimizer
     import onnxsim
+    import onnxslim
 
     path, _, _, unique = gpt2_file
     out = tmp_path / "dedup.onnx"
     dedup.dedup_file(path, out)
     simplified, ok = onnxsim.simplify(onnx.load(str(out)))
     assert ok
-    optimized = onnxoptimizer.optimize(onnx.load(str(out)))
-    for model in (simplified, optimized):
-        assert sum(numpy_helper.to_array(t).nbytes for t in model.graph.initializer) <= unique * 1.001
+    tools = {"onnxsim": simplified, "onnxslim": onnxslim.slim(onnx.load(str(out))),
+             "onnxoptimizer": onnxoptimizer.optimize(onnx.load(str(out)))}
+    for level in (ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, ort.GraphOptimizationLevel.ORT_ENABLE_ALL):
+        options = ort.SessionOptions()
+        options.graph_optimization_level = level
+        options.optimized_model_filepath = str(tmp_path / f"ort{int(level)}.onnx")
+        ort.InferenceSession(str(out), options, providers=["CPUExecutionProvider"])
+        tools[f"onnxruntime {level}"] = onnx.load(options.optimized_model_filepath)
+    for tool, model in tools.items():
+        stored = sum(numpy_helper.to_array(t).nbytes for t in model.graph.initializer)
+        assert stored <= unique * 1.001, tool
 
 
 def test_byte_equal_copies_are_renamed():
