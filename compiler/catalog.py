@@ -17,8 +17,8 @@ REQUIRED = object()
 @dataclass(frozen=True)
 class Arg:
     name: str  # the spec's name for it
-    kind: str  # tensor | opt_tensor | operand (a tensor or a literal) | tensors | int | float | eps (a float ≥ 0) |
-    #            bool | pair | str | dims | opt_pair | opt_float
+    kind: str  # tensor | opt_tensor | operand (a tensor or a literal) | tensors | int | opt_int | ints (a list) |
+    #            float | eps (a float ≥ 0) | bool | pair | str | dims | opt_pair | opt_float
     default: Any = REQUIRED
     key: str = ""  # config / attrs key; defaults to `name`
     aliases: tuple[str, ...] = ()
@@ -124,10 +124,24 @@ OP_SIGNATURES: dict[str, tuple[Arg, ...]] = {
               Arg("b", "operand", aliases=("other",))),
     "masked_fill": (_X, Arg("mask", "tensor"), Arg("value", "float")),
     "cast": (_X, Arg("dtype", "str", choices=TENSOR_DTYPES)),
+    # slicing and indexing (rules: shapes_index.py)
+    "slice": (_X, Arg("dim", "int"), Arg("start", "int", 0), Arg("end", "opt_int", None), Arg("step", "int", 1)),
+    "select": (_X, Arg("dim", "int"), Arg("index", "int")),
+    "unsqueeze": (_X, Arg("dim", "int")),
+    "squeeze": (_X, Arg("dim", "int")),
+    "gather": (_X, Arg("dim", "int"), Arg("index", "tensor")),
+    "index_select": (_X, Arg("dim", "int"), Arg("index", "tensor")),
     # softmax(q kᵀ · scale [+ mask]) v, PyTorch's F.scaled_dot_product_attention (rules: shapes_attention.py)
     "sdpa": (Arg("q", "tensor", aliases=("query",)), Arg("k", "tensor", aliases=("key",)),
              Arg("v", "tensor", aliases=("value",)), Arg("mask", "opt_tensor", None, aliases=("attn_mask",)),
              Arg("causal", "bool", False, aliases=("is_causal",)), Arg("scale", "opt_float", None)),
+}
+
+# Ops called for several values, one IR node per piece, which carries its `index` among them:
+# `q, k, v = chunk(qkv, 3, dim=-1)`.
+PIECE_OPS: dict[str, tuple[Arg, ...]] = {
+    "chunk": (_X, Arg("chunks", "int"), Arg("dim", "int", 0)),
+    "split": (_X, Arg("sizes", "ints"), Arg("dim", "int", 0)),
 }
 
 # Names a layer, block instance or (in a program of several models) a model cannot take: every
@@ -176,6 +190,7 @@ FUNCTION_OPS: dict[str, tuple[str, ...]] = {
     "neg": (),
     **{op: tuple(a.target for a in sig if a.kind not in ("tensor", "opt_tensor", "operand", "tensors"))
        for op, sig in OP_SIGNATURES.items()},
+    **{op: (*(a.target for a in sig if a.kind != "tensor"), "index") for op, sig in PIECE_OPS.items()},
 }
 
 

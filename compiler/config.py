@@ -119,7 +119,15 @@ def coerce(v: CVal, kind: str, span: Span, name: str, minimum: int = 0) -> CVal:
     """Check a config value against an argument kind (int, float, eps, bool, pair, str…); pairs
     (kernel sizes, strides, paddings) must be at least `minimum`; an eps is a float ≥ 0."""
     val = v.value
-    if kind == "int":
+    if kind == "ints":  # a list of integers (split sizes)
+        if isinstance(val, int) and not isinstance(val, bool):
+            val = (val,)
+        if not (isinstance(val, tuple) and val and all(isinstance(x, int) and not isinstance(x, bool) for x in val)):
+            raise TieError(f"'{name}' must be a list of integers such as [64, 64], got {val!r}", span)
+        if min(val) < minimum:
+            raise TieError(f"'{name}' must be at least {minimum}, got {val!r}", span)
+        return CVal(val, v.src, v.deps)
+    if kind in ("int", "opt_int"):
         if isinstance(val, float) and val.is_integer() and not isinstance(val, bool):
             return CVal(int(val), f"int({v.src})" if v.deps else str(int(val)), v.deps)
         if not isinstance(val, int) or isinstance(val, bool):

@@ -208,6 +208,8 @@ class SubgraphElaborator(Relating, Binder):
             self.g.naming[values[0]] = self.g.naming.pop(last.name)
             self.g.nodes[-1] = ir.Node("call", values[0], last.inputs, ir.frozen({**last.attrs, "outputs": values}),
                                        last.span)
+        elif len(values) == len(stmt.names) and all(isinstance(v, str) for v in values):
+            values = self.g.rename_pieces(values, stmt.names)  # chunk/split: each piece its own name
         if len(values) != len(stmt.names):
             raise TieError(f"{len(stmt.names)} names for {len(values)} value(s)", stmt.span,
                            hint="a block call gives one value per expression in its `return`")

@@ -11,8 +11,9 @@ from tiec.dsl import ast
 from tiec.dsl.diagnostics import Span, TieError, did_you_mean
 
 from . import ir
-from .catalog import BINARY_OPS, LAYERS, OP_SIGNATURES, REQUIRED, Arg
+from .catalog import BINARY_OPS, LAYERS, OP_SIGNATURES, PIECE_OPS, REQUIRED, Arg
 from .config import CVal, _arith, _wrap, coerce, combine, evaluate, left_spine
+from .limits import MAX_PIECES
 from .refs import Copies, Instance, module_path
 
 
@@ -56,6 +57,24 @@ class GraphBuilder:
         self.names.discard(value)
         self.naming[new] = (self.naming.pop(value, (last.op, None))[0], user_name)
         return new
+
+
+    def rename_pieces(self, values: tuple[str, ...], user_names: tuple[str, ...]) -> tuple[str, ...]:
+        """Give the last nodes, when they define `values` in order (a chunk's pieces), the names
+        they are unpacked to."""
+        start = len(self.nodes) - len(values)
+        tail = self.nodes[start:]
+        if start < 0 or any(not isinstance(n, ir.Node) or n.name != v for n, v in zip(tail, values)):
+            return values
+        out = []
+        for i, (node, user) in enumerate(zip(tail, user_names)):
+            new = self.fresh(user) if user.isidentifier() else node.name
+            self.nodes[start + i] = ir.Node(node.op, new, node.inputs, node.attrs, node.span)
+            if new != node.name:
+                self.names.discard(node.name)
+                self.naming[new] = (self.naming.pop(node.name, (node.op, None))[0], user)
+            out.append(new)
+        return tuple(out)
 
 
 class Binder:
@@ -168,10 +187,12 @@ class Binder:
                 raise TieError(f"'{func.id}' has {bound.count} copies; call one: {func.id}[0](x)", e.span)
             if func.id in OP_SIGNATURES:
                 return self.op_call(func.id, e, scope)
+            if func.id in PIECE_OPS:
+                return self.pieces_call(func.id, e, scope)
             if func.id in LAYERS or func.id in getattr(self, "blocks", {}):
                 raise TieError(f"'{func.id}(…)' declares a layer; give it a name first", e.span,
                                hint=f"layer = {func.id}(…), then call layer(x)")
-            known = list(OP_SIGNATURES) + [k for k, v in scope.items() if isinstance(v, Instance)]
+            known = list(OP_SIGNATURES) + list(PIECE_OPS) + [k for k, v in scope.items() if isinstance(v, Instance)]
             raise TieError(f"unknown function or layer '{func.id}'", func.span,
                            hint=did_you_mean(func.id, known) or _unknown_call_hint(func.id, e))
         ref = _as_ref(func)
@@ -195,7 +216,19 @@ class Binder:
         return self.g.add(inst.kind, base, (x,), {"layer": inst.path}, e.span)
 
     def op_call(self, op: str, e: ast.Call, scope: dict) -> str:
-        sig = OP_SIGNATURES[op]
+        inputs, attrs = self.op_args(op, OP_SIGNATURES[op], e, scope)
+        return self.g.add(op, op, tuple(inputs), attrs, e.span)
+
+    def pieces_call(self, op: str, e: ast.Call, scope: dict) -> tuple[str, ...]:
+        """`chunk`/`split`: one node per piece, each with its `index`, as a tuple to unpack."""
+        inputs, attrs = self.op_args(op, PIECE_OPS[op], e, scope)
+        count = attrs["chunks"] if op == "chunk" else len(attrs["sizes"])
+        if not 1 <= count <= MAX_PIECES:
+            raise TieError(f"{op} makes between 1 and {MAX_PIECES:,} pieces, not {count:,}", e.span)
+        return tuple(self.g.add(op, op, tuple(inputs), {**attrs, "index": i}, e.span) for i in range(count))
+
+    def op_args(self, op: str, sig: tuple[Arg, ...], e: ast.Call, scope: dict) -> tuple[list[str], dict]:
+        """A call's tensor inputs and attributes, bound to the op's signature and checked."""
         exprs = bind_args(sig, e, op)
         inputs, attrs = [], {}
         config = scope.config
@@ -229,7 +262,7 @@ class Binder:
                 attrs[arg.target] = v.value
         if op in ("max_pool2d", "avg_pool2d") and attrs.get("stride") is None:
             attrs["stride"] = attrs["kernel"]
-        return self.g.add(op, op, tuple(inputs), attrs, e.span)
+        return inputs, attrs
 
     def dims(self, x: ast.Expr, config: dict) -> tuple:
         if not isinstance(x, ast.ListExpr):

@@ -11,6 +11,7 @@ MAX_BLOCK_NESTING = 32  # block instances inside block instances
 MAX_SIZE = 2**63 - 1  # a size, dimension or repeat count: what int64 holds
 MAX_LAYERS = 200_000  # layers of one model once every non-shared repeat is unrolled
 MAX_PARAMS = 10**10  # parameters one model declares (before sharing): 40 GB in f32
+MAX_PIECES = 4096  # values one chunk/split call gives
 
 _SIZES = ("in_features", "out_features", "in_channels", "out_channels", "num_embeddings", "embedding_dim",
           "normalized_shape", "embed_dim", "num_heads")

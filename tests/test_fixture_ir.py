@@ -194,13 +194,15 @@ def test_every_op_and_its_shape():
     ops = {n.op for n in p.models["Ops"].nodes}
     from tiec.compiler.catalog import OP_SIGNATURES
 
-    assert set(OP_SIGNATURES) <= ops
+    assert set(OP_SIGNATURES) | {"chunk", "split"} <= ops
     assert {"add", "sub", "mul", "div", "matmul", "neg", "const"} <= ops
     t = types(p, "Ops")
     assert (t["p"], t["q"], t["f"], t["g"]) == ("f32[N, 2, 4, 4]", "f32[N, 2, 2, 5]", "f32[N, 32]", "f32[N, 2, 10]")
     assert (t["t"], t["m"], t["c"], t["r"]) == ("f32[N, 6, 5]", "f32[N, 6, 1]", "f32[N, 6, 7]", "f32[N, 42]")
     assert (t["u"], t["sim"], t["pos"], t["prod"]) == ("f32[N, 94]", "f32[N]", "i64[5]", "f32[N, 5, 5]")
     assert (t["keep"], t["sel"], t["z"]) == ("bool[N, 5, 6]", "f32[N, 5, 6]", "f32[N, 5, 6]")
+    assert (t["lo"], t["p2"], t["sl"], t["picked"], t["taken"]) == (
+        "f32[N, 5, 3]", "f32[N, 5, 4]", "f32[N, 2, 3]", "f32[N, 5, 2]", "f32[N, 5, 4]")
     pool = next(n for n in p.models["Ops"].nodes if n.op == "max_pool2d")
     assert dict(pool.attrs) == {"kernel": (2, 2), "stride": (2, 2), "padding": (0, 0)}  # stride defaults to kernel
 

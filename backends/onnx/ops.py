@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 
 from tiec.backends.onnx.builder import ONNX_DTYPES, GraphBuilder
 from tiec.backends.onnx.ops_attention import ATTENTION_EMIT
+from tiec.backends.onnx.ops_index import INDEX_EMIT
 from tiec.backends.onnx.ops_math import MATH_EMIT
 from tiec.compiler.ir import Node
 
@@ -357,4 +358,5 @@ ONNX_EMIT: Mapping[str, Rule] = {
     "Dropout": _dropout,  # x (inference)
     **MATH_EMIT,  # elementwise math, comparisons, where, masked_fill, cast: ops_math.py
     **ATTENTION_EMIT,  # sdpa: ops_attention.py
+    **INDEX_EMIT,  # slice, select, unsqueeze, squeeze, gather, index_select, chunk, split: ops_index.py
 }

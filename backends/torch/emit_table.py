@@ -64,6 +64,19 @@ def _sdpa(c: Call) -> str:
     return f"F.scaled_dot_product_attention({', '.join([q, k, v, *extra])})"
 
 
+def _along(c: Call, item: str) -> str:
+    """x[…] with `item` at dim `c.attrs['dim']`: `x[:, 1:3]`, or from the end `x[..., 0]`."""
+    d = c.attrs["dim"]
+    items = [":"] * d + [item] if d >= 0 else ["...", item] + [":"] * (-d - 1)
+    return f"{c.args[0]}[{', '.join(items)}]"
+
+
+def _slice(c: Call) -> str:
+    a = c.attrs
+    start, end = "" if a["start"] == 0 else str(a["start"]), "" if a["end"] is None else str(a["end"])
+    return _along(c, f"{start}:{end}" + ("" if a["step"] == 1 else f":{a['step']}"))
+
+
 def _number(v: float) -> str:
     """A whole number as an int literal: torch would turn an integer tensor float beside a float."""
     return literal(int(v) if float(v).is_integer() else v)
@@ -175,6 +188,14 @@ TORCH_EMIT: Mapping[str, Callable[[Call], str]] = {
     "masked_fill": lambda c: f"{c.args[0]}.masked_fill({c.args[1]}, {_number(c.attrs['value'])})",  # mask ? v : x
     "cast": lambda c: f"{c.args[0]}.to(torch.{TORCH_DTYPES[c.attrs['dtype']]})",  # x in another dtype
     "sdpa": _sdpa,  # softmax(q kᵀ · scale [+ mask]) v, key/value heads repeated for grouped queries
+    "slice": _slice,  # x[..., start:end:step] along dim
+    "select": lambda c: _along(c, str(c.attrs["index"])),  # x[..., i] along dim
+    "unsqueeze": lambda c: f"{c.args[0]}.unsqueeze({c.attrs['dim']})",  # a dim of 1 inserted
+    "squeeze": lambda c: f"{c.args[0]}.squeeze({c.attrs['dim']})",  # the dim of 1 removed
+    "gather": lambda c: f"torch.gather({c.args[0]}, {c.attrs['dim']}, {c.args[1]})",  # x[index] along dim, elementwise
+    "index_select": lambda c: f"torch.index_select({c.args[0]}, {c.attrs['dim']}, {c.args[1]})",  # whole slices
+    "chunk": lambda c: f"{c.args[0]}.chunk({c.attrs['chunks']}, dim={c.attrs['dim']})[{c.attrs['index']}]",
+    "split": lambda c: f"{c.args[0]}.split({list(c.attrs['sizes'])}, dim={c.attrs['dim']})[{c.attrs['index']}]",
     "Linear": _linear,  # x Wᵀ + b
     "Conv2d": _conv2d,  # Σ W ⋆ x + b
     "Embedding": _embedding,  # W[x]
