@@ -146,7 +146,7 @@ READS = """model M {
     head = Linear(8, 20)
     embed = Embedding(8, 20) share weight = head.weight.T
     proj = Linear(3, 4)
-    return head(y), embed(tokens), proj.weight.T @ x, transpose(x, 0, 1) @ proj.weight, y @ head.weight.T, head.weight.T + 1.0
+    return head(y), embed(tokens), proj.weight.T @ x, transpose(x, 0, 1) @ proj.weight, y @ head.weight.T, head.weight.T + 1.0, y @ transpose(head.weight, 0, 1), transpose(proj.weight.T, 0, 1) @ proj.weight.T
 }
 """
 
@@ -154,8 +154,9 @@ READS = """model M {
 @pytest.mark.parametrize("tool", TOOLS)
 def test_every_read_of_a_weight_keeps_one_initializer(tool, tmp_path):
     """A Linear, an Embedding holding its transpose (Gather on axis 1), Wᵀ @ x (Gemm transA),
-    x @ W and y @ Wᵀ (Gemm transB); only `head.weight.T + 1`, which needs the transposed values
-    themselves, reads a Transpose node, which a tool may fold into a constant of its own."""
+    x @ W and y @ Wᵀ (Gemm transB), also written with `transpose` (twice: W itself); only
+    `head.weight.T + 1`, which needs the transposed values themselves, reads a Transpose node,
+    which a tool may fold into a constant of its own."""
     program = tiec.loads(READS)
     module = program.torch("M")
     g = torch.Generator().manual_seed(0)
@@ -172,7 +173,7 @@ def test_every_read_of_a_weight_keeps_one_initializer(tool, tmp_path):
     assert (held["head.weight"], held["proj.weight"]) == (1, 1)  # (proj.bias is never read: a tool may drop it)
     tokens, x, y = torch.tensor([[0, 7, 3]]), torch.randn(4, 5, generator=g), torch.randn(2, 8, generator=g)
     W, b, P = (torch.from_numpy(params[k]) for k in ("head.weight", "head.bias", "proj.weight"))
-    want = [y @ W.T + b, W.T[tokens], P.T @ x, x.T @ P, y @ W.T, W.T + 1.0]
+    want = [y @ W.T + b, W.T[tokens], P.T @ x, x.T @ P, y @ W.T, W.T + 1.0, y @ W.T, P @ P.T]
     session = ort.InferenceSession(processed.SerializeToString(), providers=["CPUExecutionProvider"])
     got = session.run(None, {"tokens": tokens.numpy(), "x": x.numpy(), "y": y.numpy()})
     for a, e in zip(got, want, strict=True):

@@ -197,6 +197,18 @@ class GraphBuilder:
         self._lazy_transposes[canonical + "^T"] = canonical
         return canonical + "^T"
 
+    def transposed_value(self, value: str) -> str | None:
+        """IR value `value` transposed without a Transpose node, when it is a 2-D initializer (its
+        lazy transpose, as `lazy_weight` makes) or the lazy transpose of one (the initializer); else None."""
+        name = self._env.get(value) if value not in self._literals else None
+        if name in self._lazy_transposes:
+            return self._lazy_transposes[name]
+        p = self.params.get(name or "")
+        if p is None or len(p.shape) != 2 or self.binds[name].canonical != name:
+            return None
+        self._lazy_transposes[name + "^T"] = name
+        return name + "^T"
+
     def _transpose_node(self, canonical: str) -> str:
         # No perm: ONNX reverses the dims, as torch's `.T` does.
         return self.cached(("T", canonical), lambda: self.node("Transpose", [canonical], out=canonical + "^T"))

@@ -127,6 +127,8 @@ def _transpose(b: GraphBuilder, node: Node) -> str:
     d0, d1 = int(node.attrs["dim0"]) % rank, int(node.attrs["dim1"]) % rank
     if d0 == d1:
         return _x(b, node)
+    if rank == 2 and (lazy := b.transposed_value(node.inputs[0])) is not None:
+        return lazy  # a weight: products read it as stored (`_matmul`)
     perm = list(range(rank))
     perm[d0], perm[d1] = perm[d1], perm[d0]
     return b.node("Transpose", [_x(b, node)], perm=perm)
@@ -342,7 +344,7 @@ ONNX_EMIT: Mapping[str, Rule] = {
     "log_softmax": _axis_op("LogSoftmax"),  # x - log(sum(exp(x), dim))
     "flatten": _flatten,  # Reshape to [*x.shape[:s], -1, *x.shape[e+1:]]
     "reshape": lambda b, n: b.node("Reshape", [_x(b, n), b.ints(n.attrs["shape"])]),  # x.reshape(shape)
-    "transpose": _transpose,  # x.transpose(dim0, dim1)
+    "transpose": _transpose,  # x.transpose(dim0, dim1); of a 2-D weight, read as stored like `param`
     "max_pool2d": _pool("MaxPool"),  # max over each window, -inf padding
     "avg_pool2d": _pool("AveragePool", count_include_pad=1),  # sum(window, zero padding) / (kh·kw)
     "mean": _mean,  # sum(x, dim) / x.shape[dim]
