@@ -128,7 +128,7 @@ def page(results: dict, settings: dict) -> str:
         "",
         ("`benchmarks/experiment/typing.tie`: two instances of one MLP block (64 → 64 → 10), trained together, "
          "the source classifier on its labels and the target one on its few. `Independent` relates nothing, "
-         "`Tied` adds `tie(λ)` between every slot of the two (λ swept with `--set lam=…`), `Shared` makes them "
+         "`Tied` adds `tie(λ)` between every slot of the two (λ swept by overriding `lam`, as `--set lam=…` does), `Shared` makes them "
          "one set of tensors (`share`)."),
         "",
         *[line for kind in data.DISTORTIONS for line in
