@@ -277,11 +277,12 @@ def read(path: str | os.PathLike, where: Span) -> Any:
 
 
 def save(scope: Scope, state: Mapping, path: str | os.PathLike, allow_nonfinite: bool = False) -> dict[str, Any]:
-    """Write `state` to the safetensors file `path` (atomically; see the module docstring).
+    """Write `state` to the safetensors file `path` (a regular file, replaced atomically by the
+    rules of `tiec.output`; see the module docstring).
     Every key of `state` must name a parameter of `scope`: nothing is dropped unsaid."""
-    from safetensors.torch import save as to_bytes
+    from safetensors.torch import save_file
 
-    from tiec.output import write_output
+    from tiec.output import written_together
 
     known = {k for canon in scope.canonicals for k, _ in scope.candidates(canon)}
     extra = sorted(k for k in state if k not in known)
@@ -300,10 +301,11 @@ def save(scope: Scope, state: Mapping, path: str | os.PathLike, allow_nonfinite:
                                          separators=(",", ":"))
     if scope.model is not None:
         metadata["tiec.model"] = scope.model
-    data = to_bytes(tensors, metadata)
-    write_output(path, data)
+    with written_together(path, ()) as (tmp, _):  # written tensor by tensor, never whole in memory
+        save_file(tensors, tmp, metadata)
+        size = os.path.getsize(tmp)
     return {"path": os.fspath(path), "tensors": len(tensors), "aliases": len(metadata) - 2 - (scope.model is not None),
-            "bytes": len(data)}
+            "bytes": size}
 
 
 def state_dict(scope: Scope, state: Mapping, allow_nonfinite: bool = False) -> dict[str, Any]:
