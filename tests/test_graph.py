@@ -25,7 +25,7 @@ _STRING = r'"(?:[^"\\]|\\.)*"'
 _VALUE = rf'(?:{_STRING}|[A-Za-z0-9_.#]+)'
 _ATTRS = rf'\[(?:[a-z]+={_VALUE}(?:, )?)*\]'
 _LINE = re.compile(rf'\s*(?:digraph tiec \{{|\}}|(?:graph|node|edge) {_ATTRS};|subgraph cluster_\w+ \{{'
-                   rf'|label={_STRING}; style=rounded; color=gray\d+;|\w+ {_ATTRS};|n\d+ -> n\d+(?: {_ATTRS})?;)')
+                   rf'|label={_STRING}; style=rounded; color=gray\d+;|\w+ {_ATTRS};|[an]\d+ -> [an]\d+(?: {_ATTRS})?;)')
 _ATTR = re.compile(rf'([a-z]+)=({_VALUE})')
 
 
@@ -51,7 +51,7 @@ def parse(dot: str) -> tuple[dict[str, dict[str, str]], list[tuple[str, str, dic
             clusters.append((label, ids))
             if stack:
                 stack[-1][1] += ids
-        elif m := re.fullmatch(r'(n\d+) -> (n\d+)(?: (\[.*\]))?;', s):
+        elif m := re.fullmatch(r'([an]\d+) -> ([an]\d+)(?: (\[.*\]))?;', s):
             edges.append((m.group(1), m.group(2), {k: _unquote(v) for k, v in _ATTR.findall(m.group(3) or "")}))
         elif (m := re.fullmatch(r'(\w+) (\[.*\]);', s)) and m.group(1) not in ("graph", "node", "edge"):
             nodes[m.group(1)] = {k: _unquote(v) for k, v in _ATTR.findall(m.group(2))}
@@ -270,3 +270,22 @@ def test_a_layer_called_through_its_block_instance_is_that_layer():
     assert len(calls) == 2 and len({nodes[n]["fillcolor"] for n in calls}) == 1
     inside, outside = (calls if calls[0] in dict(clusters)["t: T"] else calls[::-1])
     assert outside not in dict(clusters)["t: T"] and (inside, outside, {}) in edges
+
+
+def test_centroid_ties_are_named_and_anchors_are_fixed_nodes_with_their_keys():
+    program = tiec.loads('model M(lam = 0.5) {\n    in x: [B, 4]\n    a = Linear(4, 4)\n    b = Linear(4, 4)\n'
+                         '    c = Linear(4, 4)\n    enc = Linear(4, 4) tie(lam) anchor("p}]; n0 -> n0 [\\N")\n'
+                         '    tie(0.1, centroid) a, b, c\n    return enc(c(b(a(x))))\n}\n')
+    nodes, edges, clusters = parse(dot_source(program.ir))
+    (a,), (b,), (c,), (enc,) = (_named(nodes, n) for n in ("a", "b", "c", "enc"))
+    ties = {(x, y): attrs["label"] for x, y, attrs in edges if attrs.get("style") == "dashed"}
+    assert ties[(a, b)] == ties[(a, c)] == "tie λ=0.1 centroid\nweight, bias"
+    (anchor,) = [n for n, attrs in nodes.items() if attrs.get("shape") == "cylinder"]
+    assert nodes[anchor]["label"] == "anchor (fixed)\np}]; n0 -> n0 [\\N.weight, p}]; n0 -> n0 [\\N.bias"  # as written
+    assert ties[(enc, anchor)] == "tie λ=0.5\nweight, bias"
+    legend = [nodes[n]["label"] for n in dict(clusters)["share and tie groups"]]
+    assert 'tie #1 λ=0.5 (l2)\nM.enc.weight, anchor("p}]; n0 -> n0 [\\N.weight")' in legend
+    assert "tie #3 λ=0.1 (l2, centroid)\nM.a.weight, M.b.weight, M.c.weight" in legend
+    if HAS_DOT:  # Graphviz shows the key as written: no `\N` read as the node's name
+        texts = _svg_texts(tiec.backends.graph.render(dot_source(program.ir), "svg"))
+        assert "p}]; n0 -> n0 [\\N.weight, p}]; n0 -> n0 [\\N.bias" in texts

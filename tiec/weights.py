@@ -291,7 +291,7 @@ def save(scope: Scope, state: Mapping, path: str | os.PathLike, allow_nonfinite:
         raise TieError(f"the weights hold {len(extra)} key(s) that name no parameter of "
                        f"{scope.model or 'the program'}: {', '.join(map(repr, extra[:5]))}", where,
                        hint="save the state dict of the module that program.torch() builds for this scope")
-    tensors = {k: v.contiguous() for k, v in resolve(scope, state, allow_nonfinite).items()}
+    tensors = _separate(resolve(scope, state, allow_nonfinite))
     metadata = {"format": "pt"}
     groups: dict[str, list] = {}
     for alias, (canon, transposed) in sorted(scope.aliases().items()):
@@ -306,6 +306,24 @@ def save(scope: Scope, state: Mapping, path: str | os.PathLike, allow_nonfinite:
         size = os.path.getsize(tmp)
     return {"path": os.fspath(path), "tensors": len(tensors), "aliases": len(metadata) - 2 - (scope.model is not None),
             "bytes": size}
+
+
+def _separate(values: dict[str, Any]) -> dict[str, Any]:
+    """Checked values as contiguous torch tensors that share no memory (safetensors refuses two
+    names on one storage): a numpy array becomes a tensor, a view of a storage already taken is
+    copied."""
+    import numpy as np
+    import torch
+
+    out, taken = {}, set()
+    for key, value in values.items():
+        if isinstance(value, np.ndarray):
+            value = torch.from_numpy(np.array(value, copy=not value.flags.writeable, order="C"))
+        value = value.contiguous()
+        ptr = value.untyped_storage().data_ptr()
+        out[key] = value.clone() if ptr in taken else value
+        taken.add(ptr)
+    return out
 
 
 def state_dict(scope: Scope, state: Mapping, allow_nonfinite: bool = False) -> dict[str, Any]:

@@ -61,6 +61,8 @@ def _call_text(layer: ir.Layer) -> str:
         value = layer.config.get(arg.target)
         if arg.default is REQUIRED:
             parts.append(str(value))
+        elif arg.name == "dtype" and value in ("", "f32"):
+            continue  # the default parameter dtype, however the config spells it
         elif value != arg.default and value is not None:
             parts.append(f"{arg.name}={value}")
     return f"{layer.kind}({', '.join(parts)})"
@@ -246,7 +248,9 @@ def _colours(program: ir.ProgramIR, d: _Drawing, names: list[str]) -> tuple[dict
     for t in program.tie_groups:
         if all(ir.split(m.param)[0] in names for m in t.members):
             members = ", ".join(m.param + (".T" if m.transposed else "") for m in t.members)
-            lines.append(f"    t{t.id} [shape=box, style=dashed, label={_label(f'tie #{t.id} λ={t.strength:g} ({t.norm})', members)}];")
+            members += "".join(f", anchor(\"{a.key}\")" for a in getattr(t, "anchors", ()))
+            head = f"tie #{t.id} λ={t.strength:g} ({t.norm}{', centroid' if getattr(t, 'kind', '') == 'centroid' else ''})"
+            lines.append(f"    t{t.id} [shape=box, style=dashed, label={_label(head, members)}];")
     lines.append("  }")
     return colours, (lines if len(lines) > 3 else [])
 
@@ -289,9 +293,17 @@ def _node(n: _Drawn, colours: dict[str, str]) -> str:
     return f"{n.id} [{', '.join(attrs)}];"
 
 
+def _kind(t: ir.TieGroup) -> str:
+    """`l1`, `centroid`, `l1, centroid`: what differs from the default l2 pairwise tie."""
+    return ", ".join(x for x in (t.norm if t.norm != "l2" else "", getattr(t, "kind", "pairwise")) if x != "pairwise" and x)
+
+
 def _ties(program: ir.ProgramIR, d: _Drawing, names: list[str]) -> list[str]:
-    """One dashed edge per (pair of drawn nodes, λ, norm), naming the slots it covers."""
+    """One dashed edge per (pair of drawn nodes, λ, norm, kind), naming the slots it covers; a
+    member's anchors (fixed tensors from a checkpoint) are one cylinder per member node and kind
+    of tie, naming their keys."""
     edges: dict[tuple, list[str]] = {}
+    anchored: dict[tuple, tuple[list[str], list[str]]] = {}
     params = {ir.qualify(m, p.name): p for m in names for p in ir.declared_params(program, m)}
     for t in program.tie_groups:
         if not all(ir.split(m.param)[0] in names for m in t.members):
@@ -303,10 +315,17 @@ def _ties(program: ir.ProgramIR, d: _Drawing, names: list[str]) -> list[str]:
         slot = head.slot if head is not None else t.members[0].param
         for m, end in zip(t.members[1:], ends[1:]):
             if end is not None:
-                edges.setdefault((ends[0], end, t.strength, t.norm), []).append(slot + (".T" if m.transposed else ""))
+                edges.setdefault((ends[0], end, t.strength, _kind(t)), []).append(slot + (".T" if m.transposed else ""))
+        for anchor in getattr(t, "anchors", ()):
+            slots, keys = anchored.setdefault((ends[0], t.strength, _kind(t)), ([], []))
+            slots.append(slot)
+            keys.append(str(anchor.key))
     out = []
-    for (a, b, strength, norm), slots in edges.items():
-        norm_text = "" if norm == "l2" else f" {norm}"
-        label = _label(f"tie λ={strength:g}{norm_text}", ", ".join(slots))
+    for (a, b, strength, kind), slots in edges.items():
+        label = _label(f"tie λ={strength:g}" + (f" {kind}" if kind else ""), ", ".join(slots))
         out.append(f"  {a} -> {b} [style=dashed, dir=none, constraint=false, color=gray30, label={label}];")
+    for i, ((a, strength, kind), (slots, keys)) in enumerate(anchored.items()):
+        out.append(f"  a{i} [shape=cylinder, style=dashed, label={_label('anchor (fixed)', ', '.join(keys))}];")
+        label = _label(f"tie λ={strength:g}" + (f" {kind}" if kind else ""), ", ".join(slots))
+        out.append(f"  {a} -> a{i} [style=dashed, dir=none, color=gray30, label={label}];")
     return out
