@@ -195,3 +195,12 @@ def test_save_refuses_missing_and_nonfinite_weights(tmp_path):
         program.save(state, tmp_path / "w.safetensors")
     program.save(state, tmp_path / "w.safetensors", allow_nonfinite=True)
     assert torch.isnan(safetensors.torch.load_file(tmp_path / "w.safetensors")["enc.bias"][1])
+
+
+def test_save_takes_numpy_arrays_and_views_of_one_buffer(tmp_path):
+    program = tiec.loads(AE)
+    buffer = torch.arange(18 + 3 + 6, dtype=torch.float32)  # three parameters carved from one storage
+    state = {"enc.weight": buffer[:18].view(3, 6), "enc.bias": buffer[18:21], "dec.bias": buffer[21:].numpy()}
+    program.save(state, tmp_path / "w.safetensors")
+    stored = safetensors.torch.load_file(tmp_path / "w.safetensors")
+    assert torch.equal(stored["enc.weight"].flatten(), buffer[:18]) and torch.equal(stored["dec.bias"], buffer[21:])
