@@ -55,32 +55,36 @@ def _attention(c):
     return out
 
 
+# A layer's parameter dtype; "" is the program's default (f32 unless `--dtype` says otherwise).
+FLOAT_DTYPES = ("f32", "f16", "bf16", "f64")
+_DTYPE = Arg("dtype", "str", "", choices=("", *FLOAT_DTYPES))
+
 LAYERS: dict[str, LayerSpec] = {
     "Linear": LayerSpec(
         (Arg("in", "int", key="in_features", aliases=("in_features",)),
          Arg("out", "int", key="out_features", aliases=("out_features",)),
-         Arg("bias", "bool", True)),
+         Arg("bias", "bool", True), _DTYPE),
         _linear, ("weight",)),  # y = x Wᵀ + b
     "Conv2d": LayerSpec(
         (Arg("in", "int", key="in_channels", aliases=("in_channels",)),
          Arg("out", "int", key="out_channels", aliases=("out_channels",)),
          Arg("kernel", "pair", key="kernel_size", aliases=("kernel_size",), minimum=1),
-         Arg("stride", "pair", (1, 1), minimum=1), Arg("padding", "pair", (0, 0)), Arg("bias", "bool", True)),
+         Arg("stride", "pair", (1, 1), minimum=1), Arg("padding", "pair", (0, 0)), Arg("bias", "bool", True), _DTYPE),
         _conv2d),  # y = W ⋆ x + b
     "Embedding": LayerSpec(
         (Arg("num", "int", key="num_embeddings", aliases=("num_embeddings",)),
-         Arg("dim", "int", key="embedding_dim", aliases=("embedding_dim",))),
+         Arg("dim", "int", key="embedding_dim", aliases=("embedding_dim",)), _DTYPE),
         lambda c: [("weight", (c["num_embeddings"], c["embedding_dim"]))], ("weight",)),  # y = W[i]
     "LayerNorm": LayerSpec(
-        (Arg("d", "int", key="normalized_shape", aliases=("normalized_shape",)), Arg("eps", "eps", 1e-5)),
+        (Arg("d", "int", key="normalized_shape", aliases=("normalized_shape",)), Arg("eps", "eps", 1e-5), _DTYPE),
         lambda c: [("weight", (c["normalized_shape"],)), ("bias", (c["normalized_shape"],))]),
     "RMSNorm": LayerSpec(
-        (Arg("d", "int", key="normalized_shape", aliases=("normalized_shape",)), Arg("eps", "eps", 1e-6)),
+        (Arg("d", "int", key="normalized_shape", aliases=("normalized_shape",)), Arg("eps", "eps", 1e-6), _DTYPE),
         lambda c: [("weight", (c["normalized_shape"],))]),
     "SelfAttention": LayerSpec(
         (Arg("d", "int", key="embed_dim", aliases=("embed_dim",)),
          Arg("heads", "int", key="num_heads", aliases=("num_heads",)),
-         Arg("causal", "bool", False), Arg("bias", "bool", True)),
+         Arg("causal", "bool", False), Arg("bias", "bool", True), _DTYPE),
         _attention),
     "Dropout": LayerSpec((Arg("p", "float", 0.5),), lambda c: []),
 }

@@ -36,8 +36,9 @@ class _Return(Exception):
 class Blocks:
     """The program's block subgraphs, built on demand: one per definition and parameter values."""
 
-    def __init__(self, definitions: Mapping[str, ast.Definition]):
+    def __init__(self, definitions: Mapping[str, ast.Definition], dtype: str = "f32"):
         self.definitions = definitions
+        self.dtype = dtype  # the parameters' and float inputs' dtype where the spec names none
         self.subgraphs: dict[str, ir.Subgraph] = {}
         self._keys: dict[tuple, str] = {}
         self._active: list[str] = []
@@ -172,7 +173,7 @@ class SubgraphElaborator(Relating, Binder):
             if v > MAX_SIZE:
                 raise TieError(f"a dimension of {big(v)} does not fit in int64", d.span)
             dims.append(v)
-        return ir.TensorType(t.dtype or "f32", tuple(dims))
+        return ir.TensorType(t.dtype or self.registry.dtype, tuple(dims))
 
     def assign(self, stmt, scope: Scope):
         if isinstance(stmt, ast.Unpack):
@@ -314,12 +315,14 @@ class SubgraphElaborator(Relating, Binder):
     def declare_layer(self, stmt, kind, call, scope, loops):
         spec = LAYERS[kind]
         bound = self.bind_config(spec.args, call, scope.config, kind)
+        if bound.get("dtype") is not None and not bound["dtype"].value:  # the program's default
+            bound["dtype"] = CVal.literal(self.registry.dtype)
         values = {k: v.value for k, v in bound.items()}
         check_layer(kind, values, call.span)
         name = stmt.name
         layer = ir.Layer(name, kind, ir.frozen(values), stmt.span, ir.frozen({k: v.src for k, v in bound.items()}))
         for slot, shape in spec.slots(values):
-            self.index.add(ir.Param(f"{name}.{slot}", name, slot, tuple(shape), "f32", stmt.span), loops)
+            self.index.add(ir.Param(f"{name}.{slot}", name, slot, tuple(shape), values["dtype"], stmt.span), loops)
         inst = ir.Instance(name, layer, None, ir.frozen(), loops, stmt.span)
         return inst, Instance(name, kind, stmt.span, id(stmt))
 

@@ -284,6 +284,9 @@ class Binder:
             x = exprs[arg.name]
             v = x if isinstance(x, CVal) else evaluate(x, config, f"argument '{arg.name}' of {what}")
             out[arg.target] = coerce(v, arg.kind, getattr(x, "span", call.span), arg.name, arg.minimum)
+            if arg.choices and out[arg.target].value not in arg.choices:
+                shown = ", ".join(repr(c) for c in arg.choices if c)
+                raise TieError(f"{what}: '{arg.name}' must be one of {shown}", getattr(x, "span", call.span))
         return out
 
 

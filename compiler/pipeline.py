@@ -7,6 +7,7 @@ from tiec.dsl.diagnostics import Source, Span, TieError
 from tiec.dsl.parser import parse
 
 from . import ir, sharing, typecheck
+from .catalog import FLOAT_DTYPES
 from .toplevel import elaborate
 from .verify import verify
 
@@ -14,10 +15,14 @@ PASSES = (sharing.run, typecheck.run)
 
 
 def compile_source(text: str, filename: str = "<string>",
-                   overrides: Mapping[str, int | float] | None = None, check: bool = True) -> ir.ProgramIR:
-    """Compile .tie source to a verified `ProgramIR`; raises `TieError` on bad input."""
+                   overrides: Mapping[str, int | float] | None = None, check: bool = True,
+                   dtype: str = "f32") -> ir.ProgramIR:
+    """Compile .tie source to a verified `ProgramIR`; raises `TieError` on bad input. `dtype`: the
+    parameters' and float inputs' dtype where the spec names none (f32, f16, bf16 or f64)."""
+    if dtype not in FLOAT_DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(FLOAT_DTYPES)}, not {dtype!r}")
     try:
-        program = elaborate(parse(text, filename), overrides)
+        program = elaborate(parse(text, filename), overrides, dtype)
         for run in PASSES:
             program = run(program)
             if check:

@@ -87,10 +87,30 @@ def _elementwise(ctx: Ctx) -> T:
         if dtype not in FLOATS and (literal.dtype in FLOATS or ctx.node.op == "div"):
             dtype = "f32"  # …except that a float literal, or true division, makes an integer tensor float
         return T(dtype, tensor.shape)
-    if a.dtype != b.dtype:
-        ctx.fail(f"{ctx.node.op}: dtypes differ ({a.dtype} and {b.dtype})", hint="inputs and layers must agree on dtype")
-    dtype = "f32" if ctx.node.op == "div" and a.dtype not in FLOATS else a.dtype  # int / int is float division
+    dtype = promote(a, b)
+    dtype = "f32" if ctx.node.op == "div" and dtype not in FLOATS else dtype  # int / int is float division
     return T(dtype, broadcast(ctx, a.shape, b.shape))
+
+
+_RANK = {"bool": 0, "i32": 1, "i64": 2, "f16": 3, "bf16": 3, "f32": 4, "f64": 5}
+
+
+def promote(a: T, b: T) -> str:
+    """PyTorch's result dtype for two tensors: the higher category (integer < float) wins, and
+    within one, the wider dtype (f16 with bf16 gives f32); a 0-dim tensor beside a tensor of
+    its own category or a higher one takes the other's dtype."""
+    if a.dtype == b.dtype:
+        return a.dtype
+    floats = (a.dtype in FLOATS, b.dtype in FLOATS)
+    if floats[0] != floats[1]:
+        return a.dtype if floats[0] else b.dtype
+    if not a.shape and b.shape:
+        return b.dtype
+    if not b.shape and a.shape:
+        return a.dtype
+    if {a.dtype, b.dtype} == {"f16", "bf16"}:
+        return "f32"
+    return max(a.dtype, b.dtype, key=_RANK.__getitem__)
 
 
 def _matmul(ctx: Ctx) -> T:
@@ -163,7 +183,7 @@ def _pool(ctx: Ctx) -> T:
 
 def _embedding(ctx: Ctx) -> T:
     x = ctx.ins[0]
-    return T("f32", x.shape + (ctx.layer.config["embedding_dim"],))
+    return T(ctx.layer.config.get("dtype", "f32"), x.shape + (ctx.layer.config["embedding_dim"],))
 
 
 def _norm(ctx: Ctx) -> T:

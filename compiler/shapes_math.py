@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from . import ir
-from .shapes import FLOATS, INTEGERS, Ctx, _f32_in_onnxruntime, _floats, _takes, broadcast, same
+from .shapes import FLOATS, INTEGERS, Ctx, _f32_in_onnxruntime, _floats, _takes, broadcast, promote, same
 
 T = ir.TensorType
 NUMBERS = FLOATS + INTEGERS
@@ -29,11 +29,13 @@ def operand_dtype(ctx: Ctx, names: list[str], types: list[T]) -> str:
         return "f32" if any(t.dtype in FLOATS for t in types) else "i64"
     if not tensors:
         ctx.fail(f"{ctx.node.op} needs at least one tensor operand", hint="a literal alone is a number, not a tensor")
-    dtypes = sorted({t.dtype for t in tensors})
-    if len(dtypes) > 1:
-        ctx.fail(f"{ctx.node.op}: dtypes differ ({' and '.join(dtypes)})", hint="cast one: cast(x, \"f32\")")
+    dtype = tensors[0].dtype
+    for t in tensors[1:]:  # as PyTorch promotes: f16 with f32 is f32, an integer with a float the float
+        if "bool" in (dtype, t.dtype) and dtype != t.dtype:
+            ctx.fail(f"{ctx.node.op}: dtypes differ ({dtype} and {t.dtype})", hint="cast one: cast(x, \"f32\")")
+        dtype = promote(T(dtype, (1,)), T(t.dtype, (1,)))
     floats_lit = any(t.dtype in FLOATS for n, t in zip(names, types) if n in ctx.consts)
-    return "f32" if floats_lit and dtypes[0] not in FLOATS else dtypes[0]
+    return "f32" if floats_lit and dtype not in FLOATS else dtype
 
 
 def _shape_of(ctx: Ctx, types: list[T]) -> tuple:

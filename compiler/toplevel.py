@@ -112,7 +112,8 @@ def _holders(program: ir.ProgramIR, model: str, decl: lower.Declared, used: set[
     return out
 
 
-def elaborate(program: ast.Program, overrides: Mapping[str, int | float] | None = None) -> ir.ProgramIR:
+def elaborate(program: ast.Program, overrides: Mapping[str, int | float] | None = None,
+              dtype: str = "f32") -> ir.ProgramIR:
     """Build the `ProgramIR` of every model in `program`, model parameters overridden: `name`
     overrides that parameter of every model that has it, `Model.name` only that model's."""
     overrides = overrides or {}
@@ -142,7 +143,7 @@ def elaborate(program: ast.Program, overrides: Mapping[str, int | float] | None 
         errors.append(TieError("no model defined", program.span, hint="add: model Name { in x: [B, 4] … return … }"))
     raise_all(errors)
 
-    registry = Blocks(blocks)
+    registry = Blocks(blocks, dtype)
     structure, elaborators = {}, {}
     for name, d in models.items():
         try:

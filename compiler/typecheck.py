@@ -45,7 +45,8 @@ class _View:
             if inst.layer is not None:
                 for slot, shape in LAYERS[inst.layer.kind].slots(inst.layer.config):
                     name = f"{prefix}{inst.name}.{slot}"
-                    self._params[name] = ir.Param(name, prefix + inst.name, slot, tuple(shape), "f32", inst.span)
+                    self._params[name] = ir.Param(name, prefix + inst.name, slot, tuple(shape),
+                                                  inst.layer.config.get("dtype", "f32"), inst.span)
             else:
                 self._collect(self.blocks[inst.block], f"{prefix}{inst.name}.")
 

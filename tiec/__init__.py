@@ -4,18 +4,19 @@ from tiec.dsl.diagnostics import TieError, TieErrors, TieWarning
 __all__ = ["TieError", "TieErrors", "TieWarning", "load", "loads"]
 
 
-def load(path, overrides=None):
-    """Compile the .tie file at `path` (model parameters overridden by `overrides`) → Program."""
+def load(path, overrides=None, dtype="f32"):
+    """Compile the .tie file at `path` (model parameters overridden by `overrides`; `dtype` for
+    parameters and float inputs the spec gives none) → Program."""
     from tiec.api import load as _load
 
-    return _load(path, overrides)
+    return _load(path, overrides, dtype)
 
 
-def loads(text, overrides=None, filename="<string>"):
-    """Compile .tie source text → Program."""
+def loads(text, overrides=None, filename="<string>", dtype="f32"):
+    """Compile .tie source text → Program (see `load`)."""
     from tiec.api import loads as _loads
 
-    return _loads(text, overrides, filename)
+    return _loads(text, overrides, filename, dtype)
 
 
 def __getattr__(name):

@@ -166,15 +166,17 @@ def _got(value: Any) -> str:
     return f"{type(value).__name__} {reprlib.repr(value)}"
 
 
-def loads(text: str, overrides: Mapping[str, int | float] | None = None, filename: str = "<string>") -> Program:
+def loads(text: str, overrides: Mapping[str, int | float] | None = None, filename: str = "<string>",
+          dtype: str = "f32") -> Program:
     """Compile .tie source text. `overrides`: {"d": 64} sets d in every model that has it,
-    {"Encoder.d": 64} in one model only."""
-    return Program(compile_source(text, filename, overrides), filename)
+    {"Encoder.d": 64} in one model only. `dtype`: the parameters' and float inputs' dtype where
+    the spec names none ("f32", "f16", "bf16" or "f64")."""
+    return Program(compile_source(text, filename, overrides, dtype=dtype), filename)
 
 
-def load(path: str | os.PathLike, overrides: Mapping[str, int | float] | None = None) -> Program:
-    """Compile the .tie file at `path` (at most `MAX_SOURCE_BYTES`, UTF-8)."""
-    return Program(compile_source(_read_source(str(path)), str(path), overrides), str(path))
+def load(path: str | os.PathLike, overrides: Mapping[str, int | float] | None = None, dtype: str = "f32") -> Program:
+    """Compile the .tie file at `path` (at most `MAX_SOURCE_BYTES`, UTF-8); see `loads`."""
+    return Program(compile_source(_read_source(str(path)), str(path), overrides, dtype=dtype), str(path))
 
 
 MAX_SOURCE_BYTES = 16 * 2**20  # far beyond any real spec; /dev/zero or a misnamed dataset stops here

@@ -58,6 +58,8 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--set", dest="sets", action="append", type=_setting, default=[], metavar="NAME=VALUE",
                        help="override a model parameter (repeatable): `name=…` for every model that has it "
                             "(only the --model one where a command takes --model), `Model.name=…` for one")
+        p.add_argument("--dtype", choices=("f32", "f16", "bf16", "f64"), default="f32",
+                       help="the dtype of parameters and float inputs where the spec names none (default f32)")
         return p
 
     command("check", "check a spec: syntax, names, shapes, sharing")
@@ -181,7 +183,7 @@ def run(argv: list[str]) -> int:
         output_format(output, args.format)
     from tiec.api import load
 
-    program = load(args.file, _overrides(args.sets, getattr(args, "model", None)))
+    program = load(args.file, _overrides(args.sets, getattr(args, "model", None)), dtype=args.dtype)
     for w in program.warnings:
         print(w.render(), file=sys.stderr)
     if args.command == "check":

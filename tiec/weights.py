@@ -223,13 +223,14 @@ def _unreadable(tensor: Any) -> tuple[str, str | None] | None:
 
 
 def to_array(value: Any) -> np.ndarray:
-    """A checked value as a contiguous numpy array: a torch float tensor as float32 (numpy has no
-    bfloat16), a numpy array as it is."""
+    """A checked value as a contiguous numpy array in its own dtype (a bfloat16 tensor as float32:
+    numpy has no bfloat16), a numpy array as it is."""
     import numpy as np
+    import torch
 
     if isinstance(value, np.ndarray):
         return np.ascontiguousarray(value)
-    return (value.float() if value.is_floating_point() else value).contiguous().numpy()
+    return (value.float() if value.dtype == torch.bfloat16 else value).detach().contiguous().numpy()
 
 
 class Checkpoint(Mapping):

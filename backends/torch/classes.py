@@ -150,6 +150,8 @@ class SubgraphClass:
         extra = []
         if layer.kind in ("LayerNorm", "RMSNorm") and not slots:
             extra.append("elementwise_affine=False")
+        if layer.config.get("dtype", "f32") != "f32":
+            extra.append(f"dtype=torch.{TORCH_DTYPE[layer.config['dtype']]}")
         flipped = [s for s in slots if self.is_transposed(f"{copy}.{s}")]
         if flipped:
             if flipped != ["weight"] or layer.kind not in TRANSPOSED_LAYER:

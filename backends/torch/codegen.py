@@ -60,13 +60,13 @@ _HELPERS = {
         "    return torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1)",
     ],
     "TransposedLinear(": _transposed(
-        "Linear", "weight", "in_features, out_features, bias=True", [
+        "Linear", "weight", "in_features, out_features, bias=True, dtype=None", [
             "self.in_features, self.out_features = in_features, out_features",
             "bound = in_features ** -0.5",
-            "self.bias = nn.Parameter(torch.empty(out_features).uniform_(-bound, bound)) if bias else None",
+            "self.bias = nn.Parameter(torch.empty(out_features, dtype=dtype).uniform_(-bound, bound)) if bias else None",
         ], "F.linear(x, self.weight, self.bias)"),
     "TransposedEmbedding(": _transposed(
-        "Embedding", "table", "num_embeddings, embedding_dim",
+        "Embedding", "table", "num_embeddings, embedding_dim, dtype=None",
         ["self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim"], "F.embedding(x, self.weight)"),
 }
 HELPER_NAMES = frozenset({"causal_mask", "TransposedLinear", "TransposedEmbedding"})
