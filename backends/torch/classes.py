@@ -363,8 +363,8 @@ class SubgraphClass:
         return f"{target} = {rhs}", shape if t is None or t.dtype == "f32" else f"{t.dtype}{shape}"
 
     # ------------------------------------------------------------------ tie_penalty
-    def tie_methods(self, groups: tuple[ir.TieGroup, ...], member: Callable[[str, bool], str], zero: str,
-                    shape_of: Callable[[str], tuple]) -> list[list[str]]:
+    def tie_methods(self, groups: tuple[ir.TieGroup, ...], member: Callable[[str, bool], str],
+                    zero: str) -> list[list[str]]:
         """`tie_penalty` and, with ties, the methods that read and set λ and load anchors (their buffers
         go to `tie_init`, the end of `__init__`)."""
         copies = {}  # an instance repeated by one top-level loop → its count, for ties written copy by copy
@@ -375,7 +375,7 @@ class SubgraphClass:
         attrs = tie_attrs(groups, [i.name for i in self.sub.instances] +
                           ([lay.path.split(".")[0] for lay in self.legacy.layers] if self.legacy is not None else []),
                           copies)
-        self.tie_init = init_lines(groups, attrs, shape_of, copies)
+        self.tie_init = init_lines(groups, attrs, member, copies)
         body = penalty_lines(groups, member, zero, copies, attrs)
         doc = '"""Σ over tie groups of λ · Σ_{i<j} ‖w_i − w_j‖² (l2) or λ · Σ_{i<j} Σ|w_i − w_j| (l1)."""'
         if any(t.kind == "centroid" for t in groups):

@@ -296,8 +296,7 @@ class _Emitter:
         def member(key: str, flip: bool) -> str:
             return self._path(model, key) + (".T" if flip else "")
 
-        shapes = {p.name: p.shape for p in params}
-        methods = cls.tie_methods(groups_t, member, zero, shapes.__getitem__)
+        methods = cls.tie_methods(groups_t, member, zero)
         text = self._render(cls, f"{model}: {summary(list(params), local_binds)}", methods)
         name = self.names[model]
         return [line.replace("CLASS", name) if i == 0 else line for i, line in enumerate(text)]
@@ -350,7 +349,7 @@ class _Emitter:
         methods += method_lines(groups_t, attrs, tied=[attr("self", m) for m in self.models if self._ties(m)],
                                 anchored=[attr("self", m) for m in anchored])
         if groups_t:
-            init += ["", *("    " + x for x in init_lines(groups_t, attrs, lambda _: ()))]
+            init += ["", *("    " + x for x in init_lines(groups_t, attrs, member))]
         out = [f"class {name}(nn.Module):",
                f'    """Every model of {doc_text(self.ir.source.name)}; parameters shared across models are one tensor."""',
                "", *("    " + x if x else "" for x in init)]

@@ -204,9 +204,10 @@ def _segments(groups, copies) -> list[tuple[str | None, str, str]]:
     return out
 
 
-def init_lines(groups: tuple[ir.TieGroup, ...], attrs: TieAttrs, shape_of: Callable[[str], tuple],
+def init_lines(groups: tuple[ir.TieGroup, ...], attrs: TieAttrs, member: Callable[[str, bool], str],
                copies: Mapping[str, tuple[int, int]] | None = None) -> list[str]:
-    """`__init__` lines: the λ buffers and one zero buffer per anchor, not yet loaded."""
+    """`__init__` lines: the λ buffers and one zero buffer per anchor, not yet loaded, made like the
+    first member it is matched with (`torch.zeros_like`: its shape, dtype and device)."""
     if not groups:
         return []
     out = []
@@ -221,8 +222,8 @@ def init_lines(groups: tuple[ir.TieGroup, ...], attrs: TieAttrs, shape_of: Calla
             for a in t.anchors:
                 first.setdefault(a.key, t.members[0].param)
         for key, name in attrs.anchors.items():
-            shape = literal(tuple(shape_of(first[key])))
-            out.append(f"self.register_buffer({literal(name)}, torch.zeros({shape}), persistent=False)"
+            like = member(first[key], False)
+            out.append(f"self.register_buffer({literal(name)}, torch.zeros_like({like}), persistent=False)"
                        f"  # anchor {literal(key)}: load_anchors fills it")
         out.append(f"self.{attrs.loaded} = False")
     return out
