@@ -69,7 +69,19 @@ def _matmul(b: GraphBuilder, node: Node) -> str:
         return gemm_t(b, b.value(a), right, bias=None, rank=_known_rank(b, a))
     if left is not None and same and _known_rank(b, w) == 2:  # Sᵀ @ w, S stored [k, m]
         return b.node("Gemm", [left, b.value(w)], transA=1)
+    if same and 1 in (_known_rank(b, a), _known_rank(b, w)) and _known_rank(b, a) != _known_rank(b, w):
+        return _matmul_vector(b, a, w)
     return _binary("MatMul")(b, node)
+
+
+def _matmul_vector(b: GraphBuilder, a: str, w: str) -> str:
+    """A product with a 1-D operand, made 2-D around the MatMul: onnxruntime 1.32's
+    MatmulTransposeFusion (EXTENDED and ALL) computes Transpose(x) @ v wrongly for a 1-D v."""
+    if _known_rank(b, w) == 1:  # [..., n, k] @ [k] = ([..., n, k] @ [k, 1])[..., 0]
+        product = b.node("MatMul", [b.value(a), b.node("Unsqueeze", [b.value(w), b.ints([1])])])
+        return b.node("Squeeze", [product, b.ints([-1])])
+    product = b.node("MatMul", [b.node("Unsqueeze", [b.value(a), b.ints([0])]), b.value(w)])  # [k] @ [..., k, m]
+    return b.node("Squeeze", [product, b.ints([-2])])
 
 
 def _known_rank(b: GraphBuilder, value: str) -> int | None:
