@@ -375,3 +375,22 @@ def test_own_key_anchors_follow_each_copy_and_each_block_instance():
     lam = {"blk.0.weight": 1.0, "blk.1.weight": 1.0, "t.fc.weight": 0.5, "t.fc.bias": 0.5}
     want = sum(lam[k] * ((_np(v) - 0.5) ** 2).sum() for k, v in m.state_dict().items())
     assert m.tie_penalty().item() == pytest.approx(want, rel=1e-5)
+
+
+def test_an_anchor_has_its_parameters_dtype_and_is_never_cast():
+    spec = """model M {
+    in x: f16[B, 4]
+    fc = Linear(4, 4, dtype="f16", bias=false) tie(0.5) anchor("w")
+    return fc(x)
+}
+"""
+    program = tiec.loads(spec, filename="m.tie")
+    w0 = torch.full((4, 4), 0.25, dtype=torch.float16)
+    m = program.torch(anchors={"w.weight": w0})
+    anchor = dict(m.named_buffers())["anchor_0"]
+    assert anchor.dtype == torch.float16
+    torch.testing.assert_close(anchor, w0, rtol=0, atol=0)
+    want = 0.5 * ((_np(m.fc.weight) - 0.25) ** 2).sum()
+    assert m.tie_penalty().item() == pytest.approx(want, rel=1e-2)  # f16 weights: a looser tolerance
+    with pytest.raises(TieError, match="has dtype float32, but 'fc.weight' is f16"):
+        program.torch(anchors={"w.weight": w0.float()})
