@@ -48,6 +48,12 @@ def _conv2d(c):
     return out + ([("bias", (c["out_channels"],))] if c["bias"] else [])
 
 
+def _conv_transpose2d(c):
+    kh, kw = c["kernel_size"]
+    out = [("weight", (c["in_channels"], c["out_channels"], kh, kw))]
+    return out + ([("bias", (c["out_channels"],))] if c["bias"] else [])
+
+
 def _attention(c):
     d = c["embed_dim"]
     out = [("in_proj_weight", (3 * d, d))] + ([("in_proj_bias", (3 * d,))] if c["bias"] else [])
@@ -87,6 +93,22 @@ LAYERS: dict[str, LayerSpec] = {
          Arg("causal", "bool", False), Arg("bias", "bool", True), _DTYPE),
         _attention),
     "Dropout": LayerSpec((Arg("p", "float", 0.5),), lambda c: []),
+    "Conv1D": LayerSpec(  # HF GPT-2's layer: y = x W + b with W stored [in, out]; Conv1D(nf=out, nx=in)
+        (Arg("nf", "int", key="out_features", aliases=("out", "out_features")),
+         Arg("nx", "int", key="in_features", aliases=("in", "in_features")), _DTYPE),
+        lambda c: [("weight", (c["in_features"], c["out_features"])), ("bias", (c["out_features"],))]),
+    "GroupNorm": LayerSpec(
+        (Arg("groups", "int", key="num_groups", aliases=("num_groups",)),
+         Arg("channels", "int", key="num_channels", aliases=("num_channels",)), Arg("eps", "eps", 1e-5),
+         Arg("affine", "bool", True), _DTYPE),
+        lambda c: [("weight", (c["num_channels"],)), ("bias", (c["num_channels"],))] if c["affine"] else []),
+    "ConvTranspose2d": LayerSpec(
+        (Arg("in", "int", key="in_channels", aliases=("in_channels",)),
+         Arg("out", "int", key="out_channels", aliases=("out_channels",)),
+         Arg("kernel", "pair", key="kernel_size", aliases=("kernel_size",), minimum=1),
+         Arg("stride", "pair", (1, 1), minimum=1), Arg("padding", "pair", (0, 0)),
+         Arg("output_padding", "pair", (0, 0)), Arg("bias", "bool", True), _DTYPE),
+        _conv_transpose2d),  # the adjoint of Conv2d(out → in): its weight has Conv2d's shape
 }
 
 _X = Arg("x", "tensor")
@@ -117,6 +139,7 @@ OP_SIGNATURES: dict[str, tuple[Arg, ...]] = {
     "cosine_similarity": (Arg("x1", "tensor", aliases=("a",)), Arg("x2", "tensor", aliases=("b",)),
                           Arg("dim", "int", 1), Arg("eps", "eps", 1e-8)),
     "positions": _UNARY,
+    "adaptive_avg_pool2d": (_X, Arg("output_size", "pair", aliases=("size",), minimum=1)),
     # elementwise math, comparisons, selection and casts (rules: shapes_math.py)
     **{op: _UNARY for op in ("exp", "log", "sqrt", "rsqrt", "sin", "cos", "erf", "abs")},
     "pow": (_X, Arg("exponent", "operand")),

@@ -14,6 +14,7 @@ MAX_PARAMS = 10**10  # parameters one model declares (before sharing): 40 GB in 
 MAX_PIECES = 4096  # values one chunk/split call gives
 
 _SIZES = ("in_features", "out_features", "in_channels", "out_channels", "num_embeddings", "embedding_dim",
+          "num_groups", "num_channels",
           "normalized_shape", "embed_dim", "num_heads")
 
 
@@ -33,6 +34,12 @@ def check_layer(kind: str, values: dict[str, Any], span: Span) -> None:
             raise TieError(f"{kind} size '{key}' must be positive, got {values[key]}", span)
     if kind == "SelfAttention" and values["embed_dim"] % values["num_heads"]:
         raise TieError(f"SelfAttention: d={values['embed_dim']} is not divisible by heads={values['num_heads']}", span)
+    if kind == "GroupNorm" and values["num_channels"] % values["num_groups"]:
+        raise TieError(f"GroupNorm: {values['num_channels']} channels do not split into {values['num_groups']} groups",
+                       span)
+    if kind == "ConvTranspose2d" and any(o >= max(s, 1) for o, s in zip(values["output_padding"], values["stride"])):
+        raise TieError(f"ConvTranspose2d: output_padding {values['output_padding']} must be below the stride "
+                       f"{values['stride']}", span)
     if kind == "Dropout" and not 0 <= values["p"] < 1:
         raise TieError(f"Dropout probability must be in [0, 1), got {values['p']}", span)
 

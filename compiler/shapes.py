@@ -435,13 +435,14 @@ def run(program: ir.ProgramIR) -> ir.ProgramIR:
     return replace(program, models=ir.frozen(models), types=ir.frozen(types))
 
 
-# The rules of the elementwise math, comparison, selection, cast, attention and indexing ops live beside
-# this module.
+# The rules of the elementwise math, comparison, selection, cast, attention and indexing ops, and of
+# the later layers, live beside this module.
 from .shapes_attention import ATTENTION_DTYPES, ATTENTION_SHAPES  # last: they build on the helpers above
 from .shapes_index import INDEX_DTYPES, INDEX_SHAPES
+from .shapes_layers import LAYER_DTYPES, LAYER_SHAPES
 from .shapes_math import MATH_DTYPES, MATH_SHAPES
 
-for _rules in (MATH_SHAPES, ATTENTION_SHAPES, INDEX_SHAPES):
+for _rules in (MATH_SHAPES, ATTENTION_SHAPES, INDEX_SHAPES, LAYER_SHAPES):
     SHAPE_RULES.update(_rules)
-for _rules in (MATH_DTYPES, ATTENTION_DTYPES, INDEX_DTYPES):
+for _rules in (MATH_DTYPES, ATTENTION_DTYPES, INDEX_DTYPES, LAYER_DTYPES):
     DTYPE_RULES.update(_rules)

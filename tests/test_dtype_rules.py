@@ -84,6 +84,11 @@ CASES: dict[str, tuple[str, str, str]] = {
     "RMSNorm": ("a", "l = RMSNorm(4)", "l(a)"),
     "SelfAttention": ("c", "l = SelfAttention(4, 2, causal=true)", "l(c)"),
     "Dropout": ("a", "l = Dropout(0.25)", "l(a)"),
+    "Conv1D": ("a", "l = Conv1D(3, 4)", "l(a)"),
+    "GroupNorm": ("img", "l = GroupNorm(2, 2)", "l(img)"),
+    "ConvTranspose2d": ("img", "l = ConvTranspose2d(2, 3, 3, stride=2, padding=1)", "l(img)"),
+    "adaptive_avg_pool2d": ("img", "", "adaptive_avg_pool2d(img, 1)"),
+    "adaptive_avg_pool2d_2x2": ("img", "", "adaptive_avg_pool2d(img, 2)"),
 }
 
 # Cells the language rejects although both backends would run them, and why.

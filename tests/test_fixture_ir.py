@@ -220,7 +220,9 @@ def test_every_layer_kind_and_its_parameters():
     t = types(p, "Layers")
     assert (t["conv"], t["conv2"], t["h_1"]) == ("f32[B, 4, 5, 5]", "f32[B, 2, 3, 5]", "f32[B, T, 8]")
     stats = program_stats(p)["models"]["Layers"]
-    expected = 50 * 8 + (24 * 8 + 24 + 64 + 8) + (24 * 8 + 64) + 16 + 8 + (108 + 4) + 24 + 64
+    expected = 50 * 8 + (24 * 8 + 24 + 64 + 8) + (24 * 8 + 64) + 16 + 8 + (108 + 4) + 24 + 64 + (8 * 16 + 16) \
+        + (2 * 3 * 2 * 2 + 3)
+    assert t["deconv"] == "f32[B, 3, 6, 10]" and t["c1d"] == "f32[B, T, 16]"
     assert stats["logical_params"] == stats["unique_params"] == expected
     conv, conv2 = stats["convolutions"]
     assert (conv["params"], conv["positions"], conv["locally_connected_params"]) == (112, 25, 2800)

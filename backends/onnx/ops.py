@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from tiec.backends.onnx.builder import ONNX_DTYPES, GraphBuilder
 from tiec.backends.onnx.ops_attention import ATTENTION_EMIT
 from tiec.backends.onnx.ops_index import INDEX_EMIT
+from tiec.backends.onnx.ops_layers import LAYER_EMIT
 from tiec.backends.onnx.ops_math import MATH_EMIT
 from tiec.compiler.ir import Node
 
@@ -373,4 +374,5 @@ ONNX_EMIT: Mapping[str, Rule] = {
     **MATH_EMIT,  # elementwise math, comparisons, where, masked_fill, cast: ops_math.py
     **ATTENTION_EMIT,  # sdpa: ops_attention.py
     **INDEX_EMIT,  # slice, select, unsqueeze, squeeze, gather, index_select, chunk, split: ops_index.py
+    **LAYER_EMIT,  # Conv1D, GroupNorm, ConvTranspose2d, adaptive_avg_pool2d: ops_layers.py
 }

@@ -68,8 +68,21 @@ _HELPERS = {
     "TransposedEmbedding(": _transposed(
         "Embedding", "table", "num_embeddings, embedding_dim, dtype=None",
         ["self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim"], "F.embedding(x, self.weight)"),
+    "Conv1D(": [
+        "class Conv1D(nn.Module):",
+        '    """HF GPT-2\'s Conv1D: a linear layer that stores its weight [in, out], y = x W + b."""',
+        "",
+        "    def __init__(self, nf, nx, dtype=None):",
+        "        super().__init__()",
+        "        self.nf = nf",
+        "        self.weight = nn.Parameter(torch.empty(nx, nf, dtype=dtype).normal_(std=0.02))",
+        "        self.bias = nn.Parameter(torch.zeros(nf, dtype=dtype))",
+        "",
+        "    def forward(self, x):",
+        "        return x @ self.weight + self.bias",
+    ],
 }
-HELPER_NAMES = frozenset({"causal_mask", "TransposedLinear", "TransposedEmbedding"})
+HELPER_NAMES = frozenset({"causal_mask", "TransposedLinear", "TransposedEmbedding", "Conv1D"})
 
 
 def class_names(ir: ProgramIR) -> dict[str | None, str]:

@@ -138,6 +138,27 @@ def _rms_norm(c: Call) -> str:
     return f"F.rms_norm({c.args[0]}, {_normalized(c)}, {_slot(c, 'weight')}, {literal(c.config.get('eps'))})"
 
 
+def _conv1d(c: Call) -> str:
+    if c.slots is None:
+        return f"{c.ref}({c.args[0]})"
+    return f"{c.args[0]} @ {_slot(c, 'weight')} + {_slot(c, 'bias')}"
+
+
+def _group_norm(c: Call) -> str:
+    if c.slots is None:
+        return f"{c.ref}({c.args[0]})"
+    eps = literal(c.config.get("eps", 1e-5))
+    return f"F.group_norm({c.args[0]}, {c.config['num_groups']}, {_slot(c, 'weight')}, {_slot(c, 'bias')}, {eps})"
+
+
+def _conv_transpose2d(c: Call) -> str:
+    if c.slots is None:
+        return f"{c.ref}({c.args[0]})"
+    cfg = {k: literal(c.config[k]) for k in ("stride", "padding", "output_padding")}
+    return (f"F.conv_transpose2d({c.args[0]}, {_slot(c, 'weight')}, {_slot(c, 'bias')}, stride={cfg['stride']}, "
+            f"padding={cfg['padding']}, output_padding={cfg['output_padding']})")
+
+
 def _attention(c: Call) -> str:
     if c.slots is not None:  # the code generator rejects transposed attention slots first
         raise ValueError(f"{c.ref}: SelfAttention has no functional form here")
@@ -203,6 +224,10 @@ TORCH_EMIT: Mapping[str, Callable[[Call], str]] = {
     "RMSNorm": _rms_norm,  # x / √(mean(x²) + eps) · w
     "SelfAttention": _attention,  # softmax(QKᵀ/√d [+ causal mask]) V, then out_proj
     "Dropout": lambda c: f"{c.ref}({c.args[0]})",  # x · mask / (1 - p) in training
+    "Conv1D": _conv1d,  # x W + b, W stored [in, out]
+    "GroupNorm": _group_norm,  # per group: (x - μ) / √(σ² + eps), then · w + b per channel
+    "ConvTranspose2d": _conv_transpose2d,  # the adjoint of conv2d: Σ W ⋆ᵀ x + b
+    "adaptive_avg_pool2d": lambda c: f"F.adaptive_avg_pool2d({c.args[0]}, {literal(c.attrs['output_size'])})",
 }
 
 
@@ -230,6 +255,10 @@ TORCH_LAYER: Mapping[str, Callable[..., str]] = {
         _ctor("MultiheadAttention", ("embed_dim", "num_heads"), {"bias": "True"})(args, ("batch_first=True", *extra))
     ),
     "Dropout": _ctor("Dropout", ("p",), {}),
+    "Conv1D": lambda args, extra=(): f"Conv1D({', '.join([args['out_features'], args['in_features'], *extra])})",
+    "GroupNorm": _ctor("GroupNorm", ("num_groups", "num_channels"), {"eps": "1e-05", "affine": "True"}),
+    "ConvTranspose2d": _ctor("ConvTranspose2d", ("in_channels", "out_channels", "kernel_size"),
+                             {"stride": "1", "padding": "0", "output_padding": "0", "bias": "True"}),
 }
 
 check_table("TORCH_EMIT", TORCH_EMIT)

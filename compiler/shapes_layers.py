@@ -1,0 +1,64 @@
+"""Shape and dtype rules of the layers Conv1D, GroupNorm and ConvTranspose2d and the op
+adaptive_avg_pool2d (merged into `shapes`).
+
+    Conv1D          [..., in] → [..., out]            HF's layout: y = x W + b, W stored [in, out]
+    GroupNorm       [N, C, *] → [N, C, *]             C split into groups, each normalized
+    ConvTranspose2d [N, in, H, W] → [N, out, H', W']  H' = (H − 1)·s − 2p + k + output_padding
+    adaptive_avg_pool2d [N, C, H, W] → [N, C, h, w]   PyTorch's bins; ONNX needs h, w dividing H, W
+                                                      (or h = w = 1, a global average)
+"""
+from __future__ import annotations
+
+from . import ir
+from .shapes import Ctx, _f32_in_onnxruntime, _fmt, _last_dim, _layer_dtype, same
+
+T = ir.TensorType
+
+
+def _conv1d(ctx: Ctx) -> T:
+    x = _last_dim(ctx, ctx.layer.config["in_features"], "in_features (nx) =")
+    return T(x.dtype, x.shape[:-1] + (ctx.layer.config["out_features"],))
+
+
+def _group_norm(ctx: Ctx) -> T:
+    x, c = ctx.ins[0], ctx.layer.config
+    if len(x.shape) < 2 or not same(x.shape[1], c["num_channels"]):
+        ctx.fail(f"GroupNorm '{ctx.layer.path}' expects [N, {c['num_channels']}, …], got {_fmt(x.shape)}")
+    return x
+
+
+def _transposed_size(ctx: Ctx, size, k: int, s: int, p: int, out_pad: int) -> ir.Dim:
+    if not isinstance(size, int):
+        return f"({size}-1)*{s}-{2 * p}+{k + out_pad}"
+    out = (size - 1) * s - 2 * p + k + out_pad
+    if out < 1:
+        ctx.fail(f"ConvTranspose2d '{ctx.layer.path}': padding {p} leaves no output for input size {size}")
+    return out
+
+
+def _conv_transpose2d(ctx: Ctx) -> T:
+    x, c = ctx.ins[0], ctx.layer.config
+    if len(x.shape) != 4 or not same(x.shape[1], c["in_channels"]):
+        ctx.fail(f"ConvTranspose2d '{ctx.layer.path}' expects [N, {c['in_channels']}, H, W], got {_fmt(x.shape)}")
+    (kh, kw), (sh, sw), (ph, pw), (oh, ow) = c["kernel_size"], c["stride"], c["padding"], c["output_padding"]
+    return T(x.dtype, (x.shape[0], c["out_channels"], _transposed_size(ctx, x.shape[2], kh, sh, ph, oh),
+                       _transposed_size(ctx, x.shape[3], kw, sw, pw, ow)))
+
+
+def _adaptive_avg_pool2d(ctx: Ctx) -> T:
+    x = ctx.ins[0]
+    if len(x.shape) != 4:
+        ctx.fail(f"adaptive_avg_pool2d expects [N, C, H, W], got {_fmt(x.shape)}")
+    h, w = ctx.node.attrs["output_size"]
+    if (h, w) != (1, 1):
+        for size, out in zip(x.shape[2:], (h, w)):
+            if not isinstance(size, int) or size % out:
+                ctx.fail(f"adaptive_avg_pool2d to {h}×{w} of {_fmt(x.shape)}: each output size must divide a fixed "
+                         "input size (the ONNX export is an AveragePool)", hint="pool to 1×1, or fix H and W")
+    return T(x.dtype, x.shape[:2] + (h, w))
+
+
+LAYER_SHAPES = {"Conv1D": _conv1d, "GroupNorm": _group_norm, "ConvTranspose2d": _conv_transpose2d,
+                "adaptive_avg_pool2d": _adaptive_avg_pool2d}
+LAYER_DTYPES = {"Conv1D": _layer_dtype, "GroupNorm": _layer_dtype, "ConvTranspose2d": _layer_dtype,
+                "adaptive_avg_pool2d": _f32_in_onnxruntime("AveragePool")}  # GlobalAveragePool too
