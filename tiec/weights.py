@@ -223,14 +223,18 @@ def _unreadable(tensor: Any) -> tuple[str, str | None] | None:
 
 
 def to_array(value: Any) -> np.ndarray:
-    """A checked value as a contiguous numpy array in its own dtype (a bfloat16 tensor as float32:
-    numpy has no bfloat16), a numpy array as it is."""
+    """A checked value as a contiguous numpy array in its own dtype (a bfloat16 tensor as the same
+    bits in ml_dtypes' bfloat16, which onnx uses: numpy has none), a numpy array as it is."""
     import numpy as np
     import torch
 
     if isinstance(value, np.ndarray):
         return np.ascontiguousarray(value)
-    return (value.float() if value.dtype == torch.bfloat16 else value).detach().contiguous().numpy()
+    if value.dtype == torch.bfloat16:
+        import ml_dtypes
+
+        return value.detach().contiguous().view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    return value.detach().contiguous().numpy()
 
 
 class Checkpoint(Mapping):

@@ -27,6 +27,7 @@ from .builder import GraphBuilder
 
 SCHEMES = ("int8",)
 INT8_MAX = 127
+_OTHER_FLOATS = {onnx.TensorProto.FLOAT16: "f16", onnx.TensorProto.BFLOAT16: "bf16", onnx.TensorProto.DOUBLE: "f64"}
 _QUANTIZED = ":int8"  # suffixes of the new tensors' names: never in an IR value or a state-dict key
 _SCALE = ":scale"
 
@@ -36,7 +37,8 @@ def quantize_int8(proto: onnx.ModelProto, builder: GraphBuilder) -> dict[str, An
     node origins shift with the inserted nodes, so a checker error still points at the spec.
 
     Raises:
-        TieError: a weight to quantize holds nan or inf (it has no int8 form).
+        TieError: a weight to quantize holds nan or inf (it has no int8 form), or is not f32
+            (DequantizeLinear gives float32 before opset 19).
 
     Returns:
         {"scheme", "tensors", "int8_bytes", "scale_bytes", "float_bytes_kept", "max_abs_error"}:
@@ -49,6 +51,9 @@ def quantize_int8(proto: onnx.ModelProto, builder: GraphBuilder) -> dict[str, An
                "float_bytes_kept": 0, "max_abs_error": 0.0}
     spans = {p.name: p.span for p in builder.graph.params}
     for t in graph.initializer:
+        if not t.name.startswith("~") and t.data_type in _OTHER_FLOATS and len(t.dims) >= 2:
+            raise TieError(f"--quantize int8 takes f32 weights: '{t.name}' is {_OTHER_FLOATS[t.data_type]}",
+                           spans.get(t.name, builder.graph.span), hint="compile with --dtype f32 (load(dtype='f32'))")
         if t.name.startswith("~") or t.data_type != onnx.TensorProto.FLOAT or len(t.dims) < 2:
             kept.append(t)
             if not t.name.startswith("~"):
