@@ -7,7 +7,6 @@ offending token's span and a readable list of what was expected.
 from __future__ import annotations
 
 import math
-import re
 import sys
 import threading
 from collections.abc import Iterator
@@ -24,7 +23,6 @@ from .diagnostics import Source, Span, TieError
 DTYPES = ("f32", "f16", "bf16", "f64", "i32", "i64", "bool")
 NORMS = ("l2", "l1")
 TIE_KINDS = ("centroid",)  # a tie's optional word after λ; without it a tie is pairwise
-KEYWORDS = ("model", "block", "in", "repeat", "share", "tie", "return")
 _FLOAT_MAX_DIGITS = len(str(int(sys.float_info.max)))
 
 
@@ -125,6 +123,9 @@ class _Builder(Transformer):
 
     def name(self, c):
         return ast.Name(str(c[0]), self._span(c[0]))
+
+    def ident(self, c):  # a keyword standing for a name is a NAME from here on
+        return Token.new_borrow_pos("NAME", str(c[0]), c[0])
 
     def _binop(op):
         def build(self, c):
@@ -345,11 +346,8 @@ def _syntax_error(err: UnexpectedInput, src: Source) -> TieError:
     span = Span(src, line, col, tok.end_line or line, (tok.end_column or col + 1))
     if tok.type == "_NL":
         span = Span(src, line, col, line, col + 1)
-    before = re.search(r"(\w+)\s*$", src.line(line)[: col - 1])
     hint = _POSTLEX.unclosed(tok.type)
-    if hint is None and tok.type == "EQUAL" and before and before[1] in KEYWORDS:  # `tie = Linear(…)`
-        hint = f"'{before[1]}' is a keyword; it cannot name a layer or value"
-    elif hint is None and "COMMA" in expected and tok.type in ("NAME", "NUMBER"):
+    if hint is None and "COMMA" in expected and tok.type in ("NAME", "NUMBER"):
         hint = "is a ',' missing?"
     elif hint is None and tok.type == "EQUAL" and "EQUAL" not in expected:
         hint = "'=' declares or binds a name; it cannot appear here"
