@@ -27,10 +27,14 @@ INTEGERS = ("i32", "i64")
 
 
 class Ctx:
-    """What a rule may consult: the node, its graph, the input types."""
+    """What a rule may consult: the node, its graph, the input types, and inside a block the dims
+    its declared input symbols stand for at this call (`symbols`: `N` → `B` for `in x: [N, L, D]`
+    called on `[B, T, 8]`)."""
 
-    def __init__(self, graph: ir.Graph, node: ir.Node, ins: list[T], consts: set[str]):
+    def __init__(self, graph: ir.Graph, node: ir.Node, ins: list[T], consts: set[str],
+                 symbols: dict[str, ir.Dim] | None = None):
         self.graph, self.node, self.ins, self.consts = graph, node, ins, consts
+        self.symbols = symbols or {}
 
     def fail(self, message: str, hint: str | None = None):
         raise TieError(message, self.node.span, hint=hint)
@@ -213,8 +217,14 @@ def _flatten(ctx: Ctx) -> T:
 
 def _reshape(ctx: Ctx) -> T:
     x, target = ctx.ins[0], ctx.node.attrs["shape"]
+    target = tuple(ctx.symbols.get(d, d) if isinstance(d, str) else d for d in target)  # a block's own names
     for i, d in enumerate(target):
-        if isinstance(d, str) and not (i < len(x.shape) and x.shape[i] == d):
+        if isinstance(d, int) and isinstance(ctx.node.attrs["shape"][i], str):  # a block symbol bound to a size
+            if not (i < len(x.shape) and x.shape[i] == d):
+                ctx.fail(f"reshape: symbol '{ctx.node.attrs['shape'][i]}' ({d} at this call) must stand where the "
+                         f"input has it (input {_fmt(x.shape)})", hint="use -1 for one inferred dim")
+            target = target[:i] + (0,) + target[i + 1:]  # copies the input's dim, as the backends do
+        elif isinstance(d, str) and not (i < len(x.shape) and x.shape[i] == d):
             ctx.fail(f"reshape: symbol '{d}' must stand where the input has it (input {_fmt(x.shape)})",
                      hint="use -1 for one inferred dim")
         if isinstance(d, int) and (d < -1 or (d == 0 and i >= len(x.shape))):

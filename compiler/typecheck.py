@@ -80,6 +80,7 @@ class _Checker:
         if key in self.memo:
             return self.memo[key]
         types = {i.name: t for i, t in zip(sub.inputs, ins)}
+        self.symbols = _bind_symbols(sub, ins)
         if sub.key not in self.views:
             self.views[sub.key] = _View(sub, self.blocks)
             self.consts[sub.key] = {n.name for n in nodes_of(sub.body) if n.op == "const"}
@@ -99,10 +100,12 @@ class _Checker:
                 args = tuple(types[v] for v in item.inputs)
                 for value, inp, span in zip(args, child.inputs, item.attrs["arg_spans"]):
                     shapes._check(value, [ir.Check("", inp.type, span, inp.span)])
+                outer = self.symbols
                 for name, t in zip(item.attrs["outputs"], self.subgraph(child, args)):
                     types[name] = t
+                self.symbols = outer
             elif isinstance(item, ir.Node):
-                ctx = shapes.Ctx(view, item, [types[i] for i in item.inputs], consts)
+                ctx = shapes.Ctx(view, item, [types[i] for i in item.inputs], consts, self.symbols)
                 shapes.DTYPE_RULES.get(item.op, _no_rule)(ctx)  # read at call time: tests swap the table
                 types[item.name] = shapes.SHAPE_RULES[item.op](ctx)
 
@@ -126,6 +129,17 @@ class _Checker:
             i += 1
         for _, inner, result in loop.carried:
             types[result] = types[inner]
+
+
+def _bind_symbols(sub: ir.Subgraph, ins: tuple[ir.TensorType, ...]) -> dict[str, ir.Dim]:
+    """What the block's declared input symbols stand for at a call: `in x: [N, L, D]` on `[B, T, 8]`
+    binds N → B, L → T, D → 8 (a model's own inputs bind each symbol to itself)."""
+    out: dict[str, ir.Dim] = {}
+    for declared, actual in zip(sub.inputs, ins):
+        for d, a in zip(declared.type.shape, actual.shape):
+            if isinstance(d, str):
+                out.setdefault(d, a)
+    return out
 
 
 def run(program: ir.ProgramIR) -> ir.ProgramIR:
