@@ -31,10 +31,24 @@ class Arg:
 
 
 @dataclass(frozen=True)
+class BufferSlot:
+    """A tensor a layer keeps beside its parameters that training does not update by gradient
+    (BatchNorm's running statistics). `persistent`: in the state dict, as PyTorch's
+    `register_buffer(..., persistent=)`; `dtype` "" is the layer's parameter dtype."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    persistent: bool
+    init: float  # every element's initial value
+
+
+@dataclass(frozen=True)
 class LayerSpec:
     args: tuple[Arg, ...]
     slots: Callable[[Mapping[str, Any]], list[tuple[str, tuple[int, ...]]]]  # config → (slot, shape)
     transposable: tuple[str, ...] = ()  # slots the layer can read as another parameter's transpose
+    buffers: Callable[[Mapping[str, Any]], list[BufferSlot]] = lambda c: []  # config → buffer slots
 
 
 def _linear(c):
@@ -59,6 +73,19 @@ def _attention(c):
     out = [("in_proj_weight", (3 * d, d))] + ([("in_proj_bias", (3 * d,))] if c["bias"] else [])
     out += [("out_proj.weight", (d, d))] + ([("out_proj.bias", (d,))] if c["bias"] else [])
     return out
+
+
+def _batch_norm_buffers(c):
+    """torch.nn.BatchNorm1d/2d's buffers, by its names; none without `track_running_stats`."""
+    if not c["track_running_stats"]:
+        return []
+    n = c["num_features"]
+    return [BufferSlot("running_mean", (n,), "", True, 0.0), BufferSlot("running_var", (n,), "", True, 1.0),
+            BufferSlot("num_batches_tracked", (), "i64", True, 0)]
+
+
+def _batch_norm(c):
+    return [("weight", (c["num_features"],)), ("bias", (c["num_features"],))] if c["affine"] else []
 
 
 # A layer's parameter dtype; "" is the program's default (f32 unless `--dtype` says otherwise).
@@ -109,6 +136,10 @@ LAYERS: dict[str, LayerSpec] = {
          Arg("stride", "pair", (1, 1), minimum=1), Arg("padding", "pair", (0, 0)),
          Arg("output_padding", "pair", (0, 0)), Arg("bias", "bool", True), _DTYPE),
         _conv_transpose2d),  # the adjoint of Conv2d(out → in): its weight has Conv2d's shape
+    **{kind: LayerSpec(  # (x - mean) / √(var + eps) · w + b per channel: batch statistics in training
+        (Arg("num_features", "int", aliases=("features",)), Arg("eps", "eps", 1e-5), Arg("momentum", "float", 0.1),
+         Arg("affine", "bool", True), Arg("track_running_stats", "bool", True), _DTYPE),
+        _batch_norm, buffers=_batch_norm_buffers) for kind in ("BatchNorm1d", "BatchNorm2d")},
 }
 
 _X = Arg("x", "tensor")

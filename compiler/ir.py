@@ -18,6 +18,8 @@ inlined and repeats unrolled. A graph has
 - `params`: every parameter slot those layers declare, named by its state-dict key within the
   model (`tower.conv1.weight`, `attn.out_proj.bias`). Declared, not deduplicated: sharing is a
   separate table;
+- buffers (`compiler.buffers`): each layer's buffer slots (BatchNorm's running statistics), made
+  from `layers` and named like parameters; never shared, tied or counted as parameters;
 - `nodes`: the dataflow, one `Node` per op application in source order, in SSA form (each value
   name is defined once; names are valid Python identifiers, unique in the graph).
 
@@ -129,6 +131,22 @@ class Param:
     slot: str  # "weight", "bias", "in_proj_weight", "out_proj.weight", …
     shape: tuple[int, ...]
     dtype: str
+    span: Span
+
+
+@dataclass(frozen=True)
+class Buffer:
+    """A layer's non-trained tensor (`catalog.BufferSlot`): named like a parameter, by its state-dict
+    key within the model (`bn1.running_mean`), but never a member of a share or tie group, and not
+    counted as a parameter. `persistent` buffers are in the state dict and the ONNX file."""
+
+    name: str
+    layer: str
+    slot: str
+    shape: tuple[int, ...]
+    dtype: str
+    persistent: bool
+    init: float
     span: Span
 
 

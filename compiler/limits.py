@@ -15,7 +15,7 @@ MAX_PIECES = 4096  # values one chunk/split call gives
 
 _SIZES = ("in_features", "out_features", "in_channels", "out_channels", "num_embeddings", "embedding_dim",
           "num_groups", "num_channels",
-          "normalized_shape", "embed_dim", "num_heads")
+          "normalized_shape", "embed_dim", "num_heads", "num_features")
 
 
 def big(n: int) -> str:
@@ -40,6 +40,8 @@ def check_layer(kind: str, values: dict[str, Any], span: Span) -> None:
     if kind == "ConvTranspose2d" and any(o >= max(s, 1) for o, s in zip(values["output_padding"], values["stride"])):
         raise TieError(f"ConvTranspose2d: output_padding {values['output_padding']} must be below the stride "
                        f"{values['stride']}", span)
+    if kind.startswith("BatchNorm") and not 0 <= values["momentum"] <= 1:
+        raise TieError(f"{kind} momentum must be in [0, 1], got {values['momentum']}", span)
     if kind == "Dropout" and not 0 <= values["p"] < 1:
         raise TieError(f"Dropout probability must be in [0, 1), got {values['p']}", span)
 

@@ -4,6 +4,8 @@ adaptive_avg_pool2d (merged into `shapes`).
     Conv1D          [..., in] → [..., out]            HF's layout: y = x W + b, W stored [in, out]
     GroupNorm       [N, C, *] → [N, C, *]             C split into groups, each normalized
     ConvTranspose2d [N, in, H, W] → [N, out, H', W']  H' = (H − 1)·s − 2p + k + output_padding
+    BatchNorm1d     [N, C] or [N, C, L] → unchanged   per channel: batch statistics, or running ones in eval
+    BatchNorm2d     [N, C, H, W] → unchanged
     adaptive_avg_pool2d [N, C, H, W] → [N, C, h, w]   PyTorch's bins; ONNX needs h, w dividing H, W
                                                       (or h = w = 1, a global average)
 """
@@ -25,6 +27,28 @@ def _group_norm(ctx: Ctx) -> T:
     if len(x.shape) < 2 or not same(x.shape[1], c["num_channels"]):
         ctx.fail(f"GroupNorm '{ctx.layer.path}' expects [N, {c['num_channels']}, …], got {_fmt(x.shape)}")
     return x
+
+
+def _batch_norm(ranks: tuple[int, ...], layout: str):
+    def rule(ctx: Ctx) -> T:
+        x, c = ctx.ins[0], ctx.layer.config
+        if len(x.shape) not in ranks or not same(x.shape[1], c["num_features"]):
+            want = layout.replace("C", str(c["num_features"]))
+            ctx.fail(f"{ctx.layer.kind} '{ctx.layer.path}' expects {want}, got {_fmt(x.shape)}",
+                     hint=f"num_features must be the channel count (dim 1 of the input, {_fmt(x.shape)})"
+                     if len(x.shape) in ranks else None)
+        return x
+
+    return rule
+
+
+def _batch_norm_dtype(ctx: Ctx) -> None:
+    """The input must have the layer's dtype, its parameters' and running statistics' (with or
+    without `affine`): PyTorch does not promote inside the layer."""
+    want = ctx.layer.config.get("dtype") or "f32"
+    if ctx.ins[0].dtype != want:
+        ctx.fail(f"{ctx.layer.kind} '{ctx.layer.path}' has {want} parameters but its input is {ctx.ins[0].dtype}",
+                 hint=f"declare the model input as {want}[…]")
 
 
 def _transposed_size(ctx: Ctx, size, k: int, s: int, p: int, out_pad: int) -> ir.Dim:
@@ -59,6 +83,8 @@ def _adaptive_avg_pool2d(ctx: Ctx) -> T:
 
 
 LAYER_SHAPES = {"Conv1D": _conv1d, "GroupNorm": _group_norm, "ConvTranspose2d": _conv_transpose2d,
-                "adaptive_avg_pool2d": _adaptive_avg_pool2d}
+                "adaptive_avg_pool2d": _adaptive_avg_pool2d,
+                "BatchNorm1d": _batch_norm((2, 3), "[N, C] or [N, C, L]"), "BatchNorm2d": _batch_norm((4,), "[N, C, H, W]")}
 LAYER_DTYPES = {"Conv1D": _layer_dtype, "GroupNorm": _layer_dtype, "ConvTranspose2d": _layer_dtype,
-                "adaptive_avg_pool2d": _f32_in_onnxruntime("AveragePool")}  # GlobalAveragePool too
+                "adaptive_avg_pool2d": _f32_in_onnxruntime("AveragePool"),  # GlobalAveragePool too
+                "BatchNorm1d": _batch_norm_dtype, "BatchNorm2d": _batch_norm_dtype}

@@ -87,6 +87,9 @@ CASES: dict[str, tuple[str, str, str]] = {
     "Conv1D": ("a", "l = Conv1D(3, 4)", "l(a)"),
     "GroupNorm": ("img", "l = GroupNorm(2, 2)", "l(img)"),
     "ConvTranspose2d": ("img", "l = ConvTranspose2d(2, 3, 3, stride=2, padding=1)", "l(img)"),
+    "BatchNorm1d": ("a", "l = BatchNorm1d(4)", "l(a)"),
+    "BatchNorm1d_3d": ("c", "l = BatchNorm1d(3, affine=false)", "l(c)"),
+    "BatchNorm2d": ("img", "l = BatchNorm2d(2)", "l(img)"),
     "adaptive_avg_pool2d": ("img", "", "adaptive_avg_pool2d(img, 1)"),
     "adaptive_avg_pool2d_2x2": ("img", "", "adaptive_avg_pool2d(img, 2)"),
 }

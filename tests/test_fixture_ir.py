@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from tiec.compiler import ir
+from tiec.compiler.buffers import declared_buffers
 from tiec.compiler.pipeline import compile_source
 from tiec.compiler.stats import program_stats
 
@@ -221,8 +222,12 @@ def test_every_layer_kind_and_its_parameters():
     assert (t["conv"], t["conv2"], t["h_1"]) == ("f32[B, 4, 5, 5]", "f32[B, 2, 3, 5]", "f32[B, T, 8]")
     stats = program_stats(p)["models"]["Layers"]
     expected = 50 * 8 + (24 * 8 + 24 + 64 + 8) + (24 * 8 + 64) + 16 + 8 + (108 + 4) + 24 + 64 + (8 * 16 + 16) \
-        + (2 * 3 * 2 * 2 + 3)
-    assert t["deconv"] == "f32[B, 3, 6, 10]" and t["c1d"] == "f32[B, T, 16]"
+        + (2 * 3 * 2 * 2 + 3) + 2 * 4  # bn2d's weight and bias; bn1d (affine=false) has none
+    assert t["deconv"] == "f32[B, 3, 6, 10]" and t["c1d"] == "f32[B, T, 16]" and t["bn1d"] == "f32[B, 8]"
+    buffers = {b.name: b.shape for b in declared_buffers(p, "Layers")}  # running statistics: no parameters
+    assert buffers == {"bn2d.running_mean": (4,), "bn2d.running_var": (4,), "bn2d.num_batches_tracked": (),
+                       "bn1d.running_mean": (8,), "bn1d.running_var": (8,), "bn1d.num_batches_tracked": ()}
+    assert g.layer("bn2d").config["momentum"] == 0.2 and g.layer("bn1d").config["affine"] is False
     assert stats["logical_params"] == stats["unique_params"] == expected
     conv, conv2 = stats["convolutions"]
     assert (conv["params"], conv["positions"], conv["locally_connected_params"]) == (112, 25, 2800)

@@ -5,6 +5,8 @@ or qualified (`M.enc.weight`, as in the all-models `program.torch()`). Rules:
 - A share group is one tensor. Any member's key may hold it: `wte.weight`, or `lm_head.weight`
   as `safetensors.torch.save_model` and `transformers` keep for GPT-2, or `dec.weight` holding
   `enc.weight.T`. Two members present with different values are an error naming both keys.
+- A persistent buffer (`bn.running_mean`) is required like a parameter, under its own key only:
+  a checkpoint without it is an error naming the key, never filled with the initial value.
 - Each value must be a dense tensor (torch or numpy) of its parameter's kind: nothing is cast
   across kinds (an integer, bool or complex tensor is no float weight), and no meta, sparse,
   quantized or nested tensor is read. nan and inf are an error unless `allow_nonfinite`.
@@ -27,6 +29,7 @@ from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from tiec.compiler import ir
+from tiec.compiler.buffers import declared_buffers
 from tiec.dsl.diagnostics import Source, Span, TieError
 
 if TYPE_CHECKING:
@@ -54,10 +57,14 @@ class Scope:
     def __init__(self, program: ir.ProgramIR, model: str | None):
         self.program, self.model = program, model
         self.binds = ir.bindings(program, model)
-        self.params: dict[str, ir.Param] = {}
+        self.params: dict[str, ir.Param | ir.Buffer] = {}
         for name in ([model] if model is not None else program.models):
             for p in ir.declared_params(program, name):
                 self.params[p.name if model is not None else ir.qualify(name, p.name)] = p
+            for b in declared_buffers(program, name):  # required like a parameter, but never shared
+                key = b.name if model is not None else ir.qualify(name, b.name)
+                self.params[key] = b
+                self.binds[key] = ir.Binding(key, False, None)
         self.canonicals = sorted({b.canonical for b in self.binds.values()})
         # global group of each qualified member: (qualified key, transposed relative to its canonical)
         self._groups: dict[str, list[tuple[str, bool]]] = {}
@@ -110,13 +117,17 @@ def resolve(scope: Scope, state: Mapping, allow_nonfinite: bool = False) -> dict
     if missing:
         model = scope.model or next(iter(scope.program.models))
         everywhere = ir.bindings(scope.program) if scope.model is not None else {}
-        foreign = [everywhere[scope.qualified(m)] for m in missing if everywhere]
+        foreign = [everywhere[scope.qualified(m)] for m in missing if scope.qualified(m) in everywhere]
         foreign = [f"{b.canonical}{'.T' if b.transposed else ''}" for b in foreign
                    if ir.split(b.canonical)[0] != scope.model]
         hint = (f"its tensor lives in another model ({foreign[0]}): pass the module holding every model, "
                 "program.torch()") if foreign else "pass the module from program.torch(), or its state_dict()"
-        raise TieError(f"the weights lack {len(missing)} parameter(s) of {scope.model or 'the program'}: "
-                       f"{', '.join(missing[:5])}", scope.program.models[model].span, hint=hint)
+        what, where = "parameter", scope.program.models[model].span
+        if all(isinstance(scope.params[m], ir.Buffer) for m in missing):  # never made up from the initial value
+            what, where = "buffer", scope.params[missing[0]].span
+            hint = "save the whole state dict (module.state_dict() holds the buffers too)"
+        raise TieError(f"the weights lack {len(missing)} {what}(s) of {scope.model or 'the program'}: "
+                       f"{', '.join(missing[:5])}", where, hint=hint)
     return out
 
 

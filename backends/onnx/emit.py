@@ -1,7 +1,8 @@
 """Export one model of a `ProgramIR` to an ONNX file, straight from the IR (no tracing).
 
 The file holds one initializer per share group or unshared parameter, named after its canonical
-parameter; every use, transposed or not, reads that one tensor. Graph inputs keep their IR names
+parameter, and one per persistent buffer the graph reads (BatchNorm's running statistics, by
+their state-dict keys); every use, transposed or not, reads that one tensor. Graph inputs keep their IR names
 and types (symbolic dims become `dim_param`s, so batch and sequence sizes stay dynamic); graph
 outputs take `Output.name`. The `tiec.groups` metadata entry records the model's share and tie
 groups (ties are a training-time penalty, absent from the graph). Same IR and weights → same
@@ -22,6 +23,7 @@ from tiec.backends.onnx.builder import ONNX_DTYPES, GraphBuilder, fill_tensor, n
 from tiec.backends.onnx.check import check as check_model
 from tiec.backends.onnx.ops import ONNX_EMIT
 from tiec.compiler import ir as tir
+from tiec.compiler.buffers import buffers_of
 from tiec.compiler.ir import DTYPE_BYTES, ProgramIR, TensorType
 
 from tiec.output import write_output
@@ -56,8 +58,8 @@ def export(ir: ProgramIR, model: str, path: str, weights: Mapping[str, np.ndarra
 
     Returns:
         {"model", "path", "nodes", "initializers", "constants", "param_bytes", "bytes", "overhead"}:
-        counts of graph nodes, parameter initializers and small constant initializers; bytes of
-        unique parameters, of the file, and their difference; with `quantize`, also "quantized"
+        counts of graph nodes, parameter (and buffer) initializers and small constant initializers;
+        bytes of unique parameters and the buffers read, of the file, and their difference; with `quantize`, also "quantized"
         (`quantize_int8`'s summary); with external data, "bytes" counts both files, and
         "data_path" and "data_bytes" describe the data file.
     """
@@ -144,8 +146,10 @@ def _lower(ir: ProgramIR, model: str, weights: Mapping[str, np.ndarray], opset: 
     opsets = [helper.make_opsetid("", opset)]
     proto = helper.make_model(g, opset_imports=opsets, producer_name=PRODUCER,
                               ir_version=helper.find_min_ir_version_for(opsets))
-    for p, arr in arrays:  # filled in place: make_graph/make_model would copy every tensor
+    buffers, buffer_bytes = _checked_buffers(graph, model, weights, _read_names(proto.graph))
+    for p, arr in arrays + buffers:  # filled in place: make_graph/make_model would copy every tensor
         fill(proto.graph.initializer.add(), p.name, arr, p.dtype)
+    param_bytes += buffer_bytes
     proto.graph.initializer.extend(b.constants)
     groups = json.dumps(manifest(ir, model, binds), separators=(",", ":"))
     helper.set_model_props(proto, {"tiec.groups": groups})
@@ -178,19 +182,45 @@ def _checked_weights(ir: ProgramIR, model: str, weights: Mapping[str, np.ndarray
     """(Param, array) per canonical parameter, in declaration order, checked; and their bytes."""
     out, total = [], 0
     for p in (p for p in ir.models[model].params if binds[p.name].canonical == p.name):
-        if p.name not in weights:
-            raise KeyError(f"no weight for parameter {p.name!r} of model {model!r} "
-                           "(pass one array per canonical parameter)")
-        arr = np.asarray(weights[p.name])
-        if tuple(arr.shape) != tuple(p.shape):
-            raise ValueError(f"weight {p.name!r} has shape {tuple(arr.shape)}, but the parameter is declared "
-                             f"{TensorType(p.dtype, tuple(p.shape))}")
-        if arr.dtype != numpy_dtype(p.dtype):  # never cast: the file would not hold the values given
-            raise ValueError(f"weight {p.name!r} has dtype {arr.dtype}, but the parameter is {p.dtype}: "
-                             f"convert it to {numpy_dtype(p.dtype)} first if that is what you mean")
-        out.append((p, arr))
+        out.append((p, _checked(p, model, weights, "parameter")))
         total += DTYPE_BYTES[p.dtype] * int(np.prod(p.shape, dtype=np.int64))
     return out, total
+
+
+def _checked(p: tir.Param | tir.Buffer, model: str, weights: Mapping[str, np.ndarray], what: str) -> np.ndarray:
+    """`weights[p.name]`, of `p`'s declared shape and dtype exactly."""
+    if p.name not in weights:
+        raise KeyError(f"no weight for {what} {p.name!r} of model {model!r} "
+                       f"(pass one array per canonical parameter and per buffer)")
+    arr = np.asarray(weights[p.name])
+    if tuple(arr.shape) != tuple(p.shape):
+        raise ValueError(f"weight {p.name!r} has shape {tuple(arr.shape)}, but the {what} is declared "
+                         f"{TensorType(p.dtype, tuple(p.shape))}")
+    if arr.dtype != numpy_dtype(p.dtype):  # never cast: the file would not hold the values given
+        raise ValueError(f"weight {p.name!r} has dtype {arr.dtype}, but the {what} is {p.dtype}: "
+                         f"convert it to {numpy_dtype(p.dtype)} first if that is what you mean")
+    return arr
+
+
+def _checked_buffers(graph: tir.Graph, model: str, weights: Mapping[str, np.ndarray],
+                     read: set[str]) -> tuple[list, int]:
+    """(Buffer, array) per persistent buffer the graph reads (BatchNorm's running statistics; an
+    eval-mode graph never reads `num_batches_tracked`), checked as parameters are; and their bytes.
+    A missing one is an error, never its initial value."""
+    out = [(buf, _checked(buf, model, weights, "buffer")) for buf in buffers_of(graph.layers)
+           if buf.persistent and buf.name in read]
+    return out, sum(DTYPE_BYTES[buf.dtype] * int(np.prod(buf.shape, dtype=np.int64)) for buf, _ in out)
+
+
+def _read_names(graph: onnx.GraphProto) -> set[str]:
+    """Every value name a node of `graph` (or of a subgraph it holds) takes as input."""
+    names = set()
+    for node in graph.node:
+        names.update(node.input)
+        for attr in node.attribute:
+            for sub in [attr.g] * attr.HasField("g") + list(attr.graphs):
+                names |= _read_names(sub)
+    return names
 
 
 def _value_info(name: str, t: TensorType) -> onnx.ValueInfoProto:

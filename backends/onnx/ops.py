@@ -20,6 +20,7 @@ from tiec.backends.onnx.ops_attention import ATTENTION_EMIT
 from tiec.backends.onnx.ops_index import INDEX_EMIT
 from tiec.backends.onnx.ops_layers import LAYER_EMIT
 from tiec.backends.onnx.ops_math import MATH_EMIT
+from tiec.backends.onnx.ops_norm import NORM_EMIT
 from tiec.compiler.ir import Node
 
 Rule = Callable[[GraphBuilder, Node], "str | None"]
@@ -375,4 +376,5 @@ ONNX_EMIT: Mapping[str, Rule] = {
     **ATTENTION_EMIT,  # sdpa: ops_attention.py
     **INDEX_EMIT,  # slice, select, unsqueeze, squeeze, gather, index_select, chunk, split: ops_index.py
     **LAYER_EMIT,  # Conv1D, GroupNorm, ConvTranspose2d, adaptive_avg_pool2d: ops_layers.py
+    **NORM_EMIT,  # BatchNorm1d, BatchNorm2d (eval mode, running statistics as initializers): ops_norm.py
 }

@@ -227,6 +227,9 @@ TORCH_EMIT: Mapping[str, Callable[[Call], str]] = {
     "Conv1D": _conv1d,  # x W + b, W stored [in, out]
     "GroupNorm": _group_norm,  # per group: (x - μ) / √(σ² + eps), then · w + b per channel
     "ConvTranspose2d": _conv_transpose2d,  # the adjoint of conv2d: Σ W ⋆ᵀ x + b
+    # nn.BatchNorm1d/2d itself, so train and eval (batch or running statistics, and their update) are
+    # PyTorch's: its weight and bias are 1-D, never shared transposed, so the module is always whole
+    **{kind: lambda c: f"{c.ref}({c.args[0]})" for kind in ("BatchNorm1d", "BatchNorm2d")},  # (x - μ) / √(σ² + eps) · w + b
     "adaptive_avg_pool2d": lambda c: f"F.adaptive_avg_pool2d({c.args[0]}, {literal(c.attrs['output_size'])})",
 }
 
@@ -259,6 +262,8 @@ TORCH_LAYER: Mapping[str, Callable[..., str]] = {
     "GroupNorm": _ctor("GroupNorm", ("num_groups", "num_channels"), {"eps": "1e-05", "affine": "True"}),
     "ConvTranspose2d": _ctor("ConvTranspose2d", ("in_channels", "out_channels", "kernel_size"),
                              {"stride": "1", "padding": "0", "output_padding": "0", "bias": "True"}),
+    **{kind: _ctor(kind, ("num_features",), {"eps": "1e-05", "momentum": "0.1", "affine": "True",
+                                             "track_running_stats": "True"}) for kind in ("BatchNorm1d", "BatchNorm2d")},
 }
 
 check_table("TORCH_EMIT", TORCH_EMIT)

@@ -16,7 +16,8 @@ import sys
 import types
 
 import torch
-from tiec.compiler.ir import ProgramIR, bindings
+from tiec.compiler.buffers import declared_buffers
+from tiec.compiler.ir import ProgramIR, bindings, qualify
 from torch import nn
 
 from .codegen import class_names, generate_source
@@ -87,8 +88,11 @@ def _new_instance(source: str, qualname: str) -> nn.Module:
 
 
 def _check_keys(ir: ProgramIR, model: str | None, module: nn.Module) -> None:
-    """The state-dict keys are the declared parameters, less those shared transposed."""
+    """The state-dict keys are the declared parameters, less those shared transposed, and the
+    persistent buffers."""
     want = {k for k, b in bindings(ir, model).items() if not b.transposed}
+    for name in [model] if model is not None else ir.models:
+        want |= {b.name if model is not None else qualify(name, b.name) for b in declared_buffers(ir, name)}
     got = set(module.state_dict())
     if got != want:
         raise RuntimeError(

@@ -1,0 +1,46 @@
+"""Buffers: the tensors a layer keeps beside its parameters (BatchNorm's running statistics).
+
+Rule: a layer's buffers follow from its kind and configuration alone (`catalog.LayerSpec.buffers`),
+so they are derived from the IR's layers rather than stored beside them: one `ir.Buffer` per slot,
+named `<layer path>.<slot>` as PyTorch's state dict names it. A buffer slot whose dtype is "" takes
+the layer's parameter dtype (a BatchNorm in f16 keeps f16 statistics, as `nn.BatchNorm2d(dtype=)`
+does); `num_batches_tracked` is always i64. Buffers are never shared or tied, and parameter counts
+leave them out.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from . import ir
+from .catalog import LAYERS
+
+
+def layer_buffers(layer: ir.Layer) -> tuple[ir.Buffer, ...]:
+    """The buffers of one layer instance, in its kind's order.
+
+    Args:
+        layer: a layer of a flat graph or a subgraph's instance (its `path` names the buffers).
+
+    Returns:
+        One `ir.Buffer` per buffer slot of the layer's kind at its configuration."""
+    dtype = layer.config.get("dtype") or "f32"
+    return tuple(ir.Buffer(f"{layer.path}.{b.name}", layer.path, b.name, tuple(b.shape), b.dtype or dtype,
+                           b.persistent, b.init, layer.span)
+                 for b in LAYERS[layer.kind].buffers(layer.config))
+
+
+def buffers_of(layers: Iterable[ir.Layer]) -> tuple[ir.Buffer, ...]:
+    """Every buffer of `layers`, in layer order."""
+    return tuple(b for layer in layers for b in layer_buffers(layer))
+
+
+def declared_buffers(program: ir.ProgramIR, model: str, persistent_only: bool = True) -> tuple[ir.Buffer, ...]:
+    """A model's buffers (only those in the state dict, unless `persistent_only` is False), without
+    lowering its graph."""
+    return tuple(b for b in buffers_of(ir.declared_layers(program, model)) if b.persistent or not persistent_only)
+
+
+def buffer_slots(kind: str, config) -> list[str]:
+    """The buffer slot names of a layer kind at `config`: for messages that tell a buffer from a
+    parameter."""
+    return [b.name for b in LAYERS[kind].buffers(config)]
