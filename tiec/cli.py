@@ -249,6 +249,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `tiec stats … | head`: the reader left; nothing to report to it
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush does not fail again
+        return 141
     except (OSError, ValueError, RuntimeError) as e:  # I/O and backend failures, reported plainly
         print(f"tiec: error: {e}", file=sys.stderr)
         return 1
