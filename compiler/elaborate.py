@@ -320,9 +320,12 @@ class SubgraphElaborator(Relating, Binder):
         values = {k: v.value for k, v in bound.items()}
         check_layer(kind, values, call.span)
         name = stmt.name
+        if kind == "Parameter" and loops:  # one tensor per copy would need a ParameterList, keyed apart
+            raise TieError(f"a Parameter cannot be declared inside `repeat` (one '{name}' per copy)", stmt.name_span,
+                           hint="declare it in a block the repeat instantiates, or use `repeat … share`")
         layer = ir.Layer(name, kind, ir.frozen(values), stmt.span, ir.frozen({k: v.src for k, v in bound.items()}))
         for slot, shape in spec.slots(values):
-            self.index.add(ir.Param(f"{name}.{slot}", name, slot, tuple(shape), values["dtype"], stmt.span), loops)
+            self.index.add(ir.Param(ir.slot_key(name, slot), name, slot, tuple(shape), values["dtype"], stmt.span), loops)
         inst = ir.Instance(name, layer, None, ir.frozen(), loops, stmt.span)
         return inst, Instance(name, kind, stmt.span, id(stmt))
 

@@ -123,6 +123,8 @@ class Binder:
         v = scope.get(e.id)
         if isinstance(v, (str, CVal)):
             return v
+        if isinstance(v, Instance) and v.kind == "Parameter":  # a free parameter is read as a value
+            return self.g.add("param", v.path.replace(".", "_"), (), {"param": v.path, "transposed": False}, e.span)
         if isinstance(v, (Instance, Copies)):
             raise TieError(f"'{e.id}' is a layer, not a value", e.span, hint=f"call it: {e.id}(x)")
         if e.id in ("true", "false"):
@@ -208,6 +210,10 @@ class Binder:
     def call_instance(self, inst: Instance, e: ast.Call, scope: dict) -> str:
         if inst.kind.startswith("block:"):
             return self.call_block(inst, e, scope)
+        if inst.kind == "Parameter":
+            name = inst.path.rsplit(".", 1)[-1]
+            raise TieError(f"'{inst.path}' is a parameter, not a layer; it cannot be called", e.span,
+                           hint=f"read it as a value: x + {name}, x @ {name}")
         if len(e.args) != 1 or e.kwargs:
             raise TieError(f"a {inst.kind} layer takes one input, got {len(e.args) + len(e.kwargs)}", e.span)
         x = self.tensor(e.args[0], scope)

@@ -432,6 +432,12 @@ class ProgramIR:
     local_types: Mapping[str, Mapping[str, TensorType]] = field(default_factory=frozen)
 
 
+def slot_key(layer: str, slot: str) -> str:
+    """A parameter's state-dict key: `<layer>.<slot>`, or the path itself for a free parameter
+    (a `Parameter` declaration, whose one slot is "")."""
+    return f"{layer}.{slot}" if slot else layer
+
+
 def qualify(model: str, local: str) -> str:
     return f"{model}.{local}"
 

@@ -59,7 +59,7 @@ def _declare(body, sub, subgraphs, cache, indices: dict[int, int], out: Declared
                 layer = replace(inst.layer, path=path)
                 out.layers.append(layer)
                 for slot, shape in LAYERS[layer.kind].slots(layer.config):
-                    out.params.append(ir.Param(f"{path}.{slot}", path, slot, tuple(shape), layer.config.get("dtype", "f32"), layer.span))
+                    out.params.append(ir.Param(ir.slot_key(path, slot), path, slot, tuple(shape), layer.config.get("dtype", "f32"), layer.span))
             else:
                 if inst.block not in cache:
                     cache[inst.block] = declared(subgraphs[inst.block], subgraphs, cache)

@@ -40,6 +40,8 @@ class Relating:
     def annotate(self, ann, inst: Instance, scope: Scope, stmt: ast.Assign, shares: list, ties: list):
         own = Target({n[len(inst.path) + 1:]: n for n in self.index.under.get(inst.path, [])}, False,
                      stmt.name_span, stmt.name)
+        if inst.kind == "Parameter":  # a free parameter is its own one slot
+            own = Target({"": inst.path}, False, stmt.name_span, stmt.name)
         if isinstance(ann, ast.ShareAnn) and ann.slot is not None:
             if ann.slot not in own.params:
                 raise TieError(f"'{stmt.name}' has no parameter '{ann.slot}'", ann.span,

@@ -306,6 +306,10 @@ def _const(ctx: Ctx) -> T:
     return T("f32" if isinstance(ctx.node.attrs["value"], float) else "i64", ())
 
 
+def _never_called(ctx: Ctx) -> T:
+    raise AssertionError("a free parameter is never called: expressions read it through a param node")
+
+
 SHAPE_RULES: dict[str, Callable[[Ctx], T]] = {
     "param": _param,            # W or Wᵀ
     "const": _const,            # scalar; takes the other operand's dtype
@@ -327,6 +331,7 @@ SHAPE_RULES: dict[str, Callable[[Ctx], T]] = {
     "LayerNorm": _norm, "RMSNorm": _norm,
     "SelfAttention": _attention,  # [B, T, d] → [B, T, d]
     "Dropout": lambda ctx: ctx.ins[0],
+    "Parameter": _never_called,  # a free parameter is read by `param` nodes (its declared shape)
 }
 
 
@@ -373,6 +378,16 @@ def _layer_dtype(ctx: Ctx) -> None:
                  hint=f"declare the model input as {dtype}[…]")
 
 
+def _no_f64_kernel(kernel: str) -> Callable[[Ctx], None]:
+    """A layer's dtype rule, less f64 where onnxruntime has no f64 kernel for the layer's ONNX op."""
+    def check(ctx: Ctx) -> None:
+        _layer_dtype(ctx)
+        if ctx.ins[0].dtype == "f64":
+            ctx.fail(f"{ctx.layer.kind} '{ctx.layer.path}' has no f64 kernel in onnxruntime ({kernel} takes f32 "
+                     "there)", hint='use f32 or f16 parameters: dtype="f32"')
+    return check
+
+
 def _indices(ctx: Ctx) -> None:
     if ctx.ins[0].dtype not in INTEGERS:
         ctx.fail(f"Embedding '{ctx.layer.path}' takes integer indices, got {ctx.ins[0].dtype}",
@@ -391,7 +406,7 @@ DTYPE_RULES: dict[str, Callable[[Ctx], None]] = {
     "gelu": _f32_in_onnxruntime("Erf", lambda node: node.attrs.get("approximate", "none") == "none"),  # Tanh takes f64
     "max_pool2d": _floats,      # torch pools integers, onnxruntime does not
     "avg_pool2d": _f32_in_onnxruntime("AveragePool"),
-    "Linear": _layer_dtype, "Conv2d": _layer_dtype, "LayerNorm": _layer_dtype, "RMSNorm": _layer_dtype,
+    "Linear": _layer_dtype, "Conv2d": _no_f64_kernel("Conv"), "LayerNorm": _layer_dtype, "RMSNorm": _layer_dtype,
     "SelfAttention": _layer_dtype, "Embedding": _indices,
 }  # every other op (param, const, flatten, reshape, transpose, concat, positions, Dropout) takes any dtype
 

@@ -12,7 +12,7 @@ adaptive_avg_pool2d (merged into `shapes`).
 from __future__ import annotations
 
 from . import ir
-from .shapes import Ctx, _f32_in_onnxruntime, _fmt, _last_dim, _layer_dtype, same
+from .shapes import Ctx, _f32_in_onnxruntime, _fmt, _last_dim, _layer_dtype, _no_f64_kernel, same
 
 T = ir.TensorType
 
@@ -85,6 +85,6 @@ def _adaptive_avg_pool2d(ctx: Ctx) -> T:
 LAYER_SHAPES = {"Conv1D": _conv1d, "GroupNorm": _group_norm, "ConvTranspose2d": _conv_transpose2d,
                 "adaptive_avg_pool2d": _adaptive_avg_pool2d,
                 "BatchNorm1d": _batch_norm((2, 3), "[N, C] or [N, C, L]"), "BatchNorm2d": _batch_norm((4,), "[N, C, H, W]")}
-LAYER_DTYPES = {"Conv1D": _layer_dtype, "GroupNorm": _layer_dtype, "ConvTranspose2d": _layer_dtype,
+LAYER_DTYPES = {"Conv1D": _layer_dtype, "GroupNorm": _layer_dtype, "ConvTranspose2d": _no_f64_kernel("ConvTranspose"),
                 "adaptive_avg_pool2d": _f32_in_onnxruntime("AveragePool"),  # GlobalAveragePool too
                 "BatchNorm1d": _batch_norm_dtype, "BatchNorm2d": _batch_norm_dtype}

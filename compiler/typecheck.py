@@ -44,7 +44,7 @@ class _View:
         for inst in sub.instances:
             if inst.layer is not None:
                 for slot, shape in LAYERS[inst.layer.kind].slots(inst.layer.config):
-                    name = f"{prefix}{inst.name}.{slot}"
+                    name = ir.slot_key(f"{prefix}{inst.name}", slot)
                     self._params[name] = ir.Param(name, prefix + inst.name, slot, tuple(shape),
                                                   inst.layer.config.get("dtype", "f32"), inst.span)
             else:

@@ -42,7 +42,7 @@ def _graph(g: ir.Graph, types) -> None:
             raise IRInvariantError(f"{g.name}: node {n.name} reads unknown parameter {n.attrs['param']!r}")
         defined.add(n.name)
     for p in g.params:
-        if p.layer not in layers or p.name != f"{p.layer}.{p.slot}":
+        if p.layer not in layers or p.name != ir.slot_key(p.layer, p.slot):
             raise IRInvariantError(f"{g.name}: parameter {p.name} does not belong to a layer")
     for o in g.outputs:
         if o.value not in defined:

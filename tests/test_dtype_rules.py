@@ -135,7 +135,7 @@ def measure(text: str, tmp_path, monkeypatch) -> str | None:
         return _run(tiec.loads(text, filename="dtype.tie"), tmp_path)
 
 
-def _run(program: tiec.Program, tmp_path) -> str | None:
+def _run(program: tiec.Program, tmp_path, rtol: float = 1e-3, atol: float = 1e-5) -> str | None:
     graph, types = program.ir.models["M"], program.ir.types["M"]
     want = types[graph.outputs[0].value].dtype
     gen = torch.Generator().manual_seed(0)
@@ -161,7 +161,7 @@ def _run(program: tiec.Program, tmp_path) -> str | None:
     if out.dtype != got.numpy().dtype:
         return f"onnxruntime gives {out.dtype}, torch {got.dtype}"
     if want in shapes.FLOATS:
-        if not np.allclose(out, got.numpy(), rtol=1e-3, atol=1e-5, equal_nan=True):
+        if not np.allclose(out, got.numpy(), rtol=rtol, atol=atol, equal_nan=True):
             return "onnxruntime and torch disagree"
     elif not np.array_equal(out, got.numpy()):
         return "onnxruntime and torch disagree"
@@ -205,3 +205,29 @@ def test_bf16_pools_export_through_f32_as_torch_computes_them(op, tmp_path):
     session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
     (got,) = session.run(None, {inner: x.float().numpy()})
     assert np.array_equal(got, program.torch("M")(x).float().numpy())
+
+
+# Layers holding parameters of each float dtype (the program's dtype: `--dtype`). bf16 is left
+# out: numpy, and so onnxruntime's Python feeds, have no bfloat16.
+LAYER_CASES = [case for case, (_, layers, _) in CASES.items() if "=" in layers and "(" in layers.split("=")[1]
+               and layers.split("=")[1].strip()[0].isupper()]
+
+
+@pytest.mark.filterwarnings("ignore:Mismatch dtype between input and weight")
+@pytest.mark.parametrize("dtype", ("f64", "f16"))
+@pytest.mark.parametrize("case", LAYER_CASES)
+def test_layers_at_each_parameter_dtype(case, dtype, tmp_path, monkeypatch):
+    text = spec(case, "i64" if case == "Embedding" else dtype)
+    try:
+        tiec.loads(text, filename="dtype.tie", dtype=dtype)
+        error = None
+    except TieError as e:
+        error = e
+    with monkeypatch.context() as m:
+        m.setattr(shapes, "DTYPE_RULES", {})
+        problem = _run(tiec.loads(text, filename="dtype.tie", dtype=dtype), tmp_path, rtol=1e-2, atol=1e-3)
+    if error is None:
+        assert problem is None, f"the checker accepts {case} with {dtype} parameters, but {problem}"
+    else:
+        assert problem is not None, f"the checker rejects {case} with {dtype} parameters, which both run"
+        assert error.hint, error.render()

@@ -340,6 +340,10 @@ def _self_attention(b: GraphBuilder, node: Node) -> str:
     return b.node("Reshape", [y, b.cached(("shape", xv), lambda: b.node("Shape", [xv]))])  # [B, T, d]
 
 
+def _never_called(b, n):
+    raise AssertionError(f"node {n.name}: a free parameter is never called")
+
+
 ONNX_EMIT: Mapping[str, Rule] = {
     "param": _param,  # W; read transposed, a reference to W that products take through Gemm's transA/transB
     "const": _const,  # no node: a scalar initializer in the result's dtype, per use
@@ -365,6 +369,7 @@ ONNX_EMIT: Mapping[str, Rule] = {
     "concat": _concat,  # cat(xs, dim)
     "cosine_similarity": _cosine_similarity,  # Σab / (max(‖a‖, eps)·max(‖b‖, eps)) over dim
     "positions": _positions,  # Range(0, x.shape[-1], 1), i64
+    "Parameter": _never_called,  # a free parameter: one initializer, read by `param` nodes
     "Linear": _linear,  # x @ W.T + b: Gemm(transB) (x flattened to 2-D), or MatMul(+Add) on a stored W.T
     "Conv2d": _conv2d,  # conv2d(x, W, b, stride, padding)
     "Embedding": _embedding,  # W[idx]

@@ -167,8 +167,13 @@ def _attention(c: Call) -> str:
     return f"{c.ref}({x}, {x}, {x}, need_weights=False{mask})[0]"
 
 
+def _never_called(c: Call) -> str:
+    raise AssertionError("a free parameter is never called: expressions read it through a param node")
+
+
 TORCH_EMIT: Mapping[str, Callable[[Call], str]] = {
     "param": lambda c: c.ref,  # W, or W.T (node's `transposed` XOR the share's orientation)
+    "Parameter": _never_called,  # a free parameter is read by `param` nodes, never called
     "const": lambda c: literal(c.attrs["value"]),  # the literal
     "add": lambda c: f"{c.args[0]} + {c.args[1]}",  # a + b, broadcasting
     "sub": lambda c: f"{c.args[0]} - {c.args[1]}",  # a - b
@@ -245,9 +250,17 @@ def _ctor(cls: str, positional: tuple[str, ...], defaults: Mapping[str, str]) ->
     return render
 
 
+def _parameter(args: Mapping[str, str], extra: tuple[str, ...] = ()) -> str:
+    """A free parameter: `init` is a literal from a closed list ("zeros", "ones"), so it picks the
+    factory by lookup, never by pasting it into the code; the shape is rendered config."""
+    factory = {"zeros": "torch.zeros", "ones": "torch.ones"}[args["init"].strip("'\"")]
+    return f"nn.Parameter({factory}({args['shape']}{''.join(', ' + e for e in extra)}))"
+
+
 # A constructor keyword equal to PyTorch's default is left out, as a person would write it.
 TORCH_LAYER: Mapping[str, Callable[..., str]] = {
     "Linear": _ctor("Linear", ("in_features", "out_features"), {"bias": "True"}),
+    "Parameter": _parameter,
     "Conv2d": _ctor(
         "Conv2d", ("in_channels", "out_channels", "kernel_size"), {"stride": "1", "padding": "0", "bias": "True"}
     ),
