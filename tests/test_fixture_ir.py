@@ -215,6 +215,7 @@ def test_every_layer_kind_and_its_parameters():
     shapes = {q.name: q.shape for q in g.params}
     assert shapes["attn.in_proj_weight"] == (24, 8) and shapes["attn.out_proj.bias"] == (8,)
     assert "attn_nobias.in_proj_bias" not in shapes and "rms.bias" not in shapes
+    assert shapes["gain"] == (8,)  # a free parameter: its own key
     assert shapes["conv.weight"] == (4, 3, 3, 3) and shapes["conv2.weight"] == (2, 4, 3, 1)
     assert g.layer("attn").config["causal"] is True and g.layer("attn_nobias").config["num_heads"] == 4
     assert g.layer("drop").config["p"] == 0.1 and g.layer("rms").config["eps"] == 1e-6
@@ -222,7 +223,7 @@ def test_every_layer_kind_and_its_parameters():
     assert (t["conv"], t["conv2"], t["h_1"]) == ("f32[B, 4, 5, 5]", "f32[B, 2, 3, 5]", "f32[B, T, 8]")
     stats = program_stats(p)["models"]["Layers"]
     expected = 50 * 8 + (24 * 8 + 24 + 64 + 8) + (24 * 8 + 64) + 16 + 8 + (108 + 4) + 24 + 64 + (8 * 16 + 16) \
-        + (2 * 3 * 2 * 2 + 3) + 2 * 4  # bn2d's weight and bias; bn1d (affine=false) has none
+        + (2 * 3 * 2 * 2 + 3) + 2 * 4 + 8  # bn2d's weight and bias (bn1d, affine=false, has none); gain
     assert t["deconv"] == "f32[B, 3, 6, 10]" and t["c1d"] == "f32[B, T, 16]" and t["bn1d"] == "f32[B, 8]"
     buffers = {b.name: b.shape for b in declared_buffers(p, "Layers")}  # running statistics: no parameters
     assert buffers == {"bn2d.running_mean": (4,), "bn2d.running_var": (4,), "bn2d.num_batches_tracked": (),
