@@ -220,6 +220,7 @@ RESERVED_MEMBERS = frozenset({
     "requires_grad_", "set_extra_state", "set_submodule", "share_memory", "state_dict", "to", "to_empty", "train",
     "training", "type", "xpu", "zero_grad", "tie_penalty",
     "tie_strengths", "set_tie_strength", "load_anchors",  # the tie methods every emitted model has
+    "retie",  # every emitted model's: re-aliases its share groups (`backends/torch/retie.py`)
 })
 
 

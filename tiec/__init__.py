@@ -1,7 +1,7 @@
 """tiec: compile .tie model specs with shared and tied parameters to PyTorch and ONNX."""
 from tiec.dsl.diagnostics import TieError, TieErrors, TieWarning
 
-__all__ = ["TieError", "TieErrors", "TieWarning", "load", "loads"]
+__all__ = ["TieError", "TieErrors", "TieWarning", "load", "loads", "materialize"]
 
 
 def load(path, overrides=None, dtype="f32"):
@@ -17,6 +17,14 @@ def loads(text, overrides=None, filename="<string>", dtype="f32"):
     from tiec.api import loads as _loads
 
     return _loads(text, overrides, filename, dtype)
+
+
+def materialize(module, device="cpu", seed=0):
+    """Give a module built with `program.torch(device="meta")` the tensors `program.torch(seed=seed)`
+    has, on `device`, one per share group (in place; returns it)."""
+    from tiec.backends.torch import materialize as _materialize
+
+    return _materialize(module, device, seed)
 
 
 def __getattr__(name):

@@ -51,12 +51,16 @@ class Program:
         """Parameter statistics for each model and the program (see `tiec stats --json`)."""
         return program_stats(self.ir)
 
-    def torch(self, model: str | None = None, seed: int = 0, anchors: Any = None):
+    def torch(self, model: str | None = None, seed: int = 0, anchors: Any = None, device: Any = None):
         """An `nn.Module` for `model`, or (None) one holding every model as a submodule. `anchors`: the
-        checkpoint (a path, or a state dict) holding the tensors its `anchor(…)` ties name (`tiec.anchors`)."""
+        checkpoint (a path, or a state dict) holding the tensors its `anchor(…)` ties name (`tiec.anchors`).
+        `device`: where its tensors are made; "meta" allocates none (then `tiec.materialize`)."""
         from tiec.backends.torch import build_module
 
-        module = build_module(self.ir, self._model(model), seed)
+        if anchors is not None and device is not None and str(device).startswith("meta"):
+            raise ValueError("anchors cannot be loaded into a module on the meta device (it holds no values); "
+                             "load them after tiec.materialize(module), with module.load_anchors(...)")
+        module = build_module(self.ir, self._model(model), seed, device)
         if anchors is not None:
             from tiec.anchors import load_anchors
 

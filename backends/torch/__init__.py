@@ -8,11 +8,18 @@ from .codegen import generate_source
 from .emit_table import TORCH_EMIT, TORCH_LAYER
 
 
-def build_module(ir, model=None, seed=0):
+def build_module(ir, model=None, seed=0, device=None):
     """See `module.build_module`."""
     from .module import build_module as build
 
-    return build(ir, model, seed)
+    return build(ir, model, seed, device)
 
 
-__all__ = ["TORCH_EMIT", "TORCH_LAYER", "build_module", "generate_source"]
+def materialize(module, device="cpu", seed=0):
+    """See `retie.materialize`."""
+    from .retie import materialize as run
+
+    return run(module, device, seed)
+
+
+__all__ = ["TORCH_EMIT", "TORCH_LAYER", "build_module", "generate_source", "materialize"]

@@ -177,10 +177,7 @@ class SubgraphClass:
                     rows.append((f"self.{self.count_attr[lp.id]}", self._cfg(lp.count_src, lp.count),
                                  "repeat count"))
             body += aligned(rows)
-        if self.shares:
-            body += ["", *aligned(self.shares)]
-        for loop_id, groups in self.loop_shares:
-            body += ["", *self._loop_share_lines(self.loops[loop_id], groups)]
+        body += self.share_lines()
         checks = []
         params = dict(self.sub.params)
         fixed = set(self.sub.structural)
@@ -203,6 +200,13 @@ class SubgraphClass:
         head = [f"def __init__({', '.join(['self', *sig])}):", "    super().__init__()"]
         return head + ["    " + x if x else "" for x in fill + checks + body]
 
+    def share_lines(self) -> list[str]:
+        """The lines aliasing this class's own share groups (`__init__` runs them, and so does `retie`)."""
+        out: list[str] = ["", *aligned(self.shares)] if self.shares else []
+        for loop_id, groups in self.loop_shares:
+            out += ["", *self._loop_share_lines(self.loops[loop_id], groups)]
+        return out
+
     def _loop_share_lines(self, lp: ir.Loop, groups) -> list[str]:
         """Groups one iteration of `lp` forms, aliased copy by copy: `for a, b in zip(self.a, self.b): …`."""
         heads = list(dict.fromkeys(m.split(".")[0] for g in groups for m, _ in g))
@@ -213,7 +217,9 @@ class SubgraphClass:
 
         def expr(path: str) -> str:
             head, _, rest = path.partition(".")
-            return chain(var[head], rest) if head in var else chain("self", path)
+            if head in var:  # the loop variable itself when the path is the copy (a transposed owner)
+                return chain(var[head], rest) if rest else var[head]
+            return chain("self", path)
 
         rows = []
         for group in groups:

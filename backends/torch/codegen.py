@@ -20,6 +20,7 @@ from .classes import SubgraphClass, aligned, attr, chain, summary
 from .naming import EMITTED_GLOBALS, EMITTED_LOCALS, Namer, doc_text
 from .penalty import init_lines, method_lines, penalty_lines, tie_attrs
 from .plan import Plan, copies
+from .retie import block_calls, needs_retie, retie_method
 from .schedules import schedule_aliases
 from .tree import MODULE_ATTRS
 
@@ -171,6 +172,7 @@ class _Emitter:
         self.out: list[list[str]] = []
         self.namer = Namer(self.reserved)
         self.variants: dict[tuple, str] = {}  # (key, children's classes, slots read transposed) → class
+        self.retie_keys: set[str] = set()  # blocks whose classes have `retie`
 
     def _ties(self, model: str) -> tuple[ir.TieGroup, ...]:
         """`ties(ir, model)`, for every model at once: a file may hold a thousand models."""
@@ -221,7 +223,10 @@ class _Emitter:
                             [r for rows in shares for r in rows], self._types(key, site.model), self.reserved,
                             loop_shares=self.plan.loop_groups.get(key, []))
         params = ", ".join(f"{k}={v!r}" for k, v in sub.params.items())
-        text = self._render(cls, f"{sub.definition}({params}) as compiled; the arguments configure it")
+        retie = needs_retie(sub, cls.share_lines(), self.retie_keys)
+        self.retie_keys |= {key} if retie else set()
+        text = self._render(cls, f"{sub.definition}({params}) as compiled; the arguments configure it",
+                            [retie_method(cls.share_lines(), block_calls(sub, self.retie_keys))] if retie else [])
         name = self.texts.get(text)
         if name is None:
             name = self.namer.fresh(sub.definition)
@@ -310,6 +315,8 @@ class _Emitter:
             return self._path(model, key) + (".T" if flip else "")
 
         methods = cls.tie_methods(groups_t, member, zero)
+        calls = block_calls(sub, self.retie_keys) if legacy is None else []
+        methods.append(retie_method(cls.share_lines() + cls.schedule_init, calls))
         text = self._render(cls, f"{model}: {summary(list(params), local_binds)}", methods)
         name = self.names[model]
         return [line.replace("CLASS", name) if i == 0 else line for i, line in enumerate(text)]
@@ -361,6 +368,7 @@ class _Emitter:
         methods = [["def tie_penalty(self):", "    " + doc, *("    " + x for x in body)]]
         methods += method_lines(groups_t, attrs, tied=[attr("self", m) for m in self.models if self._ties(m)],
                                 anchored=[attr("self", m) for m in anchored])
+        methods.append(retie_method(aligned(rows), [f"{attr('self', m)}.retie()" for m in self.models]))
         if groups_t:
             init += ["", *("    " + x for x in init_lines(groups_t, attrs, member))]
         out = [f"class {name}(nn.Module):",

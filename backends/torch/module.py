@@ -23,7 +23,8 @@ from torch import nn
 from .codegen import class_names, generate_source
 
 
-def build_module(ir: ProgramIR, model: str | None = None, seed: int = 0) -> nn.Module:
+def build_module(ir: ProgramIR, model: str | None = None, seed: int = 0, device: str | torch.device | None = None
+                 ) -> nn.Module:
     """Instantiate the module `generate_source(ir, model)` defines.
 
     Args:
@@ -31,6 +32,8 @@ def build_module(ir: ProgramIR, model: str | None = None, seed: int = 0) -> nn.M
         model: the model to build; None builds `Program` (or `Program_`, see `class_names`), holding
             every model.
         seed: seeds weight initialisation (the global RNG is not disturbed).
+        device: where the tensors are made; "meta" allocates none (`materialize` gives it the values
+            `seed` gives on the CPU). None: the CPU.
 
     Returns:
         The module, with its model parameters at their compiled values.
@@ -38,11 +41,20 @@ def build_module(ir: ProgramIR, model: str | None = None, seed: int = 0) -> nn.M
     if model is None and len(ir.models) == 1:  # one model needs no Program around it
         model = next(iter(ir.models))
     cls = _class(generate_source(ir, model), class_names(ir)[model])
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        module = cls()
+    if device is None:
+        module = construct(cls, seed)
+    else:
+        with torch.device(device):
+            module = construct(cls, seed)
     _check_keys(ir, model, module)
     return module
+
+
+def construct(cls: type, seed: int) -> nn.Module:
+    """`cls()` under a forked RNG seeded with `seed`: the same seed, the same weights."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return cls()
 
 
 def source_module(source: str) -> types.ModuleType:
