@@ -163,19 +163,19 @@ def checked_value(key: str, state: Mapping, param: ir.Param, transposed: bool = 
     if isinstance(value, np.ndarray):
         kind = {"f": "float", "c": "complex", "b": "bool", "i": "integer", "u": "integer"}.get(value.dtype.kind, "other")
         _check_kind(key, kind, str(value.dtype), param)
-        bad = ~np.isfinite(value) if kind == "float" and not allow_nonfinite else None
+        bad = _nonfinite(value) if kind == "float" and not allow_nonfinite else None
     elif isinstance(value, torch.Tensor):
         unreadable = _unreadable(value)
         if unreadable:
             raise TieError(f"weight '{key}' is {unreadable[0]}", where, hint=unreadable[1])
         _check_kind(key, _kind(value.dtype), str(value.dtype).removeprefix("torch."), param)
         value = value.detach().cpu()
-        bad = ~torch.isfinite(value) if value.is_floating_point() and not allow_nonfinite else None
+        bad = _nonfinite(value) if value.is_floating_point() and not allow_nonfinite else None
     else:
         raise TieError(f"weight '{key}' is not a tensor: got {_got(value)}", where,
                        hint="a state dict maps each parameter name to a torch.Tensor")
     _check_shape(key, tuple(value.shape), want, param)
-    if bad is not None and bad.any():
+    if bad is not None:
         first = [int(i) for i in np.argwhere(np.asarray(bad))[0]]
         sample = value[bad][:1000]
         sample = sample.double().tolist() if isinstance(sample, torch.Tensor) else sample.astype(np.float64).tolist()
@@ -183,6 +183,25 @@ def checked_value(key: str, state: Mapping, param: ir.Param, transposed: bool = 
         raise TieError(f"weight '{key}' holds {int(bad.sum()):,} non-finite value(s) ({', '.join(kinds)}; "
                        f"the first at {first})", where, hint=NONFINITE_HINT)
     return value
+
+
+def _nonfinite(value: Any) -> Any:
+    """The mask of `value`'s nan and inf entries, or None when it has none. A float64 sum is
+    finite exactly when every value is (nan and inf propagate, and finite f32/f16/bf16 values
+    cannot overflow it), so a clean tensor costs one read; a non-finite sum (or an f64 tensor
+    that may overflow) takes the elementwise look."""
+    import numpy as np
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        if math.isfinite(value.sum(dtype=torch.float64).item()):
+            return None
+        bad = ~torch.isfinite(value)
+    else:
+        if math.isfinite(float(value.sum(dtype=np.float64))):
+            return None
+        bad = ~np.isfinite(value)
+    return bad if bad.any() else None
 
 
 def _kind(dtype: Any) -> str:
