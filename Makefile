@@ -15,11 +15,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[test,bench]"
 	touch $(STAMP)
 
-# Graphviz's `dot` renders `tiec graph`'s SVG and PNG; installed where we may (root, apt-get).
 setup: $(STAMP)
-	@command -v dot >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
-	  apt-get update -qq && apt-get install -y -qq graphviz >/dev/null; } || \
-	  echo "note: Graphviz is not installed: tiec graph can write .dot only (apt-get install graphviz)"
 
 test: setup
 	$(PY) -m pytest

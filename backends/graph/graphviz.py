@@ -1,15 +1,18 @@
-"""Rendering DOT text to SVG or PNG with Graphviz's `dot` program, and writing a drawing's file.
+"""Rendering DOT text to SVG or PNG, and writing a drawing's file.
 
 Rule: the format comes from `format` or else the output's extension (`.svg`, `.png`; `.dot` and
-`.gv` are the DOT text itself, which needs no Graphviz). `dot` is looked up on `PATH` before any
-work, so a missing Graphviz is reported at once, with the way around it; the rendered bytes are
-written through `tiec.output`, so a failed render leaves no file.
+`.gv` are the DOT text itself). SVG and PNG are laid out by `graphviz-pure`, Graphviz's `dot`
+command line from a pip wheel (a dependency of tiec, installed beside its Python: no system
+program is needed); a system Graphviz `dot` on `PATH` serves where that wheel is missing. The
+program is looked up before any work, so a missing one is reported at once, with the way around
+it; the rendered bytes are written through `tiec.output`, so a failed render leaves no file.
 """
 from __future__ import annotations
 
 import os
 import shutil
 import subprocess
+import sysconfig
 
 from tiec.dsl.diagnostics import Source, Span, TieError
 
@@ -23,6 +26,18 @@ def _error(output: str, message: str, hint: str | None = None) -> TieError:
     return TieError(f"cannot write {output}: {message}", Span(Source(output, ""), 0, 0, 0, 0), hint=hint)
 
 
+WHEEL_PROGRAM = "graphviz-pure"
+
+
+def layout_program() -> str | None:
+    """The `dot`-compatible program to run: the graphviz-pure wheel's, beside this interpreter or on
+    PATH, else a system Graphviz `dot`; None when there is neither."""
+    beside = os.path.join(sysconfig.get_path("scripts"), WHEEL_PROGRAM)
+    if os.access(beside, os.X_OK):
+        return beside
+    return shutil.which(WHEEL_PROGRAM) or shutil.which("dot")
+
+
 def output_format(output: str | os.PathLike, format: str | None = None) -> str:
     """The format to write `output` in ("svg", "png" or "dot"); raises a `TieError` when it is
     unknown, or when it needs Graphviz and `dot` is not on `PATH`."""
@@ -31,10 +46,10 @@ def output_format(output: str | os.PathLike, format: str | None = None) -> str:
     if fmt not in FORMATS.values():
         raise _error(output, "cannot tell the drawing's format from its name",
                      hint="name it .svg, .png or .dot, or pass --format svg|png|dot")
-    if fmt != "dot" and shutil.which("dot") is None:
+    if fmt != "dot" and layout_program() is None:
         raise _error(output, f"rendering {fmt.upper()} needs Graphviz's `dot` program, which is not installed",
-                     hint="write the DOT text instead (-o model.dot) and render it elsewhere, or install Graphviz "
-                          "(Debian/Ubuntu: apt-get install graphviz; `make setup` does this when run as root)")
+                     hint="write the DOT text instead (-o model.dot) and render it elsewhere, or install tiec's "
+                          "renderer: pip install graphviz-pure")
     return fmt
 
 
@@ -42,7 +57,7 @@ def render(dot: str, fmt: str, output: str = "<graph>") -> bytes:
     """`dot` rendered by Graphviz as `fmt` ("svg" or "png"); the DOT text itself for "dot"."""
     if fmt == "dot":
         return dot.encode("utf-8")
-    exe = shutil.which("dot")
+    exe = layout_program()
     if exe is None:
         output_format(output, fmt)  # raises the missing-Graphviz error
     try:
