@@ -126,7 +126,7 @@ class Layer:
 
 @dataclass(frozen=True)
 class Param:
-    name: str  # state-dict key within the model: "<layer path>.<slot>"
+    name: str  # state-dict key within the model: "<layer path>.<slot>" (`slot_key`; a free Parameter's slot is "")
     layer: str
     slot: str  # "weight", "bias", "in_proj_weight", "out_proj.weight", …
     shape: tuple[int, ...]

@@ -93,7 +93,8 @@ def _unused_warnings(program: ir.ProgramIR, model: str, decl: lower.Declared) ->
     out = []
     for span, layers in unused.items():
         more = f", nor are its {len(layers) - 1} other copies" if len(layers) > 1 else ""
-        out.append(TieWarning(f"layer '{layers[0].path}' is declared but never used{more}", span))
+        what = "parameter" if layers[0].kind == "Parameter" else "layer"
+        out.append(TieWarning(f"{what} '{layers[0].path}' is declared but never used{more}", span))
     return out
 
 
