@@ -213,3 +213,28 @@ def test_free_parameter_misuse_is_located(tmp_path, capsys, body, where, message
     err = capsys.readouterr().err
     assert err.startswith(f"{spec}:{where}: error: ") and message in err.splitlines()[0], err
     assert "Traceback" not in err
+
+
+def test_a_free_matrix_shared_transposed_with_a_layer(tmp_path):
+    """A 2-D free parameter as the canonical of a transposed share: the Linear reads it as `W.T`."""
+    program = tiec.loads("""\
+model M {
+    in x: [B, 6]
+    W = Parameter([4, 6])
+    dec = Linear(4, 6, bias=false) share weight = W.T
+    return dec(x @ W.T)
+}
+""")
+    live = program.torch().eval()
+    assert set(live.state_dict()) == {"W"}
+    with torch.no_grad():
+        live.W.copy_(torch.randn(4, 6, generator=torch.Generator().manual_seed(3)))
+    x = torch.randn(2, 6, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        want = (x @ live.W.T) @ live.W  # by hand: the decoder's weight [6, 4] is W.T
+        torch.testing.assert_close(live(x), want)
+    path = tmp_path / "m.onnx"
+    program.onnx(path, weights=live)
+    assert [t.name for t in onnx.load(str(path)).graph.initializer] == ["W"]
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x.numpy()})[0]
+    np.testing.assert_allclose(got, want.numpy(), rtol=1e-3, atol=1e-5)

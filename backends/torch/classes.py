@@ -38,6 +38,10 @@ def attr(base: str, name: str) -> str:
 
 
 def chain(base: str, path: str) -> str:
+    """`base` followed by a dotted module path; the empty path (a free parameter's owner at the
+    top of a module) is `base` itself."""
+    if not path:
+        return base
     for part in path.split("."):
         base = attr(base, part)
     return base

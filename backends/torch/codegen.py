@@ -272,7 +272,7 @@ class _Emitter:
         return rows
 
     def _path(self, model: str, path: str, start: int = 0, base: str = "self") -> str:
-        if self.structured:
+        if self.structured or not path:  # the empty path: the module itself (a free parameter's owner)
             return chain(base, path)
         graph = self.ir.models[model]
         from .tree import ModuleTree
