@@ -76,3 +76,25 @@ def test_cli_dtype_flag(tmp_path, capsys):
 def test_a_layer_dtype_must_be_a_float_dtype():
     with pytest.raises(tiec.TieError, match="'dtype' must be one of"):
         tiec.loads('model M {\n    in x: [B, 4]\n    h = Linear(4, 4, dtype="i64")\n    return h(x)\n}\n')
+
+
+def test_export_dtype_converts_the_weights_only_when_asked(tmp_path, capsys):
+    from onnx import numpy_helper
+
+    from tiec import cli
+
+    program = tiec.load("examples/tied_autoencoder.tie")
+    module = program.torch(seed=4)
+    weights = tmp_path / "w32.safetensors"
+    program.save(module, weights)
+    out = tmp_path / "h.onnx"
+    assert cli.main(["export", "examples/tied_autoencoder.tie", "--dtype", "f16", "--weights", str(weights),
+                     "-o", str(out)]) == 0
+    stored = {i.name: numpy_helper.to_array(i) for i in onnx.load(out).graph.initializer if not i.name.startswith("~")}
+    assert stored["enc.weight"].dtype == np.float16
+    np.testing.assert_array_equal(stored["enc.weight"], module.enc.weight.detach().half().numpy())
+    half = tiec.load("examples/tied_autoencoder.tie", dtype="f16")
+    with pytest.raises(tiec.TieError, match="has dtype float32, but the parameter is f16"):
+        half.onnx(tmp_path / "no.onnx", weights=module)  # the API converts only with convert=True
+    assert not (tmp_path / "no.onnx").exists()
+    half.onnx(tmp_path / "yes.onnx", weights=module, convert=True)

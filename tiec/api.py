@@ -90,21 +90,24 @@ class Program:
 
     def onnx(self, path: str | os.PathLike, model: str | None = None, weights: Any = None, opset: int = 18,
              seed: int = 0, *, allow_nonfinite: bool = False, quantize: str | None = None,
-             external_data: bool | None = None, progress: bool = False) -> dict:
+             external_data: bool | None = None, progress: bool = False, convert: bool = False) -> dict:
         """Export `model` to ONNX at `path`. `weights`: a module from `torch()` (one model or all),
         a state dict, or a checkpoint file (safetensors, or `torch.save`); None means fresh weights
         from `seed`. nan and inf weights are an error unless `allow_nonfinite`. `quantize="int8"`
         stores each weight matrix once as int8 with a scale per row (weight-only; docs/cli.md).
         `external_data`: the weights go to `path + ".data"`, streamed (None: only past 2 GiB);
-        `progress`: a progress bar on standard error for a long export."""
+        `progress`: a progress bar on standard error for a long export. `convert`: float weights of
+        another float dtype are converted to their parameters' (as `tiec export --dtype` asks);
+        without it that is an error, never a silent cast."""
         from tiec.backends.onnx import export
 
         name = self._model(model, required=True)
-        arrays = self.weights_for(name, weights, seed, allow_nonfinite=allow_nonfinite)
+        arrays = self.weights_for(name, weights, seed, allow_nonfinite=allow_nonfinite, convert=convert)
         return export(self.ir, name, str(path), arrays, opset=opset, quantize=quantize, external_data=external_data,
                       progress=progress)
 
-    def weights_for(self, model: str, weights: Any, seed: int = 0, *, allow_nonfinite: bool = False) -> dict:
+    def weights_for(self, model: str, weights: Any, seed: int = 0, *, allow_nonfinite: bool = False,
+                    convert: bool = False) -> dict:
         """The arrays of `model`'s canonical parameters, from `weights` (see `onnx`; a share group's
         tensor may be under any member's key: `tiec.weights`)."""
         from tiec import weights as w
@@ -112,7 +115,8 @@ class Program:
         if weights is None:
             weights = self.torch(model, seed)
         scope = w.Scope(self.ir, model)
-        return {k: w.to_array(v) for k, v in w.resolve(scope, self._state(weights, model), allow_nonfinite).items()}
+        state = self._state(weights, model)
+        return {k: w.to_array(v) for k, v in w.resolve(scope, state, allow_nonfinite, convert).items()}
 
     def save(self, weights: Any, path: str | os.PathLike, model: str | None = None, *,
              allow_nonfinite: bool = False) -> dict:

@@ -58,8 +58,9 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--set", dest="sets", action="append", type=_setting, default=[], metavar="NAME=VALUE",
                        help="override a model parameter (repeatable): `name=…` for every model that has it "
                             "(only the --model one where a command takes --model), `Model.name=…` for one")
-        p.add_argument("--dtype", choices=("f32", "f16", "bf16", "f64"), default="f32",
-                       help="the dtype of parameters and float inputs where the spec names none (default f32)")
+        p.add_argument("--dtype", choices=("f32", "f16", "bf16", "f64"), default=None,
+                       help="the dtype of parameters and float inputs where the spec names none (default f32); "
+                            "`export --weights` converts float weights to it")
         return p
 
     command("check", "check a spec: syntax, names, shapes, sharing")
@@ -183,7 +184,7 @@ def run(argv: list[str]) -> int:
         output_format(output, args.format)
     from tiec.api import load
 
-    program = load(args.file, _overrides(args.sets, getattr(args, "model", None)), dtype=args.dtype)
+    program = load(args.file, _overrides(args.sets, getattr(args, "model", None)), dtype=args.dtype or "f32")
     for w in program.warnings:
         print(w.render(), file=sys.stderr)
     if args.command == "check":
@@ -202,7 +203,7 @@ def run(argv: list[str]) -> int:
         info = program.onnx(args.output, args.model, weights=args.weights, opset=args.opset, seed=args.seed,
                             allow_nonfinite=args.allow_nonfinite, quantize=args.quantize,
                             external_data=args.external_data or None,
-                            progress=not args.quiet and sys.stderr.isatty())
+                            progress=not args.quiet and sys.stderr.isatty(), convert=args.dtype is not None)
         beside = f" and {info['data_path']}" if "data_path" in info else ""
         print(f"wrote {args.output}{beside}: {info['bytes']:,} bytes, {info['initializers']} initializers")
         if "quantized" in info:

@@ -93,10 +93,12 @@ class Scope:
         return {k: (b.canonical, b.transposed) for k, b in self.binds.items() if b.canonical != k}
 
 
-def resolve(scope: Scope, state: Mapping, allow_nonfinite: bool = False) -> dict[str, Any]:
+def resolve(scope: Scope, state: Mapping, allow_nonfinite: bool = False, convert: bool = False) -> dict[str, Any]:
     """Each canonical key of `scope` → its checked value from `state` (see `checked_value`), read
     from whichever member key holds it (transposed back to the canonical orientation). Raises
-    `TieError` for a missing parameter, a bad value, or members that disagree."""
+    `TieError` for a missing parameter, a bad value, or members that disagree. `convert`: a float
+    weight of another float dtype is converted to its parameter's (the caller asked for that
+    dtype, e.g. `tiec export --dtype f16`); without it, that is an error."""
     out, missing = {}, []
     for canon in scope.canonicals:
         param = scope.params[canon]
@@ -106,7 +108,7 @@ def resolve(scope: Scope, state: Mapping, allow_nonfinite: bool = False) -> dict
             continue
         value = None
         for key, transposed in found:
-            got = checked_value(key, state, param, transposed, allow_nonfinite)
+            got = checked_value(key, state, param, transposed, allow_nonfinite, convert)
             got = got.T if transposed else got
             if value is None:
                 first, value = key, got
@@ -146,7 +148,7 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def checked_value(key: str, state: Mapping, param: ir.Param, transposed: bool = False,
-                  allow_nonfinite: bool = False) -> Any:
+                  allow_nonfinite: bool = False, convert: bool = False) -> Any:
     """`state[key]`, meant for `param` (read transposed or not), checked as the module docstring
     says (shape included, before a file's bytes are read): a numpy array as given, or a torch
     tensor detached onto the CPU in its own dtype."""
@@ -157,19 +159,23 @@ def checked_value(key: str, state: Mapping, param: ir.Param, transposed: bool = 
     want = tuple(reversed(param.shape)) if transposed else tuple(param.shape)
     if isinstance(state, Checkpoint):
         shape, dtype = state.header(key)
-        _check_kind(key, _kind(dtype), _SAFETENSORS_NAMES.get(dtype, dtype.lower()), param)
+        _check_kind(key, _kind(dtype), _SAFETENSORS_NAMES.get(dtype, dtype.lower()), param, convert)
         _check_shape(key, shape, want, param)
     value = state[key]
     if isinstance(value, np.ndarray):
         kind = {"f": "float", "c": "complex", "b": "bool", "i": "integer", "u": "integer"}.get(value.dtype.kind, "other")
-        _check_kind(key, kind, str(value.dtype), param)
+        _check_kind(key, kind, str(value.dtype), param, convert)
+        if convert and kind == "float" and str(value.dtype) != _NUMPY_NAMES.get(param.dtype, str(value.dtype)):
+            value = value.astype(_NUMPY_NAMES[param.dtype])
         bad = _nonfinite(value) if kind == "float" and not allow_nonfinite else None
     elif isinstance(value, torch.Tensor):
         unreadable = _unreadable(value)
         if unreadable:
             raise TieError(f"weight '{key}' is {unreadable[0]}", where, hint=unreadable[1])
-        _check_kind(key, _kind(value.dtype), str(value.dtype).removeprefix("torch."), param)
+        _check_kind(key, _kind(value.dtype), str(value.dtype).removeprefix("torch."), param, convert)
         value = value.detach().cpu()
+        if convert and value.is_floating_point():
+            value = value.to(getattr(torch, {v: k for k, v in _FLOAT_NAMES.items()}[param.dtype]))
         bad = _nonfinite(value) if value.is_floating_point() and not allow_nonfinite else None
     else:
         raise TieError(f"weight '{key}' is not a tensor: got {_got(value)}", where,
@@ -214,11 +220,11 @@ def _kind(dtype: Any) -> str:
             else "bool" if dtype == torch.bool else "integer")
 
 
-def _check_kind(key: str, kind: str, dtype: str, param: ir.Param) -> None:
+def _check_kind(key: str, kind: str, dtype: str, param: ir.Param, convert: bool = False) -> None:
     if kind != _PARAM_KINDS[param.dtype]:
         raise TieError(f"weight '{key}' has dtype {dtype}, but the parameter is {param.dtype}", param.span,
                        hint=_CAST_HINTS.get(kind) if _PARAM_KINDS[param.dtype] == "float" else None)
-    if kind == "float" and _FLOAT_NAMES.get(dtype) != param.dtype:  # never cast one float dtype to another
+    if kind == "float" and not convert and _FLOAT_NAMES.get(dtype) != param.dtype:  # never cast unasked
         target = {v: k for k, v in _FLOAT_NAMES.items()}.get(param.dtype, param.dtype)
         raise TieError(f"weight '{key}' has dtype {dtype}, but the parameter is {param.dtype}", param.span,
                        hint=f"convert the weights to {target} first if that is what you mean "
@@ -226,6 +232,7 @@ def _check_kind(key: str, kind: str, dtype: str, param: ir.Param) -> None:
 
 
 _FLOAT_NAMES = {"float32": "f32", "float16": "f16", "bfloat16": "bf16", "float64": "f64"}
+_NUMPY_NAMES = {"f32": "float32", "f16": "float16", "f64": "float64"}  # numpy has no bfloat16
 
 
 def _check_shape(key: str, shape: tuple, want: tuple, param: ir.Param) -> None:
