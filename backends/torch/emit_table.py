@@ -32,6 +32,15 @@ class Call:
     types: tuple[Any, ...] = ()  # an op's input types, where the checker inferred them
 
 
+def _module_or(functional: Callable[[Call], str]) -> Callable[[Call], str]:
+    """A layer's row: the module called as it is, or, where a slot is bound elsewhere (a shared or
+    transposed tensor), the functional form over the bound tensors."""
+    def render(c: Call) -> str:
+        return f"{c.ref}({c.args[0]})" if c.slots is None else functional(c)
+
+    return render
+
+
 def _slot(c: Call, name: str) -> str:
     return c.slots.get(name, "None") if c.slots is not None else "None"
 
@@ -108,52 +117,46 @@ def _normalized(c: Call) -> str:
     return literal(tuple(shape) if isinstance(shape, (list, tuple)) else (shape,))
 
 
+@_module_or
 def _linear(c: Call) -> str:
-    if c.slots is None:
-        return f"{c.ref}({c.args[0]})"
     return f"F.linear({c.args[0]}, {_slot(c, 'weight')}, {_slot(c, 'bias')})"
 
 
+@_module_or
 def _conv2d(c: Call) -> str:
-    if c.slots is None:
-        return f"{c.ref}({c.args[0]})"
     stride, padding = literal(c.config.get("stride", 1)), literal(c.config.get("padding", 0))
     return f"F.conv2d({c.args[0]}, {_slot(c, 'weight')}, {_slot(c, 'bias')}, stride={stride}, padding={padding})"
 
 
+@_module_or
 def _embedding(c: Call) -> str:
-    return f"{c.ref}({c.args[0]})" if c.slots is None else f"F.embedding({c.args[0]}, {_slot(c, 'weight')})"
+    return f"F.embedding({c.args[0]}, {_slot(c, 'weight')})"
 
 
+@_module_or
 def _layer_norm(c: Call) -> str:
-    if c.slots is None:
-        return f"{c.ref}({c.args[0]})"
     eps = literal(c.config.get("eps", 1e-5))
     return f"F.layer_norm({c.args[0]}, {_normalized(c)}, {_slot(c, 'weight')}, {_slot(c, 'bias')}, {eps})"
 
 
+@_module_or
 def _rms_norm(c: Call) -> str:
-    if c.slots is None:
-        return f"{c.ref}({c.args[0]})"
     return f"F.rms_norm({c.args[0]}, {_normalized(c)}, {_slot(c, 'weight')}, {literal(c.config.get('eps'))})"
 
 
+@_module_or
 def _conv1d(c: Call) -> str:
-    if c.slots is None:
-        return f"{c.ref}({c.args[0]})"
     return f"{c.args[0]} @ {_slot(c, 'weight')} + {_slot(c, 'bias')}"
 
 
+@_module_or
 def _group_norm(c: Call) -> str:
-    if c.slots is None:
-        return f"{c.ref}({c.args[0]})"
     eps = literal(c.config.get("eps", 1e-5))
     return f"F.group_norm({c.args[0]}, {c.config['num_groups']}, {_slot(c, 'weight')}, {_slot(c, 'bias')}, {eps})"
 
 
+@_module_or
 def _conv_transpose2d(c: Call) -> str:
-    if c.slots is None:
-        return f"{c.ref}({c.args[0]})"
     cfg = {k: literal(c.config[k]) for k in ("stride", "padding", "output_padding")}
     return (f"F.conv_transpose2d({c.args[0]}, {_slot(c, 'weight')}, {_slot(c, 'bias')}, stride={cfg['stride']}, "
             f"padding={cfg['padding']}, output_padding={cfg['output_padding']})")
