@@ -368,3 +368,17 @@ def test_a_layer_named_retie_is_a_located_error():
         tiec.loads("model M {\n    in x: [B, 4]\n    retie = Linear(4, 4)\n    return retie(x)\n}\n")
     assert err.value.span.line == 3 and "retie" in str(err.value)
 
+
+
+def test_saved_weights_load_with_assign_into_a_meta_module(tmp_path):
+    program = _program("tied_lm")
+    trained = program.torch("TiedLM", seed=14)
+    program.save(trained, tmp_path / "w.safetensors", model="TiedLM")
+    module = program.torch("TiedLM", device="meta")
+    state = program.load_weights(tmp_path / "w.safetensors", model="TiedLM")
+    module.load_state_dict(state, assign=True)
+    assert len(list(module.parameters())) == 4  # one Parameter per key, however the values were shared
+    module.retie()
+    _assert_one_tensor_per_group(program, module, "TiedLM")
+    for key, value in trained.state_dict().items():
+        assert torch.equal(module.state_dict()[key], value), key
