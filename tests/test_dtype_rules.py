@@ -25,7 +25,7 @@ from tiec.dsl.diagnostics import TieError
 import tiec
 
 DTYPES = ("f32", "f64", "i64", "i32", "bool")
-TORCH = {"f32": torch.float32, "f64": torch.float64, "i64": torch.int64, "i32": torch.int32, "bool": torch.bool}
+TORCH = {"f32": torch.float32, "f64": torch.float64, "f16": torch.float16, "i64": torch.int64, "i32": torch.int32, "bool": torch.bool}
 SHAPES = {"a": "[2, 4]", "b": "[2, 4]", "m": "[4, 3]", "c": "[2, 3, 4]", "img": "[1, 2, 4, 4]"}
 
 # case name → (inputs it declares, layer declarations, the returned expression)

@@ -25,7 +25,7 @@ import re
 import shutil
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from tiec.dsl.diagnostics import Source, Span, TieError
 
@@ -36,14 +36,18 @@ def check_output(path: str | os.PathLike) -> None:
     _target(os.fspath(path))
 
 
-def write_output(path: str | os.PathLike, data: bytes | str) -> None:
-    """Write `data` (a str is encoded as UTF-8) to `path` by the rule in the module docstring.
+def write_output(path: str | os.PathLike, data: bytes | str | Iterable[bytes | memoryview]) -> None:
+    """Write `data` (a str is encoded as UTF-8; an iterable of byte chunks is written in order, as
+    it is produced) to `path` by the rule in the module docstring.
 
     Raises:
         TieError: `path` must not or cannot be written; nothing was changed.
     """
     path = os.fspath(path)
-    raw = data.encode("utf-8") if isinstance(data, str) else data
+    if isinstance(data, str):
+        raw: Iterable = (data.encode("utf-8"),)
+    else:
+        raw = (data,) if isinstance(data, (bytes, bytearray, memoryview)) else data
     target, st, stream = _target(path)
     try:
         if stream:
@@ -141,21 +145,23 @@ def _descriptor(path: str) -> bool:
     return False
 
 
-def _stream(path: str, data: bytes) -> None:
+def _stream(path: str, data: Iterable[bytes | memoryview]) -> None:
     # No O_CREAT: if it vanished, fail rather than make a file. O_APPEND: a file behind
     # `/dev/stdout` is written after what the redirection holds (nothing, for `>`); a device or a
     # FIFO has no end to append to.
     fd = os.open(path, os.O_WRONLY | os.O_APPEND)
     with os.fdopen(fd, "wb") as f:
-        f.write(data)
+        for chunk in data:
+            f.write(chunk)
 
 
-def _replace(target: str, data: bytes, mode: int) -> None:
+def _replace(target: str, data: Iterable[bytes | memoryview], mode: int) -> None:
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), prefix=f".{os.path.basename(target)}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             os.chmod(tmp, mode)  # mkstemp makes the file 0600
-            f.write(data)
+            for chunk in data:
+                f.write(chunk)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, target)

@@ -192,22 +192,22 @@ def checked_value(key: str, state: Mapping, param: ir.Param, transposed: bool = 
 
 
 def _nonfinite(value: Any) -> Any:
-    """The mask of `value`'s nan and inf entries, or None when it has none. A float64 sum is
-    finite exactly when every value is (nan and inf propagate, and finite f32/f16/bf16 values
-    cannot overflow it), so a clean tensor costs one read; a non-finite sum (or an f64 tensor
-    that may overflow) takes the elementwise look."""
+    """The mask of `value`'s nan and inf entries, or None when it has none: the smallest and the
+    largest value are finite exactly when every value is (both propagate nan; an inf is one of
+    them), so a clean tensor costs one read, and only a bad one the elementwise look."""
     import numpy as np
     import torch
 
+    if value.size == 0 if isinstance(value, np.ndarray) else value.numel() == 0:
+        return None
     if isinstance(value, torch.Tensor):
-        if math.isfinite(value.sum(dtype=torch.float64).item()):
+        low, high = torch.aminmax(value)
+        if math.isfinite(low.item()) and math.isfinite(high.item()):
             return None
-        bad = ~torch.isfinite(value)
-    else:
-        if math.isfinite(float(value.sum(dtype=np.float64))):
-            return None
-        bad = ~np.isfinite(value)
-    return bad if bad.any() else None
+        return ~torch.isfinite(value)
+    if math.isfinite(float(value.min())) and math.isfinite(float(value.max())):
+        return None
+    return ~np.isfinite(value)
 
 
 def _kind(dtype: Any) -> str:

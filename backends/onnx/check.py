@@ -38,10 +38,11 @@ SKELETON_FROM = 64 * 2**20  # bytes of a model above which the check reads its s
 _LARGE = 2**20  # an initializer this big becomes a typed graph input of the skeleton
 
 
-def skeleton(proto: onnx.ModelProto) -> bytes:
+def skeleton(proto: onnx.ModelProto, absent: tuple = ()) -> bytes:
     """`proto` serialised with each large initializer replaced by a graph input of its type and
     shape: the graph, its types and shape inference check the same, while the checker no longer
-    parses the weights' bytes (tiec wrote them itself, one `fill_tensor` each, sized from the IR)."""
+    parses the weights' bytes (tiec wrote them itself, one `fill_tensor` each, sized from the IR).
+    `absent`: (name, onnx data type, dims) of initializers `proto` leaves out, typed inputs too."""
     out = onnx.ModelProto(ir_version=proto.ir_version, producer_name=proto.producer_name)
     out.opset_import.extend(proto.opset_import)
     out.metadata_props.extend(proto.metadata_props)
@@ -54,7 +55,18 @@ def skeleton(proto: onnx.ModelProto) -> bytes:
             sg.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
         else:
             sg.initializer.append(t)
+    for name, data_type, dims in absent:
+        sg.input.append(onnx.helper.make_tensor_value_info(name, data_type, list(dims)))
     return out.SerializeToString()
+
+
+def check_streamed(proto: onnx.ModelProto, absent: tuple, b: GraphBuilder) -> None:
+    """`check` for a model whose large initializers are written apart (`inline.py`): the checker
+    reads `proto` with those as typed inputs."""
+    try:
+        onnx.checker.check_model(skeleton(proto, absent), full_check=True)
+    except ERRORS as e:
+        raise rejection(proto, b, e) from e
 
 
 def rejection(proto: onnx.ModelProto, b: GraphBuilder, error: Exception) -> TieError:

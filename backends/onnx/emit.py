@@ -20,7 +20,9 @@ import numpy as np
 import onnx
 from onnx import helper
 from tiec.backends.onnx.builder import ONNX_DTYPES, GraphBuilder, fill_tensor, numpy_dtype
+from tiec.backends.onnx import inline
 from tiec.backends.onnx.check import check as check_model
+from tiec.backends.onnx.check import check_streamed
 from tiec.backends.onnx.ops import ONNX_EMIT
 from tiec.compiler import ir as tir
 from tiec.compiler.buffers import buffers_of
@@ -75,6 +77,9 @@ def export(ir: ProgramIR, model: str, path: str, weights: Mapping[str, np.ndarra
     if external_data or external_data is None and quantize is None and size > external.INLINE_LIMIT:
         return external.write(path, lambda fill: _lower(ir, model, weights, opset, fill), check=check, progress=bar)
 
+    if quantize is None and size > inline.STREAM_FROM:
+        return _export_streamed(ir, model, path, weights, opset, check, bar)
+
     def fill(t, name, arr, dtype):
         fill_tensor(t, name, arr, dtype)
         bar.advance(len(t.raw_data))
@@ -93,6 +98,35 @@ def export(ir: ProgramIR, model: str, path: str, weights: Mapping[str, np.ndarra
         "initializers": n_params, "constants": len(proto.graph.initializer) - n_params,
         "param_bytes": param_bytes, "bytes": len(data), "overhead": len(data) - param_bytes,
         **({"quantized": quantized} if quantized is not None else {}),
+    }
+
+
+def _export_streamed(ir: ProgramIR, model: str, path: str, weights: Mapping[str, np.ndarray], opset: int,
+                     check: bool, bar) -> dict[str, Any]:
+    """`export` of a large inline model: its weights written straight from their arrays (`inline.py`)."""
+    pending: list[tuple[str, np.ndarray, str]] = []
+    proto, param_bytes, builder = _lower(ir, model, weights, opset, lambda t, name, arr, dtype: pending.append(
+        (name, arr, dtype)))
+    del proto.graph.initializer[:len(pending)]  # the places `_lower` made for them: they are written apart
+    if check:
+        check_streamed(proto, tuple((n, ONNX_DTYPES[d], np.shape(a)) for n, a, d in pending), builder)
+    written = 0
+
+    def chunks():
+        nonlocal written
+        for chunk in inline.file_chunks(proto, pending):
+            written += len(chunk) if isinstance(chunk, bytes) else chunk.nbytes
+            yield chunk
+            if isinstance(chunk, memoryview):
+                bar.advance(chunk.nbytes)
+
+    write_output(path, chunks())
+    bar.close()
+    n_params = len(pending) + sum(1 for t in proto.graph.initializer if not t.name.startswith("~"))
+    return {
+        "model": model, "path": os.fspath(path), "nodes": len(proto.graph.node),
+        "initializers": n_params, "constants": len(proto.graph.initializer) + len(pending) - n_params,
+        "param_bytes": param_bytes, "bytes": written, "overhead": written - param_bytes,
     }
 
 
