@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import onnx
 from onnx import helper
-from tiec.backends.onnx.builder import ONNX_DTYPES, GraphBuilder, fill_tensor, numpy_dtype
 from tiec.backends.onnx import inline
+from tiec.backends.onnx.builder import ONNX_DTYPES, GraphBuilder, fill_tensor, numpy_dtype
 from tiec.backends.onnx.check import check as check_model
 from tiec.backends.onnx.check import check_streamed
 from tiec.backends.onnx.ops import ONNX_EMIT

@@ -15,7 +15,6 @@ from collections.abc import Iterator
 
 import numpy as np
 import onnx
-
 from tiec.backends.onnx.builder import ONNX_DTYPES, numpy_dtype
 
 STREAM_FROM = 8 * 2**20  # weights' bytes from which an inline export streams them
