@@ -4,13 +4,15 @@ Rule: `logical_params` counts every use (each call of a layer counts all its par
 repeat iteration is a call, each parameter reference in an expression counts); `unique_params`
 counts distinct tensors after sharing; bytes follow each parameter's dtype. For each convolution
 call, the parameters an unshared (locally connected) layer over the same inferred input would
-need show the saving from sharing weights across positions.
+need show the saving from sharing weights across positions. Buffers (BatchNorm's running
+statistics) are no parameters: `buffer_values` and `buffer_bytes` count the state dict's ones apart.
 """
 from __future__ import annotations
 
 from math import prod
 
 from . import ir
+from .buffers import buffers_of
 
 
 def _numel(p: ir.Param) -> int:
@@ -75,6 +77,8 @@ def model_stats(program: ir.ProgramIR, name: str) -> dict:
         "logical_bytes": sum(_bytes(p) for p in uses),
         "unique_bytes": sum(_bytes(params[c]) for c in canon),
         "tensors": len(canon),
+        "buffer_values": sum(prod(b.shape) for b in buffers_of(graph.layers) if b.persistent),
+        "buffer_bytes": sum(prod(b.shape) * ir.DTYPE_BYTES[b.dtype] for b in buffers_of(graph.layers) if b.persistent),
         "layers": len(graph.layers),
         "nodes": len(graph.nodes),
         "inputs": {i.name: str(i.type) for i in graph.inputs},

@@ -191,6 +191,9 @@ def test_buffers_are_ir_facts_and_not_parameters():
     assert [p.name for p in program.ir.models["Mlp"].params if "running" in p.name] == []
     stats = program.stats()["models"]["Mlp"]
     assert stats["unique_params"] == sum(p.numel() for p in Mlp().parameters())
+    reference_buffers = [b for b in Mlp().buffers()]
+    assert stats["buffer_values"] == sum(b.numel() for b in reference_buffers)  # 5 + 5 + 1, twice
+    assert stats["buffer_bytes"] == sum(b.numel() * b.element_size() for b in reference_buffers)
     half = tiec.loads(MLP, dtype="f16")  # statistics in the layer's dtype, the count stays i64
     dtypes = {b.slot: b.dtype for b in declared_buffers(half.ir, "Mlp") if b.layer == "bn"}
     assert dtypes == {"running_mean": "f16", "running_var": "f16", "num_batches_tracked": "i64"}
@@ -222,3 +225,21 @@ def test_bad_batchnorm_uses_are_located(decl, call, where, message):
     line, col = where.split(":")
     line = str(int(line) + 1) if "seq" in call else line
     assert rendered.startswith(f"bn.tie:{line}:{col}: error:")
+
+
+def test_cli_export_refuses_a_checkpoint_without_running_statistics(tmp_path, capsys):
+    from tiec import cli
+
+    spec = tmp_path / "cnn.tie"
+    spec.write_text(CNN)
+    state = dict(Cnn().state_dict())
+    del state["bn.running_mean"]
+    ckpt = tmp_path / "w.safetensors"
+    save_file(state, str(ckpt))
+    out = tmp_path / "m.onnx"
+    assert cli.main(["export", str(spec), "-o", str(out), "--weights", str(ckpt)]) == 1
+    err = capsys.readouterr().err
+    assert f"{spec}:5:5: error: the weights lack 1 buffer(s) of Cnn: bn.running_mean" in err
+    assert "Traceback" not in err and not out.exists()
+    save_file(dict(Cnn().state_dict()), str(ckpt))  # the whole state dict exports
+    assert cli.main(["export", str(spec), "-o", str(out), "--weights", str(ckpt)]) == 0 and out.exists()

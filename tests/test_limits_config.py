@@ -107,7 +107,7 @@ def test_finite_sets_still_work(tmp_path, capsys):
 def test_the_catalog_gives_every_eps_the_eps_kind():
     rows = [a for spec in LAYERS.values() for a in spec.args] + [a for sig in OP_SIGNATURES.values() for a in sig]
     assert sorted((a.name, a.kind, a.default) for a in rows if a.name == "eps") == [
-        ("eps", "eps", 1e-08), ("eps", "eps", 1e-06), ("eps", "eps", 1e-05), ("eps", "eps", 1e-05)]  # + GroupNorm
+        ("eps", "eps", 1e-08), ("eps", "eps", 1e-06), *[("eps", "eps", 1e-05)] * 4]  # + GroupNorm, BatchNorm1d/2d
 
 
 LAYER = "model M {{\n    in x: [B, 4]\n    n = {}\n    return n(x)\n}}\n"
