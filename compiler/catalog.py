@@ -187,6 +187,7 @@ OP_SIGNATURES: dict[str, tuple[Arg, ...]] = {
               Arg("b", "operand", aliases=("other",))),
     "masked_fill": (_X, Arg("mask", "tensor"), Arg("value", "float")),
     "cast": (_X, Arg("dtype", "str", choices=TENSOR_DTYPES)),
+    "cast_like": (_X, Arg("other", "tensor")),
     # slicing and indexing (rules: shapes_index.py)
     "slice": (_X, Arg("dim", "int"), Arg("start", "int", 0), Arg("end", "opt_int", None), Arg("step", "int", 1)),
     "select": (_X, Arg("dim", "int"), Arg("index", "int")),

@@ -54,6 +54,7 @@ Node ops (the closed set `OPS`), with their `attrs`:
     where        (c, a, b)        {}        a, b: tensors or consts
     masked_fill  (x, mask)        {"value": float}
     cast         (x)              {"dtype": one of DTYPES}
+    cast_like    (x, other)       {}        x in other's dtype
     <LayerKind>  (x)              {"layer": layer path}   a call of that layer instance
     call         (x1, …, xn)      {"instance": path, "outputs": (value names), "arg_spans": (spans)}
                                   a block instance run on its inputs (structured IR only)

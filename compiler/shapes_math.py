@@ -106,6 +106,10 @@ def _cast(ctx: Ctx) -> T:
     return T(ctx.node.attrs["dtype"], ctx.ins[0].shape)
 
 
+def _cast_like(ctx: Ctx) -> T:
+    return T(ctx.ins[1].dtype, ctx.ins[0].shape)
+
+
 MATH_SHAPES: dict[str, Callable[[Ctx], T]] = {
     **{op: _same_as_input for op in UNARY_FLOAT_OPS},  # elementwise, shape and dtype kept
     "abs": _same_as_input,
@@ -117,6 +121,7 @@ MATH_SHAPES: dict[str, Callable[[Ctx], T]] = {
     "where": _where,                                  # broadcast of condition, a, b
     "masked_fill": _masked_fill,                      # x's shape: the mask broadcasts to it
     "cast": _cast,                                    # x's shape in the named dtype
+    "cast_like": _cast_like,                          # x's shape in other's dtype
 }
 
 

@@ -69,6 +69,7 @@ CASES: dict[str, tuple[str, str, str]] = {
     "where_float_literal": ("a b", "", "where(eq(a, b), a, 0.5)"),
     "masked_fill": ("a b", "", "masked_fill(a, eq(a, b), 3.0)"),
     **{f"cast_{t}": ("a", "", f'cast(a, "{t}")') for t in ("f32", "f64", "i64", "i32", "bool")},
+    "cast_like": ("a", "", 'cast_like(a, cast(a, "f64"))'),
     "slice": ("c", "", "slice(c, 1, 1)"),
     "select": ("c", "", "select(c, -1, 2)"),
     "unsqueeze_squeeze": ("a", "", "squeeze(unsqueeze(a, 0), 0)"),

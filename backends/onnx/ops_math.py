@@ -116,4 +116,5 @@ MATH_EMIT: Mapping[str, Rule] = {
     "where": _elementwise("Where", first=1),  # condition ? a : b
     "masked_fill": _masked_fill,  # Where(mask, value, x)
     "cast": _cast,  # Cast(x, to)
+    "cast_like": lambda b, node: b.node("CastLike", [b.value(v) for v in node.inputs]),  # Cast(x, to=other's type)
 }

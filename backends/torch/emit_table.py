@@ -216,6 +216,7 @@ TORCH_EMIT: Mapping[str, Callable[[Call], str]] = {
     "where": lambda c: f"torch.where({c.args[0]}, {c.args[1]}, {c.args[2]})",  # condition ? a : b
     "masked_fill": lambda c: f"{c.args[0]}.masked_fill({c.args[1]}, {_number(c.attrs['value'])})",  # mask ? v : x
     "cast": lambda c: f"{c.args[0]}.to(torch.{TORCH_DTYPES[c.attrs['dtype']]})",  # x in another dtype
+    "cast_like": lambda c: f"{c.args[0]}.to({c.args[1]}.dtype)",  # x in other's dtype
     "sdpa": _sdpa,  # softmax(q kᵀ · scale [+ mask]) v, key/value heads repeated for grouped queries
     "slice": _slice,  # x[..., start:end:step] along dim
     "select": lambda c: _along(c, str(c.attrs["index"])),  # x[..., i] along dim
