@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import tiec
 import torch
 
-import tiec
 from common import Figure, alternate
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "llama.tie"
@@ -43,7 +43,7 @@ def run(quick: bool = False) -> tuple[list[Figure], dict]:
         a, b = modules(sizes, dtype)
         with torch.inference_mode():
             diff = (a(tokens).float() - b(tokens).logits.float()).abs().max().item()
-            pair = alternate(lambda: b(tokens), lambda: a(tokens), rounds)
+            pair = alternate(lambda b=b: b(tokens), lambda a=a: a(tokens), rounds)
         name = "fp32" if dtype == "f32" else "bf16"
         figures.append(Figure(f"llama forward {name}: tiec / transformers (sdpa)", pair.paired_ratio, GOAL, "<=",
                               "transformers LlamaForCausalLM, sdpa", note=f"{sizes['n_layers']} layers, d {sizes['d']}, "
