@@ -146,3 +146,64 @@ def test_keyword_misuse_is_located(tmp_path, capsys, body, where, message):
     assert cli.main(["check", str(spec)]) == 1
     err = capsys.readouterr().err
     assert err.startswith(f"{spec}:{where}: error: {message}") and "Traceback" not in err
+
+
+T5_SPEC = """\
+block Attn(d) {
+    in x: [B, T, d]
+    q = Linear(d, d, bias=false)
+    return q(x)
+}
+block Layer(d) {
+    in x: [B, T, d]
+    SelfAttention = Attn(d)
+    return SelfAttention(x)
+}
+block Block(d) {
+    in x: [B, T, d]
+    repeat 1 {
+        layer = Layer(d)
+        x = layer(x)
+    }
+    return x
+}
+block Stack(d) {
+    in x: [B, T, d]
+    repeat 2 {
+        block = Block(d)
+        x = block(x)
+    }
+    return x
+}
+model T5(d = 4) {
+    in x: [B, T, d]
+    encoder = Stack(d)
+    lm_head = Linear(d, d, bias=false) share weight = encoder.block[1].layer[0].SelfAttention.q.weight
+    return lm_head(encoder(x))
+}
+"""
+
+
+def test_t5_style_paths_through_keyword_and_layer_kind_names():
+    """`encoder.block.<i>.layer.0.SelfAttention.q.weight`: `block` a keyword, `SelfAttention` a layer
+    kind's name, both as instance names; the share reaches through them by index."""
+    live = tiec.loads(T5_SPEC).torch().eval()
+    reference = nn.Module()
+    reference.encoder = nn.Module()
+    reference.encoder.block = nn.ModuleList()
+    for _ in range(2):
+        blk = nn.Module()
+        blk.layer = nn.ModuleList([nn.Module()])
+        blk.layer[0].SelfAttention = ReferenceAttn(4)
+        reference.encoder.block.append(blk)
+    reference.lm_head = nn.Linear(4, 4, bias=False)
+    reference.lm_head.weight = reference.encoder.block[1].layer[0].SelfAttention.q_proj.weight
+    keys = {k.replace("q_proj", "q") for k in reference.state_dict()}
+    assert set(live.state_dict()) == keys
+    assert live.lm_head.weight is live.encoder.block[1].layer[0].SelfAttention.q.weight
+    x = torch.randn(2, 3, 4, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        want = x
+        for blk in live.encoder.block:
+            want = want @ blk.layer[0].SelfAttention.q.weight.T
+        torch.testing.assert_close(live(x), want @ live.lm_head.weight.T)
