@@ -243,3 +243,16 @@ def test_cli_export_refuses_a_checkpoint_without_running_statistics(tmp_path, ca
     assert "Traceback" not in err and not out.exists()
     save_file(dict(Cnn().state_dict()), str(ckpt))  # the whole state dict exports
     assert cli.main(["export", str(spec), "-o", str(out), "--weights", str(ckpt)]) == 0 and out.exists()
+
+
+def test_sharing_two_batchnorms_shares_their_parameters_not_their_statistics():
+    program = tiec.loads("model M {\n    in x: [N, 4]\n    a = BatchNorm1d(4)\n    b = BatchNorm1d(4) share a\n"
+                         "    return b(a(x) * 3.0)\n}\n")
+    module = program.torch()
+    assert module.b.weight is module.a.weight and module.b.bias is module.a.bias
+    assert module.b.running_mean is not module.a.running_mean
+    with torch.no_grad():
+        module.train()(torch.randn(8, 4, generator=torch.Generator().manual_seed(0)) + 2)
+    assert not torch.allclose(module.a.running_var, module.b.running_var)  # each layer's own batches
+    assert program.stats()["models"]["M"]["unique_params"] == 8
+    assert program.stats()["models"]["M"]["buffer_values"] == 2 * (4 + 4 + 1)
