@@ -256,3 +256,31 @@ def test_sharing_two_batchnorms_shares_their_parameters_not_their_statistics():
     assert not torch.allclose(module.a.running_var, module.b.running_var)  # each layer's own batches
     assert program.stats()["models"]["M"]["unique_params"] == 8
     assert program.stats()["models"]["M"]["buffer_values"] == 2 * (4 + 4 + 1)
+
+
+SCHEDULED = """
+block Unit(d) {
+    in x: [B, d]
+    fc = Linear(d, d)
+    bn = BatchNorm1d(d)
+    return bn(fc(x))
+}
+model M(d = 4) {
+    in x: [B, d]
+    repeat 4 share cycle(2) {
+        blk = Unit(d)
+        x = blk(x)
+    }
+    return x
+}
+"""
+
+
+def test_a_scheduled_repeat_shares_parameters_but_never_running_statistics():
+    module = tiec.loads(SCHEDULED).torch().train()
+    assert module.blk[2].fc.weight is module.blk[0].fc.weight and module.blk[2].bn.weight is module.blk[0].bn.weight
+    assert module.blk[2].bn is not module.blk[0].bn  # each copy keeps its own statistics
+    assert module.blk[2].bn.running_mean.data_ptr() != module.blk[0].bn.running_mean.data_ptr()
+    module(torch.randn(8, 4))
+    # copy 0 saw the input, copy 2 what copies 0 and 1 made of it: their statistics differ
+    assert not torch.equal(module.blk[0].bn.running_mean, module.blk[2].bn.running_mean)

@@ -305,7 +305,7 @@ class _Emitter:
                             self.reserved, legacy, loop_shares=self.plan.loop_groups.get(model, []) if self.plan else [])
         if legacy is None:  # a scheduled repeat: one loop aliasing each copy to its owner, not a line per slot
             cls.schedule_init, groups = schedule_aliases(sub, groups, lambda k: self.binds[k].transposed,
-                                                         set(cls.kw.mapping().values()))
+                                                         set(cls.kw.mapping().values()), self.ir.blocks)
             cls.shares = [r for g in groups for r in self._share_row(model, g, "", local=False)]
         own = next((p.name for p in params if not (p.name in local_binds and local_binds[p.name].transposed)), None)
         zero = f"torch.zeros((), device={self._path(model, own)}.device)" if own else "torch.zeros(())"

@@ -13,13 +13,15 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 from tiec.compiler import ir
+from tiec.compiler.buffers import buffer_slots
 
 from .classes import attr, chain
 from .naming import Namer, literal
 
 
 def schedule_aliases(sub: ir.Subgraph, groups: list[list[str]], transposed: Callable[[str], bool],
-                     taken: set[str]) -> tuple[list[str], list[list[str]]]:
+                     taken: set[str], blocks: Mapping[str, ir.Subgraph] | None = None
+                     ) -> tuple[list[str], list[list[str]]]:
     """Constructor lines for the scheduled repeats of `sub` (a model), and the groups left to write.
 
     Args:
@@ -27,6 +29,9 @@ def schedule_aliases(sub: ir.Subgraph, groups: list[list[str]], transposed: Call
         groups: the share groups its class writes, each a list of qualified member keys, canonical first.
         transposed: whether a qualified member is read transposed.
         taken: names the constructor already binds (its parameters), which the loop must not rebind.
+        blocks: the program's block subgraphs. A copy holding a layer with buffers (BatchNorm's
+            running statistics) is never aliased whole, which would share its buffers too: its
+            groups are written a line per slot.
     """
     lines: list[str] = []
     left = list(groups)
@@ -39,7 +44,7 @@ def schedule_aliases(sub: ir.Subgraph, groups: list[list[str]], transposed: Call
         pairs = tuple((c, s) for c, s in enumerate(lp.schedule.source) if c != s)
         for path in lp.schedule.paths or sorted(heads):
             head, _, rest = path.partition(".")
-            if head not in heads or not pairs:
+            if head not in heads or not pairs or _holds_buffers(sub.instance_map[head], blocks or {}):
                 continue
             explained = _explained(left, head, rest, lp.schedule.source, transposed)
             if explained is None:
@@ -57,6 +62,14 @@ def schedule_aliases(sub: ir.Subgraph, groups: list[list[str]], transposed: Call
 def _at(base: str, index: str, rest: str) -> str:
     item = f"{base}[{index}]"
     return chain(item, rest) if rest else item
+
+
+def _holds_buffers(inst: ir.Instance, blocks: Mapping[str, ir.Subgraph]) -> bool:
+    """Whether `inst` (a layer, or a block instance and everything in it) has a buffer slot."""
+    if inst.layer is not None:
+        return bool(buffer_slots(inst.layer.kind, inst.layer.config))
+    sub = blocks.get(inst.block)
+    return sub is None or any(_holds_buffers(i, blocks) for i in sub.instances)
 
 
 def _explained(groups: list[list[str]], head: str, rest: str, source: tuple[int, ...],
