@@ -62,6 +62,9 @@ SMALL = {  # the large examples at a size that keeps the test quick; their shari
     "albert": {"vocab": 500, "d": 64, "ffn": 128, "heads": 2, "layers": 2},
     "bert": {"vocab": 500, "d": 64, "ffn": 128, "heads": 2, "layers": 2},
     "gpt2_small": {"vocab": 500, "context": 32, "d": 64, "heads": 2, "layers": 2},
+    "hf_gpt2": {"vocab": 500, "n_positions": 32, "d": 64, "heads": 2, "layers": 2},
+    "hf_bert": {"vocab": 500, "n_positions": 32, "d": 64, "heads": 2, "layers": 2, "ffn": 128},
+    "llama": {"vocab": 500, "d": 64, "n_layers": 2, "heads": 4, "kv": 2, "ffn": 128},
 }
 
 
