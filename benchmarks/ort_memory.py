@@ -26,7 +26,7 @@ from torch import nn
 
 from common import Figure, failure
 from onnx_size import quiet
-from references import EXAMPLES, Albert, GPT2Small
+from references import EXAMPLES, Albert, GPT2Small, TiedLM
 
 GOAL = 1.25
 OPTIONS = {"default": {}, "no prepack": {"session.disable_prepacking": "1"}}
@@ -44,19 +44,6 @@ class TiedAutoencoder(nn.Module):
 
     def forward(self, x):
         return torch.sigmoid(nn.functional.linear(torch.relu(self.enc(x)), self.enc.weight.t(), self.dec.bias))
-
-
-class TiedLM(nn.Module):
-    """examples/tied_lm.tie's TiedLM, written by hand: lm_head.weight is embed.weight."""
-
-    def __init__(self, vocab: int, d: int):
-        super().__init__()
-        self.embed, self.norm = nn.Embedding(vocab, d), nn.LayerNorm(d)
-        self.lm_head = nn.Linear(d, vocab, bias=False)
-        self.lm_head.weight = self.embed.weight
-
-    def forward(self, tokens):
-        return self.lm_head(self.norm(self.embed(tokens)))
 
 
 def _autoencoder_spec(n: int, hidden: int) -> str:

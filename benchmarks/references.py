@@ -23,7 +23,7 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 # references for correctness tests and for the baselines measured here.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.references import GPT2 as GPT2Small
-from tests.references import Albert, Siamese, TiedAutoencoder
+from tests.references import Albert, Siamese, TiedAutoencoder, TiedLM  # noqa: F401  (TiedLM: for ort_memory)
 
 
 # --------------------------------------------------------------------------- registry
