@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Mapping
+from dataclasses import replace
 
 from tiec.dsl import ast
 from tiec.dsl.diagnostics import Span, TieError
@@ -26,6 +27,8 @@ from .expressions import Binder, GraphBuilder, bind_args
 from .limits import MAX_BLOCK_NESTING, MAX_SIZE, Totals, big, check_layer
 from .refs import Copies, Instance, ParamIndex, Scope
 from .relating import Relating
+
+_UNBOUND = object()
 
 
 class _Return(Exception):
@@ -110,9 +113,10 @@ class SubgraphElaborator(Relating, Binder):
         if not self.inputs and d.kind == "model":
             raise TieError(f"model '{d.name}' declares no input", d.name_span, hint="add: in x: [B, 784]")
         defaults = {p.name: None if p.default is None else _default_src(p.default, self.config) for p in d.params}
+        body = _prune_stacked(tuple(self.g.nodes), _used(self.g.nodes) | {o.value for o in self.outputs})
         return ir.Subgraph(
             self.key, d.kind, d.name, ir.frozen({k: v.value for k, v in self.config.items()}), ir.frozen(defaults),
-            tuple(self.inputs), tuple(self.instances.values()), tuple(self.g.nodes), tuple(self.outputs),
+            tuple(self.inputs), tuple(self.instances.values()), body, tuple(self.outputs),
             ir.frozen(self.g.naming), frozenset(self.structural), tuple(self.counts), d.span,
             frozenset(self.structural | self.unrolled))
 
@@ -239,6 +243,8 @@ class SubgraphElaborator(Relating, Binder):
         return None
 
     def repeat(self, stmt: ast.Repeat, scope: Scope):
+        if stmt.slice is not None:
+            return self.repeat_over(stmt, scope)
         count = coerce(evaluate(stmt.count, scope.config, "a repeat count"), "int", stmt.count.span, "repeat count")
         if count.value < 1:
             raise TieError(f"repeat count must be at least 1, got {count.value}", stmt.count.span)
@@ -284,6 +290,61 @@ class SubgraphElaborator(Relating, Binder):
             self.index.expand(loop_id, count.value)
             if schedule is not None:
                 self.relations(schedules.requests(schedule, declared, self.index, stmt.schedule.span), ())
+
+    def repeat_over(self, stmt: ast.Repeat, scope: Scope):
+        """`repeat x_t in unbind(x, dim) { … }`: a loop whose instances exist once, run once per slice."""
+        source, dim, dim_src = self.unbind_arg(stmt.count, scope)
+        self.check_rebind(stmt.slice, stmt.slice_span, scope)
+        loop_id = next(self._loop_ids)
+        rebound = [n for n in _rebound(stmt.body) if n != stmt.slice]
+        outer_body, self.g.nodes = self.g.nodes, []
+        hidden = scope.get(stmt.slice, _UNBOUND)
+        scope[stmt.slice] = slice_value = self.g.fresh(stmt.slice)
+        carried_in, before = [], {n: scope.get(n) for n in rebound}
+        for name in rebound:
+            if isinstance(scope.get(name), str):
+                inner = self.g.fresh(name)
+                carried_in.append((name, scope[name], inner))
+                scope[name] = inner
+        self.loops.append((loop_id, True, 1))
+        try:
+            self.body(stmt.body, scope)
+        finally:
+            self.loops.pop()
+            body, self.g.nodes = tuple(self.g.nodes), outer_body
+        carried, stacked = [], []
+        for name, _, inner in carried_in:
+            if not isinstance(scope[name], str):
+                raise TieError(f"'{name}' is a tensor before the repeat; it cannot become a number inside it",
+                               stmt.span)
+            carried.append((before[name], inner, scope[name]))
+        for name in rebound:  # bound only in the body: every step's value, stacked along dim
+            if isinstance(before[name], str) or not isinstance(scope.get(name), str):
+                continue
+            after = self.g.fresh(name)
+            stacked.append((after, scope[name]))
+            scope[name] = after
+        if hidden is _UNBOUND:
+            del scope[stmt.slice]
+        else:
+            scope[stmt.slice] = hidden
+        over = ir.Over(source, dim, slice_value, tuple(stacked))
+        self.g.nodes.append(ir.Loop(loop_id, 0, dim_src, True, body, tuple(carried), (), stmt.count.span,
+                                    None, over))
+
+    def unbind_arg(self, call: ast.Expr, scope: Scope) -> tuple[str, int, str]:
+        """The tensor and dim of the `unbind(x, dim)` a loop over a runtime dimension steps through."""
+        if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == "unbind"):
+            raise TieError("a repeat over a tensor steps through `unbind(x, dim)`", call.span,
+                           hint="repeat x_t in unbind(x, 1) { … }: one step per slice of x along dim 1")
+        sig = (Arg("x", "any", REQUIRED), Arg("dim", "any", None))
+        exprs = bind_args(sig, call, "unbind")
+        source = self.tensor(exprs["x"], scope)
+        if exprs["dim"] is None:
+            return source, 0, "0"
+        dim = coerce(evaluate(exprs["dim"], scope.config, "a dim"), "int", exprs["dim"].span, "dim")
+        self.structural |= dim.deps
+        return source, dim.value, dim.src
 
     # ------------------------------------------------------------------ declarations
     def declare(self, stmt: ast.Assign, kind: str, scope: Scope) -> Instance:
@@ -400,6 +461,34 @@ def _default_src(expr: ast.Expr, own: dict[str, CVal]) -> str | None:
         return evaluate(expr, own, "a default").src
     except TieError:
         return None
+
+
+def _used(body) -> set[str]:
+    """Every value a body reads: node inputs, and what its loops carry or step through."""
+    out: set[str] = set()
+    for item in body:
+        if isinstance(item, ir.Node):
+            out.update(item.inputs)
+        elif isinstance(item, ir.Loop):
+            out.update(v for c in item.carried for v in (c[0], c[2]))
+            out.update(item.exports)
+            if item.over is not None:
+                out.add(item.over.source)
+            out |= _used(item.body)
+    return out
+
+
+def _prune_stacked(body, used: set[str]) -> tuple:
+    """Keep only the stacked values of loops over a runtime dimension that something reads."""
+    out = []
+    for item in body:
+        if isinstance(item, ir.Loop):
+            over = item.over
+            if over is not None:
+                over = replace(over, stacked=tuple((a, v) for a, v in over.stacked if a in used))
+            item = replace(item, body=_prune_stacked(item.body, used), over=over)
+        out.append(item)
+    return tuple(out)
 
 
 def _rebound(stmts) -> list[str]:

@@ -58,6 +58,13 @@ Node ops (the closed set `OPS`), with their `attrs`:
     <LayerKind>  (x)              {"layer": layer path}   a call of that layer instance
     call         (x1, …, xn)      {"instance": path, "outputs": (value names), "arg_spans": (spans)}
                                   a block instance run on its inputs (structured IR only)
+    scan         (xs, s1, …, sk)  {"dim": int, "slice": name, "state": (k names), "results": (k names),
+                                   "stacked": (m names), "outputs": (k + m names), "body": (Node, …)}
+                                  a loop over a runtime dim (flat IR only): `body` runs once per slice of
+                                  xs along dim, the slice bound to `slice` and state i to `state[i]`; the
+                                  next step's state is `results`; outputs: the last step's state, then
+                                  each `stacked` value of every step stacked along dim. Body nodes may
+                                  read any value defined before the scan.
 
 Dims are `int` or `str` (a symbol such as "B", "T", or a product such as "B*T"); symbols stay
 dynamic in both backends.
@@ -85,7 +92,8 @@ LAYER_KINDS: Mapping[str, tuple[str, ...]] = MappingProxyType(
     {kind: tuple(a.target for a in spec.args) for kind, spec in catalog.LAYERS.items()})
 FUNCTION_OPS = tuple(catalog.FUNCTION_OPS)
 STRUCTURED_OPS = ("call",)
-OPS = frozenset(FUNCTION_OPS) | frozenset(LAYER_KINDS) | frozenset(STRUCTURED_OPS)
+FLAT_CONTROL_OPS = ("scan",)
+OPS = frozenset(FUNCTION_OPS) | frozenset(LAYER_KINDS) | frozenset(STRUCTURED_OPS) | frozenset(FLAT_CONTROL_OPS)
 
 
 def frozen(mapping: Mapping | None = None) -> Mapping:
@@ -311,6 +319,18 @@ class Schedule:
 
 
 @dataclass(frozen=True)
+class Over:
+    """What a loop over a runtime dimension steps through: the slices of `source` along `dim` (as
+    written: negative counts from the end), one per step, named `slice` in the body. `stacked`:
+    (value after the loop, the body value), each body value of every step stacked along that dim."""
+
+    source: str
+    dim: int
+    slice: str
+    stacked: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
 class Loop:
     """`repeat count { body }`. `carried`: (value before the loop, the body's name for it, the
     body's result), one per name the body rebinds that existed before; `exports`: (value after
@@ -325,6 +345,9 @@ class Loop:
     exports: tuple[tuple[str, str], ...]
     span: Span
     schedule: Schedule | None = None  # a non-shared loop whose copies share by this schedule
+    # `repeat x_t in unbind(x, dim) { … }`: a shared loop run once per slice (`count` 0: known only at
+    # run time; `count_src` the dim as written)
+    over: Over | None = None
 
 
 @dataclass(frozen=True)
@@ -431,6 +454,16 @@ class ProgramIR:
     blocks: Mapping[str, Subgraph] = field(default_factory=frozen)  # key → block subgraph
     # subgraph key → the types of its values, as first inferred (a model's, or a block's first copy's)
     local_types: Mapping[str, Mapping[str, TensorType]] = field(default_factory=frozen)
+
+
+def walk_nodes(nodes) -> list[Node]:
+    """Every node of a flat graph, each scan's body nodes (recursively) right after the scan."""
+    out: list[Node] = []
+    for n in nodes:
+        out.append(n)
+        if n.op == "scan":
+            out += walk_nodes(n.attrs["body"])
+    return out
 
 
 def slot_key(layer: str, slot: str) -> str:

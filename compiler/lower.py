@@ -146,12 +146,51 @@ class _Computer:
             env[name] = value
 
     def loop(self, loop: ir.Loop, sub, env, indices, prefix) -> None:
+        if loop.over is not None:
+            return self.scan(loop, sub, env, indices, prefix)
         for outer, inner, _ in loop.carried:
             env[inner] = env[outer]
         for i in range(loop.count):
             self.walk(loop.body, sub, env, indices if loop.shared else {**indices, loop.id: i}, prefix)
             following = {inner: env[result] for _, inner, result in loop.carried}
             env.update(following)
+
+
+    def scan(self, loop: ir.Loop, sub, env, indices, prefix) -> None:
+        """One `scan` node: the body's nodes, once, are its subgraph (see `ir.OPS`)."""
+        over = loop.over
+        initials = [env[outer] for outer, _, _ in loop.carried]
+        outer_nodes, self.g.nodes = self.g.nodes, []
+        env[over.slice] = self.g.fresh(_base(sub, over.slice))
+        state = []
+        for _, inner, _ in loop.carried:
+            env[inner] = self.g.fresh(_base(sub, inner))
+            state.append(env[inner])
+        self.walk(loop.body, sub, env, indices, prefix)
+        body, self.g.nodes = tuple(self.g.nodes), outer_nodes
+        results = tuple(env[result] for _, _, result in loop.carried)
+        stacked = tuple(env[value] for _, value in over.stacked)
+        finals = [self.g.fresh(_base(sub, result)) for _, _, result in loop.carried]
+        afters = [self.g.fresh(_base(sub, after)) for after, _ in over.stacked]
+        outputs = tuple(finals + afters)
+        if not outputs:  # nothing after the loop reads it
+            return
+        attrs = {"dim": over.dim, "slice": env[over.slice], "state": tuple(state), "results": results,
+                 "stacked": stacked, "outputs": outputs, "body": body}
+        self.g.nodes.append(ir.Node("scan", outputs[0], (env[over.source], *initials), ir.frozen(attrs), loop.span))
+        for (_, _, result), final in zip(loop.carried, finals):
+            env[result] = final
+        for (after, _), value in zip(over.stacked, afters):
+            env[after] = value
+
+
+def _base(sub: ir.Subgraph, value: str) -> str:
+    """The name a structured value's flat copies are made from (`h_3` → `h`)."""
+    named = sub.naming.get(value)
+    if named is not None:
+        return named[1] or named[0]
+    head, _, tail = value.rpartition("_")
+    return head if tail.isdigit() and head else value
 
 
 def instance_block(sub: ir.Subgraph, path: str, subgraphs: dict[str, ir.Subgraph]) -> str:
@@ -317,7 +356,7 @@ def check_flat_size(program: ir.ProgramIR, model: str) -> None:
                 n += size(program.blocks[instance_block(sub, item.attrs["instance"], program.blocks)]) \
                     if item.op == "call" else 1
             elif isinstance(item, ir.Loop):
-                n += item.count * body(item.body, sub)
+                n += max(item.count, 1) * body(item.body, sub)
                 if n > MAX_FLAT_NODES:
                     raise TieError(f"unrolled, this repeat makes over {MAX_FLAT_NODES:,} nodes, the limit of the flat "
                                    "graph that ONNX export and the statistics use", item.span,

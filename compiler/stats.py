@@ -30,7 +30,7 @@ def _uses(graph: ir.Graph) -> list[ir.Param]:
         by_layer.setdefault(p.layer, []).append(p)
     params = graph.param_map()
     out: list[ir.Param] = []
-    for n in graph.nodes:
+    for n in ir.walk_nodes(graph.nodes):
         if n.op == "param":
             out.append(params[n.attrs["param"]])
         elif n.op in ir.LAYER_KINDS:
@@ -40,7 +40,7 @@ def _uses(graph: ir.Graph) -> list[ir.Param]:
 
 def _convolutions(graph: ir.Graph, types) -> list[dict]:
     out, seen = [], set()
-    for n in graph.nodes:
+    for n in ir.walk_nodes(graph.nodes):
         if n.op != "Conv2d" or n.attrs["layer"] in seen or types is None:
             continue
         seen.add(n.attrs["layer"])

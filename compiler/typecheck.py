@@ -110,6 +110,8 @@ class _Checker:
                 types[item.name] = shapes.SHAPE_RULES[item.op](ctx)
 
     def loop(self, loop: ir.Loop, sub: ir.Subgraph, types: dict) -> None:
+        if loop.over is not None:
+            return self.scan(loop, sub, types)
         for outer, inner, _ in loop.carried:
             types[inner] = types[outer]
         seen: dict[tuple, int] = {}
@@ -129,6 +131,22 @@ class _Checker:
             i += 1
         for _, inner, result in loop.carried:
             types[result] = types[inner]
+
+
+    def scan(self, loop: ir.Loop, sub: ir.Subgraph, types: dict) -> None:
+        """One step stands for all: the carried values must come out of it with the types they went in with."""
+        over = loop.over
+        source = types[over.source]
+        dim = shapes.scan_dim(source, over.dim, loop.span)
+        types[over.slice] = ir.TensorType(source.dtype, source.shape[:dim] + source.shape[dim + 1:])
+        for outer, inner, _ in loop.carried:
+            types[inner] = types[outer]
+        self.walk(loop.body, sub, types)
+        for _, inner, result in loop.carried:
+            shapes.check_carried(sub.naming.get(inner, (inner, None))[0], types[inner], types[result], loop.span)
+            types[result] = types[inner]
+        for after, value in over.stacked:
+            types[after] = shapes.stacked_type(types[value], source.shape[dim], dim, loop.span)
 
 
 def _bind_symbols(sub: ir.Subgraph, ins: tuple[ir.TensorType, ...]) -> dict[str, ir.Dim]:

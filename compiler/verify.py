@@ -25,22 +25,7 @@ def _graph(g: ir.Graph, types) -> None:
         if not i.name.isidentifier() or i.name in defined:
             raise IRInvariantError(f"{g.name}: input name {i.name!r} invalid or repeated")
         defined.add(i.name)
-    for n in g.nodes:
-        if n.op not in ir.OPS:
-            raise IRInvariantError(f"{g.name}: node {n.name} has unknown op {n.op}")
-        if not n.name.isidentifier() or n.name in defined:
-            raise IRInvariantError(f"{g.name}: node name {n.name!r} invalid or defined twice")
-        missing = [x for x in n.inputs if x not in defined]
-        if missing:
-            raise IRInvariantError(f"{g.name}: node {n.name} uses {missing} before definition")
-        for key in _REQUIRED_ATTRS.get(n.op, ("layer",) if n.op in ir.LAYER_KINDS else ()):
-            if key not in n.attrs:
-                raise IRInvariantError(f"{g.name}: node {n.name} ({n.op}) lacks attribute {key!r}")
-        if n.op in ir.LAYER_KINDS and (n.attrs["layer"] not in layers or g.layer(n.attrs["layer"]).kind != n.op):
-            raise IRInvariantError(f"{g.name}: node {n.name} calls unknown layer {n.attrs['layer']!r}")
-        if n.op == "param" and n.attrs["param"] not in params:
-            raise IRInvariantError(f"{g.name}: node {n.name} reads unknown parameter {n.attrs['param']!r}")
-        defined.add(n.name)
+    _nodes(g, g.nodes, defined, params, layers)
     for p in g.params:
         if p.layer not in layers or p.name != ir.slot_key(p.layer, p.slot):
             raise IRInvariantError(f"{g.name}: parameter {p.name} does not belong to a layer")
@@ -53,6 +38,39 @@ def _graph(g: ir.Graph, types) -> None:
             raise IRInvariantError(f"{g.name}: no type for {sorted(missing)[:5]}")
 
 
+def _nodes(g: ir.Graph, nodes, defined: set[str], params, layers) -> None:
+    for n in nodes:
+        if n.op not in ir.OPS:
+            raise IRInvariantError(f"{g.name}: node {n.name} has unknown op {n.op}")
+        missing = [x for x in n.inputs if x not in defined]
+        if missing:
+            raise IRInvariantError(f"{g.name}: node {n.name} uses {missing} before definition")
+        for key in _REQUIRED_ATTRS.get(n.op, ("layer",) if n.op in ir.LAYER_KINDS else ()):
+            if key not in n.attrs:
+                raise IRInvariantError(f"{g.name}: node {n.name} ({n.op}) lacks attribute {key!r}")
+        if n.op in ir.LAYER_KINDS and (n.attrs["layer"] not in layers or g.layer(n.attrs["layer"]).kind != n.op):
+            raise IRInvariantError(f"{g.name}: node {n.name} calls unknown layer {n.attrs['layer']!r}")
+        if n.op == "param" and n.attrs["param"] not in params:
+            raise IRInvariantError(f"{g.name}: node {n.name} reads unknown parameter {n.attrs['param']!r}")
+        if n.op == "scan":  # the body sees what came before, its slice and state; after it, only the outputs
+            a = n.attrs
+            inside = defined | {a["slice"], *a["state"]}
+            _nodes(g, a["body"], inside, params, layers)
+            if any(v not in inside for v in (*a["results"], *a["stacked"])):
+                raise IRInvariantError(f"{g.name}: scan {n.name} returns a value its body does not define")
+            _define(g, defined | (inside - defined - {a["slice"], *a["state"]}), a["outputs"])
+            defined.update(a["outputs"])
+        else:
+            _define(g, defined, (n.name,))
+            defined.add(n.name)
+
+
+def _define(g: ir.Graph, taken: set[str], names) -> None:
+    for name in names:
+        if not name.isidentifier() or name in taken:
+            raise IRInvariantError(f"{g.name}: node name {name!r} invalid or defined twice")
+
+
 def _subgraph(sub: ir.Subgraph) -> None:
     """Structured: each value defined once, before use (a loop's carried values at its start)."""
     defined = {i.name for i in sub.inputs}
@@ -63,6 +81,10 @@ def _subgraph(sub: ir.Subgraph) -> None:
             if isinstance(item, ir.Decl) and item.name not in names:
                 raise IRInvariantError(f"{sub.key}: declaration of unknown instance {item.name!r}")
             if isinstance(item, ir.Loop):
+                if item.over is not None:
+                    if item.over.source not in defined or item.over.slice in defined:
+                        raise IRInvariantError(f"{sub.key}: loop {item.id} steps through {item.over.source!r} badly")
+                    defined.add(item.over.slice)
                 for outer, inner, _ in item.carried:
                     if outer not in defined or inner in defined:
                         raise IRInvariantError(f"{sub.key}: loop {item.id} carries {outer!r} badly")
@@ -71,6 +93,10 @@ def _subgraph(sub: ir.Subgraph) -> None:
                 for _, _, result in item.carried:
                     if result not in defined:
                         raise IRInvariantError(f"{sub.key}: loop {item.id} carries undefined {result!r}")
+                for after, value in item.over.stacked if item.over is not None else ():
+                    if value not in defined or after in defined:
+                        raise IRInvariantError(f"{sub.key}: loop {item.id} stacks {value!r} badly")
+                    defined.add(after)
             elif isinstance(item, ir.Node):
                 if item.op not in ir.OPS:
                     raise IRInvariantError(f"{sub.key}: node {item.name} has unknown op {item.op}")

@@ -179,6 +179,9 @@ class Repeat:
     body: tuple[Stmt, ...]
     span: Span
     schedule: Schedule | None = None  # `repeat N share <schedule> { … }`; None: all or nothing shared
+    # `repeat x_t in unbind(x, dim) { … }`: one step per slice of x (a runtime count), `count` the unbind
+    slice: str | None = None
+    slice_span: Span | None = None
 
 
 @dataclass(frozen=True)

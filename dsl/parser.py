@@ -258,6 +258,12 @@ class _Builder(Transformer):
         self.depth[id(scheduled)] = self.depth.pop(id(node))
         return scheduled
 
+    def repeat_over(self, c):
+        node = self._repeat([c[1], c[2]], True)
+        over = ast.Repeat(node.count, True, node.body, node.span, None, str(c[0]), self._span(c[0]))
+        self.depth[id(over)] = self.depth.pop(id(node))
+        return over
+
     def return_stmt(self, c):
         return ast.Return(tuple(c), self._over(c))
 

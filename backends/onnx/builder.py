@@ -56,6 +56,10 @@ def literal_dtype(value: Any) -> str:
     return "i64" if isinstance(value, int) else "f32"
 
 
+def value_info(name: str, t: TensorType) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, ONNX_DTYPES[t.dtype], list(t.shape))
+
+
 class GraphBuilder:
     """Appends ONNX nodes for one IR graph; see the module docstring."""
 
@@ -69,7 +73,8 @@ class GraphBuilder:
         self._env: dict[str, str] = {}  # IR value -> ONNX name
         self._dtypes: dict[str, str] = {}  # IR value -> dtype, where ir.types is silent
         self._literals: dict[str, int | float] = {}
-        self._cache: dict[Hashable, Any] = {}
+        self._cache: dict[Hashable, Any] = {}  # constants (initializers, seen from every scope) and top-level subgraphs
+        self._scoped: list[dict[Hashable, Any]] = []  # per open scan body: subgraphs made there, seen only there
         self._fresh: set[str] = set()  # temporaries a rule may hand back to be renamed
         self._lazy_transposes: dict[str, str] = {}  # "W^T" name -> W, made a node only when read as a value
         self._count = 0
@@ -152,12 +157,43 @@ class GraphBuilder:
         return outs[0] if n == 1 else outs
 
     def cached(self, key: Hashable, make: Callable[[], Any]) -> Any:
-        """`make()` once per key: a subgraph every user shares (never renamed afterwards)."""
-        if key not in self._cache:
-            result = make()
-            self._fresh.difference_update([result] if isinstance(result, str) else result)
-            self._cache[key] = result
-        return self._cache[key]
+        """`make()` once per key: a subgraph every user shares (never renamed afterwards). Made in a
+        scan body, it is shared within that body only: the nodes it made live there."""
+        for cache in (*reversed(self._scoped), self._cache):
+            if key in cache:
+                return cache[key]
+        result = make()
+        self._fresh.difference_update([result] if isinstance(result, str) else result)
+        (self._scoped[-1] if self._scoped else self._cache)[key] = result
+        return result
+
+    def bind_input(self, value: str) -> None:
+        """IR value `value` is a graph input under its own name (a scan body's state or slice)."""
+        self._env[value] = value
+        self._dtypes[value] = self.dtype(value) or "f32"
+
+    def bind_output(self, value: str, name: str) -> None:
+        """IR value `value` is ONNX value `name`, an output of the node just made."""
+        self._fresh.discard(name)
+        self._env[value] = name
+
+    def made_in_scope(self, name: str) -> bool:
+        """Whether a node of the current scan body makes ONNX value `name`."""
+        return any(name in n.output for n in self.nodes)
+
+    def enter_scope(self) -> tuple[list, list]:
+        """Start a scan body: nodes go to fresh lists until `leave_scope` (give it what this returns)."""
+        outer = (self.nodes, self.origins)
+        self.nodes, self.origins = [], []
+        self._scoped.append({})
+        return outer
+
+    def leave_scope(self, outer: tuple[list, list]) -> list[onnx.NodeProto]:
+        """End a scan body: its nodes; the outer graph's lists are current again."""
+        body = self.nodes
+        self.nodes, self.origins = outer
+        self._scoped.pop()
+        return body
 
     def constant(self, array: np.ndarray, dtype: str) -> str:
         """A constant initializer, one per distinct (dtype, shape, bytes)."""
@@ -211,7 +247,8 @@ class GraphBuilder:
 
     def _transpose_node(self, canonical: str) -> str:
         # No perm: ONNX reverses the dims, as torch's `.T` does.
-        return self.cached(("T", canonical), lambda: self.node("Transpose", [canonical], out=canonical + "^T"))
+        out = canonical + "^T" if not self._scoped else None  # names are unique across every scope
+        return self.cached(("T", canonical), lambda: self.node("Transpose", [canonical], out=out))
 
     def dim_key(self, value: str, axis: int) -> Hashable:
         """A key equal for two dims known equal: the symbolic (or fixed) dim from ir.types."""

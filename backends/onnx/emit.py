@@ -20,10 +20,11 @@ import numpy as np
 import onnx
 from onnx import helper
 from tiec.backends.onnx import inline
-from tiec.backends.onnx.builder import ONNX_DTYPES, GraphBuilder, fill_tensor, numpy_dtype
+from tiec.backends.onnx.builder import ONNX_DTYPES, GraphBuilder, fill_tensor, numpy_dtype, value_info
 from tiec.backends.onnx.check import check as check_model
 from tiec.backends.onnx.check import check_streamed
 from tiec.backends.onnx.ops import ONNX_EMIT
+from tiec.backends.onnx.scan import emit_scan
 from tiec.compiler import ir as tir
 from tiec.compiler.buffers import buffers_of
 from tiec.compiler.ir import DTYPE_BYTES, ProgramIR, TensorType
@@ -159,12 +160,7 @@ def _lower(ir: ProgramIR, model: str, weights: Mapping[str, np.ndarray], opset: 
     arrays, param_bytes = _checked_weights(ir, model, weights, binds)
 
     b = GraphBuilder(graph, types, binds)
-    for node in graph.nodes:
-        rule = ONNX_EMIT.get(node.op)
-        if rule is None:
-            raise b.fail(node, "no ONNX lowering for this op")
-        b.blame = (f"node '{node.name}' ({node.op})", node.span)
-        b.define(node, rule(b, node))
+    lower_nodes(b, graph.nodes)
 
     outputs = []
     for out in graph.outputs:
@@ -188,6 +184,19 @@ def _lower(ir: ProgramIR, model: str, weights: Mapping[str, np.ndarray], opset: 
     groups = json.dumps(manifest(ir, model, binds), separators=(",", ":"))
     helper.set_model_props(proto, {"tiec.groups": groups})
     return proto, param_bytes, b
+
+
+def lower_nodes(b: GraphBuilder, nodes) -> None:
+    """Each node by its `ONNX_EMIT` row; a scan's body into its own graph (`scan.emit_scan`)."""
+    for node in nodes:
+        if node.op == "scan":
+            emit_scan(b, node, lower_nodes)
+            continue
+        rule = ONNX_EMIT.get(node.op)
+        if rule is None:
+            raise b.fail(node, "no ONNX lowering for this op")
+        b.blame = (f"node '{node.name}' ({node.op})", node.span)
+        b.define(node, rule(b, node))
 
 
 def manifest(ir: ProgramIR, model: str, binds: Mapping[str, tir.Binding] | None = None) -> dict[str, Any]:
@@ -257,5 +266,4 @@ def _read_names(graph: onnx.GraphProto) -> set[str]:
     return names
 
 
-def _value_info(name: str, t: TensorType) -> onnx.ValueInfoProto:
-    return helper.make_tensor_value_info(name, ONNX_DTYPES[t.dtype], list(t.shape))
+_value_info = value_info
