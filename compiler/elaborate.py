@@ -312,14 +312,17 @@ class SubgraphElaborator(Relating, Binder):
         finally:
             self.loops.pop()
             body, self.g.nodes = tuple(self.g.nodes), outer_body
-        carried, stacked = [], []
+        carried, stacked, read = [], [], _used(body)
         for name, _, inner in carried_in:
+            if inner not in read:  # assigned before it is read: a value of each step, not carried
+                continue
             if not isinstance(scope[name], str):
                 raise TieError(f"'{name}' is a tensor before the repeat; it cannot become a number inside it",
                                stmt.span)
             carried.append((before[name], inner, scope[name]))
-        for name in rebound:  # bound only in the body: every step's value, stacked along dim
-            if isinstance(before[name], str) or not isinstance(scope.get(name), str):
+        kept = {c[1] for c in carried}
+        for name in rebound:  # every other name the body binds: each step's value, stacked along dim
+            if any(n == name and inner in kept for n, _, inner in carried_in) or not isinstance(scope.get(name), str):
                 continue
             after = self.g.fresh(name)
             stacked.append((after, scope[name]))

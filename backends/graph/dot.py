@@ -136,13 +136,20 @@ class _Drawing:
     def walk(self, body, sub: ir.Subgraph, env: dict, indices: dict, prefix: str, into: list, model: str) -> None:
         for item in body:
             if isinstance(item, ir.Loop):
-                inner = self.cluster(into, f"repeat {item.count}{' share' if item.shared else ''}")
+                over = item.over
+                label = f"repeat {item.count}{' share' if item.shared else ''}" if over is None else \
+                    f"repeat over dim {over.dim} (each step)"
+                inner = self.cluster(into, label)
                 for outer, name, _ in item.carried:
                     env[name] = env[outer]
-                for i in range(item.count):
+                if over is not None:
+                    env[over.slice] = env[over.source]
+                for i in range(item.count if over is None else 1):
                     self.walk(item.body, sub, env, indices if item.shared else {**indices, item.id: i}, prefix,
                               inner, model)
                     env.update({name: env[result] for _, name, result in item.carried})
+                if over is not None:
+                    env.update({after: env[value] for after, value in over.stacked})
             elif isinstance(item, ir.Node) and item.op == "call":
                 self.call(item, sub, env, indices, prefix, into, model)
             elif isinstance(item, ir.Node):

@@ -77,6 +77,8 @@ class SubgraphClass:
         self.count_attr: dict[int, str] = {}
         attrs = Namer(names | MODULE_ATTRS)
         for lp in self.loops.values():
+            if lp.over is not None:  # steps through a tensor: no count to hold
+                continue
             src = lp.count_src.strip()
             self.count_attr[lp.id] = attrs(src if src.isidentifier() else f"repeats_{lp.id}")
         self.used: set[str] = set()
@@ -177,7 +179,7 @@ class SubgraphClass:
             for inst in self.sub.instances:
                 rows.append((*assign("self", inst.name, self._instance(inst)), ""))
             for lp in self.loops.values():
-                if lp.shared or not self._loop_instances(lp):
+                if lp.over is None and (lp.shared or not self._loop_instances(lp)):
                     rows.append((f"self.{self.count_attr[lp.id]}", self._cfg(lp.count_src, lp.count),
                                  "repeat count"))
             body += aligned(rows)
@@ -330,15 +332,31 @@ class SubgraphClass:
             elif isinstance(item, ir.Loop):
                 flush()
                 lines += names.enter(item)
-                lines.append(self._header(item, scope, loop_vars))
+                steps = names.steps(item)  # a loop over a tensor: a list per stacked value
+                lines += [f"{v} = []" for v in steps]
+                lines.append(self._header(item, scope, loop_vars, names))
                 inner = _Scope(scope.loops | ({item.id} if not item.shared else set()),
                                {**scope.vars, **{k: v for k, v in loop_vars.items() if k[1] == item.id}})
-                inside = self._body(item.body, names, inline, inner, loop_vars, live) + names.leave(item)
+                inside = self._body(item.body, names, inline, inner, loop_vars, live)
+                inside += [f"{v}.append({local(value)})" for v, (_, value) in zip(steps, item.over.stacked)] \
+                    if steps else []
+                inside += names.leave(item)
                 lines += ["    " + x for x in inside or ["pass"]]
+                if steps:
+                    dim = self._scan_dim(item)
+                    lines += [f"{names.define(after, live.span[item.id][1])} = torch.stack({v}, {dim})"
+                              for v, (after, _) in zip(steps, item.over.stacked)]
         flush()
         return lines
 
-    def _header(self, lp: ir.Loop, scope: _Scope, loop_vars) -> str:
+    def _scan_dim(self, lp: ir.Loop) -> int:
+        source = self.types.get(lp.over.source)
+        return lp.over.dim % len(source.shape) if source is not None else lp.over.dim
+
+    def _header(self, lp: ir.Loop, scope: _Scope, loop_vars, names: Locals) -> str:
+        if lp.over is not None:
+            step = names.define(lp.over.slice, names.live.span[lp.id][0])
+            return f"for {step} in {names[lp.over.source]}.unbind({self._scan_dim(lp)}):"
         insts = [] if lp.shared else self._loop_instances(lp)
         if not insts:
             return f"for _ in range(self.{self.count_attr[lp.id]}):"

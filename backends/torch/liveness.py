@@ -37,6 +37,8 @@ def _loop_uses(body: Iterable) -> list[str]:
     for item in body:
         if isinstance(item, Loop):
             out += [o for o, _, _ in item.carried] + [r for _, _, r in item.carried] + list(item.exports)
+            if item.over is not None:
+                out += [item.over.source] + [v for _, v in item.over.stacked]
             out += _loop_uses(item.body)
     return out
 
@@ -96,6 +98,10 @@ class Liveness:
                 start = self._n
                 self._n += 1
                 inside = (*loops, item.id)
+                if item.over is not None:  # the slice is the body's; the stacked values are the loop's
+                    self._uses.append((item.over.source, start, loops))
+                    self._where[item.over.slice] = inside
+                    self._where.update({after: loops for after, _ in item.over.stacked})
                 for outer, inner, _ in item.carried:
                     self._uses.append((outer, start, loops))
                     self._where[inner] = inside
@@ -107,6 +113,8 @@ class Liveness:
                 for _, _, result in item.carried:
                     self._uses.append((result, end, inside))
                 for v in item.exports:
+                    self._uses.append((v, end, inside))
+                for _, v in item.over.stacked if item.over is not None else ():
                     self._uses.append((v, end, inside))
 
 
@@ -157,6 +165,12 @@ class Locals:
             carried.add(name)
         self.reserved.append((carried, end, {r for _, _, r in loop.carried}))
         return before
+
+    def steps(self, loop: Loop) -> list[str]:
+        """A loop over a tensor: a new list local per stacked value, its steps appended in the body."""
+        if loop.over is None:
+            return []
+        return [self.py.fresh(_SUFFIX.sub("", self.py(after)) + "s") for after, _ in loop.over.stacked]
 
     def leave(self, loop: Loop) -> list[str]:
         """The body's last line (carried values into their locals); afterwards they name the results."""
