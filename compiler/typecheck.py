@@ -143,10 +143,16 @@ class _Checker:
             types[inner] = types[outer]
         self.walk(loop.body, sub, types)
         for _, inner, result in loop.carried:
-            shapes.check_carried(sub.naming.get(inner, (inner, None))[0], types[inner], types[result], loop.span)
+            shapes.check_carried(_user_name(inner), types[inner], types[result], loop.span)
             types[result] = types[inner]
         for after, value in over.stacked:
             types[after] = shapes.stacked_type(types[value], source.shape[dim], dim, loop.span)
+
+
+def _user_name(value: str) -> str:
+    """The name a carried value was written as (`h_2` → `h`)."""
+    head, _, tail = value.rpartition("_")
+    return head if tail.isdigit() and head else value
 
 
 def _bind_symbols(sub: ir.Subgraph, ins: tuple[ir.TensorType, ...]) -> dict[str, ir.Dim]:

@@ -38,8 +38,9 @@ def emit_scan(b: GraphBuilder, node: ir.Node, lower_nodes: Callable[[GraphBuilde
     body = helper.make_graph(body_nodes, f"{node.name}_step", body_inputs, body_outputs)
     b.blame = (f"node '{node.name}' (scan)", node.span)
     stacked = len(a["stacked"])
+    axes = {"scan_output_axes": [dim] * stacked} if stacked else {}
     outs = b.node("Scan", [*outer_values[1:], outer_values[0]], n=len(a["outputs"]), body=body,
-                  num_scan_inputs=1, scan_input_axes=[dim], scan_output_axes=[dim] * stacked)
+                  num_scan_inputs=1, scan_input_axes=[dim], **axes)
     outs = [outs] if isinstance(outs, str) else outs
     for name, onnx_name in zip(a["outputs"], outs):
         b.bind_output(name, onnx_name)
