@@ -9,9 +9,9 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from tiec.dsl.diagnostics import TieError
 
 import tiec
-from tiec.dsl.diagnostics import TieError
 
 
 def onnx_outputs(program, module, tmp_path, feeds: dict[str, torch.Tensor]):
