@@ -324,9 +324,16 @@ class SubgraphClass:
         def local(v: str) -> str:
             return inline[v] if v in inline else names[v]
 
-        for item in body:
+        pieces = _piece_runs(body)
+        for at, item in enumerate(body):
             if isinstance(item, ir.Node):
-                if item.name in inline:
+                if item.name in inline or pieces.get(at) == 0:
+                    continue
+                if pieces.get(at):  # every piece of one chunk/split, in order: one unpacking line
+                    run = body[at:at + pieces[at]]
+                    rhs = self._statement(item, names, local, scope, live)[0].split(" = ", 1)[1].rsplit("[", 1)[0]
+                    targets = ", ".join(names.define(n.name, live.pos[id(n)]) for n in run)
+                    block.append((f"{targets} = {rhs}", ""))
                     continue
                 block.append(self._statement(item, names, local, scope, live))
             elif isinstance(item, ir.Loop):
@@ -410,6 +417,24 @@ class SubgraphClass:
             doc = '"""Σ over tie groups of λ · Σ_{i<j} ‖w_i − w_j‖² (pairwise) or λ · Σ_i ‖w_i − w̄‖² (centroid), l2 or l1."""'
         return [["def tie_penalty(self):", "    " + doc, *("    " + x for x in body)],
                 *method_lines(groups, attrs, copies)]
+
+
+def _piece_runs(body) -> dict[int, int]:
+    """Body positions of chunk/split runs that give every piece in order (`i, f, g, o = x.chunk(4)`):
+    the first piece → the run's length, each later one → 0."""
+    out: dict[int, int] = {}
+    for at, item in enumerate(body):
+        if not (isinstance(item, ir.Node) and item.op in ("chunk", "split") and item.attrs["index"] == 0):
+            continue
+        count = item.attrs["chunks"] if item.op == "chunk" else len(item.attrs["sizes"])
+        run = body[at:at + count]
+        same = {k: v for k, v in item.attrs.items() if k != "index"}
+        if len(run) == count and count > 1 and all(
+                isinstance(n, ir.Node) and n.op == item.op and n.inputs == item.inputs and n.attrs["index"] == i
+                and {k: v for k, v in n.attrs.items() if k != "index"} == same for i, n in enumerate(run)):
+            out[at] = count
+            out.update({at + i: 0 for i in range(1, count)})
+    return out
 
 
 class _Scope:
