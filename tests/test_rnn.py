@@ -110,3 +110,37 @@ def test_rnn_emitted_source_is_the_live_module(kind):
             assert torch.equal(a, b)
     assert math.isclose(len(source.splitlines()), len(tiec.load(EXAMPLES / f"{kind}.tie", {
         "input_size": 60, "hidden_size": 100}).python().splitlines()))
+
+
+@pytest.mark.parametrize("tool", ["onnxsim", "onnxslim", "onnxoptimizer", "ort_basic", "ort_all"])
+def test_every_weight_stays_one_initializer_after_the_onnx_tools(tool, tmp_path):
+    from tests.test_onnx_tools import TOOLS
+
+    ref = lstm()
+    program = tiec.load(EXAMPLES / "lstm.tie", SIZES)
+    module = program.torch().eval()
+    module.load_state_dict(ref.state_dict(), strict=True)
+    path = tmp_path / "lstm.onnx"
+    program.onnx(path, weights=module)
+    processed = TOOLS[tool](onnx.load(path), tmp_path)
+    weights = sorted(tuple(i.dims) for i in _initializers(processed.graph) if np.prod(i.dims) > 64)
+    assert weights == sorted(tuple(p.shape) for p in ref.parameters() if p.numel() > 64)  # a tool may move one into the loop
+    session = ort.InferenceSession(processed.SerializeToString(), providers=["CPUExecutionProvider"])
+    for t in (2, 9):
+        x = torch.randn(2, t, 6, generator=torch.Generator().manual_seed(t))
+        s = states("lstm", 2, t)
+        with torch.no_grad():
+            want = run_reference(ref, x, s)
+        feeds = dict(zip([i.name for i in session.get_inputs()], [x.numpy(), *(v.numpy() for v in s)]))
+        for o, w in zip(session.run(None, feeds), want):
+            np.testing.assert_allclose(o, w.numpy(), rtol=1e-3, atol=1e-5)
+
+
+def _initializers(graph: onnx.GraphProto) -> list[onnx.TensorProto]:
+    """A graph's initializers and its subgraphs' (a Scan body's), recursively."""
+    out = list(graph.initializer)
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                out += _initializers(attr.g)
+    return out
