@@ -88,7 +88,7 @@ def _batch_norm(c):
     return [("weight", (c["num_features"],)), ("bias", (c["num_features"],))] if c["affine"] else []
 
 
-PARAMETER_INITS = ("zeros", "ones")  # a free parameter's initial value, every element
+PARAMETER_INITS = ("zeros", "ones", "uniform")  # a free parameter's initial value: every element, or U(-bound, bound)
 # A layer's parameter dtype; "" is the program's default (f32 unless `--dtype` says otherwise).
 FLOAT_DTYPES = ("f32", "f16", "bf16", "f64")
 _DTYPE = Arg("dtype", "str", "", choices=("", *FLOAT_DTYPES))
@@ -123,7 +123,8 @@ LAYERS: dict[str, LayerSpec] = {
     "Dropout": LayerSpec((Arg("p", "float", 0.5),), lambda c: []),
     # A free parameter: one tensor that is its own state-dict key (slot ""), read as a value, never called
     "Parameter": LayerSpec(
-        (Arg("shape", "ints", minimum=1), Arg("init", "str", "zeros", choices=PARAMETER_INITS), _DTYPE),
+        (Arg("shape", "ints", minimum=1), Arg("init", "str", "zeros", choices=PARAMETER_INITS), _DTYPE,
+         Arg("bound", "eps", 0.0)),
         lambda c: [("", tuple(c["shape"]))]),
     "Conv1D": LayerSpec(  # HF GPT-2's layer: y = x W + b with W stored [in, out]; Conv1D(nf=out, nx=in)
         (Arg("nf", "int", key="out_features", aliases=("out", "out_features")),

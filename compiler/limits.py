@@ -42,6 +42,9 @@ def check_layer(kind: str, values: dict[str, Any], span: Span) -> None:
                        f"{values['stride']}", span)
     if kind.startswith("BatchNorm") and not 0 <= values["momentum"] <= 1:
         raise TieError(f"{kind} momentum must be in [0, 1], got {values['momentum']}", span)
+    if kind == "Parameter" and (values["init"] == "uniform") != (values["bound"] > 0):
+        raise TieError("a Parameter with init=\"uniform\" takes a bound > 0 (every element from U(-bound, bound)), "
+                       "and only such a one takes a bound", span, hint='e.g. init="uniform", bound=0.125')
     if kind == "Dropout" and not 0 <= values["p"] < 1:
         raise TieError(f"Dropout probability must be in [0, 1), got {values['p']}", span)
 

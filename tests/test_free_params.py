@@ -238,3 +238,17 @@ model M {
     assert [t.name for t in onnx.load(str(path)).graph.initializer] == ["W"]
     got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x.numpy()})[0]
     np.testing.assert_allclose(got, want.numpy(), rtol=1e-3, atol=1e-5)
+
+
+def test_a_uniform_parameter_draws_from_its_bound_as_torch_rnns_do():
+    program = tiec.loads("""
+model M(h = 64) {
+    in x: [B, h]
+    w = Parameter([h, 4 * h], init="uniform", bound=1.0 / h)
+    return x @ w
+}""")
+    torch.manual_seed(0)
+    w = program.torch().w.detach()
+    assert w.abs().max() <= 1 / 64 and w.abs().max() > 0.9 / 64
+    assert abs(w.std().item() - (1 / 64) / 3 ** 0.5) < 1e-3  # U(-b, b) has std b/√3
+    assert "uniform_(-(1.0 / h), 1.0 / h)" in program.python()

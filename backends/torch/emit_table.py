@@ -255,10 +255,16 @@ def _ctor(cls: str, positional: tuple[str, ...], defaults: Mapping[str, str]) ->
 
 
 def _parameter(args: Mapping[str, str], extra: tuple[str, ...] = ()) -> str:
-    """A free parameter: `init` is a literal from a closed list ("zeros", "ones"), so it picks the
-    factory by lookup, never by pasting it into the code; the shape is rendered config."""
-    factory = {"zeros": "torch.zeros", "ones": "torch.ones"}[args["init"].strip("'\"")]
-    return f"nn.Parameter({factory}({args['shape']}{''.join(', ' + e for e in extra)}))"
+    """A free parameter: `init` is a literal from a closed list ("zeros", "ones", "uniform"), so it
+    picks the factory by lookup, never by pasting it into the code; shape and bound are rendered config."""
+    init = args["init"].strip("'\"")
+    tensor_args = f"{args['shape']}{''.join(', ' + e for e in extra)}"
+    if init == "uniform":  # as torch.nn's RNNs and Linear initialise: U(-bound, bound)
+        bound = args["bound"]
+        low = f"-{bound}" if bound.replace(".", "").isalnum() else f"-({bound})"
+        return f"nn.Parameter(torch.empty({tensor_args}).uniform_({low}, {bound}))"
+    factory = {"zeros": "torch.zeros", "ones": "torch.ones"}[init]
+    return f"nn.Parameter({factory}({tensor_args}))"
 
 
 # A constructor keyword equal to PyTorch's default is left out, as a person would write it.
