@@ -3,7 +3,8 @@
 A spec is one model `M` with one input, `x: [B, d]`, token ids `tok: i64[B]` read by an
 `Embedding`, or an image read by a `Conv2d`, a pool and a flatten, and a chain of stages, each taking the current value `h` to a new width: Linear layers (plain, called again, `share other_layer`,
 `share weight = other.weight.T`), blocks (a residual layer, an MLP, a tied autoencoder whose
-decoder reads the encoder's weight transposed), `repeat n { … }` and `repeat n share { … }`,
+decoder reads the encoder's weight transposed), `repeat n { … }` and `repeat n share { … }`, a cell
+carried along `h` made a sequence (`repeat x_t in unbind(seq, 1) { … }`),
 norms, self-attention over two positions, parameter references (`h @ fc.weight.T`), literal
 arithmetic and, after an embedding, an
 output layer tied to it (`share weight = emb.weight`); then `share` and
@@ -117,7 +118,8 @@ class _Builder:
     def stage(self, i: int) -> None:
         w, say = self.w, self.lines.append
         kind = self.draw(st.sampled_from(("linear", "linear", "reuse", "share_all", "share_t", "block", "again",
-                                          "repeat", "norm", "param_ref", "arith", "tied_head", "attention")))
+                                          "repeat", "norm", "param_ref", "arith", "tied_head", "attention",
+                                          "scan")))
         square = [x for x in self.lins if x.callable and x.n_in == x.n_out == w]
         takes_w = [x for x in self.lins if x.callable and x.n_in == w]
         gives_w = [x for x in self.lins if x.n_out == w]
@@ -181,6 +183,16 @@ class _Builder:
                 self.book.add(f"a{i}.{slot}", *shape)
             say(f"    a{i} = SelfAttention({d}, {heads}{', causal=true' if causal else ''})")
             say(f"    h = flatten(a{i}(reshape(h, [0, 2, -1])))")
+        elif kind == "scan":  # h as a sequence of 1 to 3 steps, a cell carried along it
+            steps = self.draw(st.integers(1, 3))
+            self.linear(f"s{i}", f"s{i}", w, w, True, callable=True)
+            say(f"    seq{i} = concat([{', '.join(['unsqueeze(h, 1)'] * steps)}], dim=1)")
+            say(f"    repeat x_t in unbind(seq{i}, 1) {{")
+            say(f"        s{i} = Linear({w}, {w})")  # one layer for every step
+            say(f"        h = {self.act(f's{i}(x_t) + h')}")
+            say(f"        y{i} = h * 0.5")
+            say("    }")
+            say(f"    h = h + mean(y{i}, 1)")
         elif kind == "arith":
             say(f"    h = {self.draw(st.sampled_from(('h * 0.5 - 1', '-h + h / 2', '2 * h', 'h - h * h')))}")
         else:
