@@ -11,6 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from tiec.compiler import ir
 from tiec.compiler.pipeline import PASSES, compile_source
 from tiec.compiler.toplevel import elaborate
 from tiec.compiler.verify import verify
@@ -58,7 +59,9 @@ def test_compiles_and_verifies_after_every_pass(path: Path):
     assert program.models
     for name, graph in program.models.items():
         types = program.types[name]
-        assert set(types) == {i.name for i in graph.inputs} | {n.name for n in graph.nodes}
+        values = {v for n in ir.walk_nodes(graph.nodes) for v in (
+            (*n.attrs["outputs"], n.attrs["slice"], *n.attrs["state"]) if n.op == "scan" else (n.name,))}
+        assert set(types) == {i.name for i in graph.inputs} | values
         assert all(o.value in types for o in graph.outputs)
     # the pipeline's entry point gives the same IR, and compiling is deterministic
     again = compile_source(path.read_text(), str(path))
