@@ -59,7 +59,8 @@ def _check_rotary(values: dict[str, Any], span: Span) -> None:
         raise TieError(f"RotaryEmbedding head_dim {big(d)} is above the limit of {MAX_ROTARY_DIM:,}", span,
                        hint="docs/language.md lists the limits")
     if theta <= 0:
-        raise TieError(f"RotaryEmbedding theta must be positive, got {theta}", span)
+        raise TieError(f"RotaryEmbedding theta must be positive, got {theta}", span,
+                       hint="theta is the base of the frequencies θ^(−2i/head_dim): 10000.0 in Llama 2, 500000.0 in Llama 3")
 
 
 class Totals:
