@@ -40,7 +40,8 @@ class BufferSlot:
     shape: tuple[int, ...]
     dtype: str
     persistent: bool
-    init: float  # every element's initial value
+    init: float  # every element's initial value, unless `rule` computes them
+    rule: str = ""  # a rule of `buffers.BUFFER_RULES` computing its values from the layer's configuration
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class LayerSpec:
     slots: Callable[[Mapping[str, Any]], list[tuple[str, tuple[int, ...]]]]  # config → (slot, shape)
     transposable: tuple[str, ...] = ()  # slots the layer can read as another parameter's transpose
     buffers: Callable[[Mapping[str, Any]], list[BufferSlot]] = lambda c: []  # config → buffer slots
+    outputs: int = 1  # values one call gives: `c, s = rotary_emb(x)`, one IR node per value with its `index`
 
 
 def _linear(c):
@@ -82,6 +84,11 @@ def _batch_norm_buffers(c):
     n = c["num_features"]
     return [BufferSlot("running_mean", (n,), "", True, 0.0), BufferSlot("running_var", (n,), "", True, 1.0),
             BufferSlot("num_batches_tracked", (), "i64", True, 0)]
+
+
+def _rotary_buffers(c):
+    """HF's LlamaRotaryEmbedding keeps θ^(−2i/head_dim) in f32 as `inv_freq`, outside the state dict."""
+    return [BufferSlot("inv_freq", (c["head_dim"] // 2,), "f32", False, 0.0, rule="rotary_inv_freq")]
 
 
 def _batch_norm(c):
@@ -146,6 +153,10 @@ LAYERS: dict[str, LayerSpec] = {
         (Arg("num_features", "int", aliases=("features",)), Arg("eps", "eps", 1e-5), Arg("momentum", "float", 0.1),
          Arg("affine", "bool", True), Arg("track_running_stats", "bool", True), _DTYPE),
         _batch_norm, buffers=_batch_norm_buffers) for kind in ("BatchNorm1d", "BatchNorm2d")},
+    # cos and sin of t · inv_freq for the positions t of the input's dim −2, as HF's LlamaRotaryEmbedding
+    "RotaryEmbedding": LayerSpec(
+        (Arg("head_dim", "int", aliases=("dim",)), Arg("theta", "float", 10000.0, aliases=("base", "rope_theta"))),
+        lambda c: [], buffers=_rotary_buffers, outputs=2),
 }
 
 _X = Arg("x", "tensor")

@@ -219,6 +219,10 @@ class Binder:
         x = self.tensor(e.args[0], scope)
         base = inst.path.rsplit(".", 1)[-1]
         base = base if not base.isdigit() else inst.path.replace(".", "_")
+        outputs = LAYERS[inst.kind].outputs
+        if outputs > 1:  # `c, s = rotary_emb(x)`: one node per value, as chunk's pieces
+            return tuple(self.g.add(inst.kind, base, (x,), {"layer": inst.path, "index": i}, e.span)
+                         for i in range(outputs))
         return self.g.add(inst.kind, base, (x,), {"layer": inst.path}, e.span)
 
     def op_call(self, op: str, e: ast.Call, scope: dict) -> str:

@@ -147,7 +147,8 @@ class Param:
 class Buffer:
     """A layer's non-trained tensor (`catalog.BufferSlot`): named like a parameter, by its state-dict
     key within the model (`bn1.running_mean`), but never a member of a share or tie group, and not
-    counted as a parameter. `persistent` buffers are in the state dict and the ONNX file."""
+    counted as a parameter. `persistent` buffers are in the state dict and the ONNX file; a buffer
+    with a `rule` (RoPE's `inv_freq`) is computed from its layer's configuration, never loaded."""
 
     name: str
     layer: str
@@ -157,6 +158,7 @@ class Buffer:
     persistent: bool
     init: float
     span: Span
+    rule: str = ""  # `buffers.BUFFER_RULES` key; "" is a constant fill of `init`
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,11 @@ MAX_SIZE = 2**63 - 1  # a size, dimension or repeat count: what int64 holds
 MAX_LAYERS = 200_000  # layers of one model once every non-shared repeat is unrolled
 MAX_PARAMS = 10**10  # parameters one model declares (before sharing): 40 GB in f32
 MAX_PIECES = 4096  # values one chunk/split call gives
+MAX_ROTARY_DIM = 65_536  # a RotaryEmbedding's head_dim: its inv_freq is computed when the module is built
 
 _SIZES = ("in_features", "out_features", "in_channels", "out_channels", "num_embeddings", "embedding_dim",
           "num_groups", "num_channels",
-          "normalized_shape", "embed_dim", "num_heads", "num_features")
+          "normalized_shape", "embed_dim", "num_heads", "num_features", "head_dim")
 
 
 def big(n: int) -> str:
@@ -45,8 +46,24 @@ def check_layer(kind: str, values: dict[str, Any], span: Span) -> None:
     if kind == "Parameter" and (values["init"] == "uniform") != (values["bound"] > 0):
         raise TieError("a Parameter with init=\"uniform\" takes a bound > 0 (every element from U(-bound, bound)), "
                        "and only such a one takes a bound", span, hint='e.g. init="uniform", bound=0.125')
+    if kind == "RotaryEmbedding":
+        _check_rotary(values, span)
     if kind == "Dropout" and not 0 <= values["p"] < 1:
         raise TieError(f"Dropout probability must be in [0, 1), got {values['p']}", span)
+
+
+def _check_rotary(values: dict[str, Any], span: Span) -> None:
+    """head_dim even (cos and sin pair dim i with dim i + head_dim/2) and at most MAX_ROTARY_DIM; θ > 0."""
+    d, theta = values["head_dim"], values["theta"]
+    if d % 2:
+        raise TieError(f"RotaryEmbedding head_dim must be even, got {d}", span,
+                       hint="rotary embeddings rotate pairs of dims: head_dim is d // heads")
+    if d > MAX_ROTARY_DIM:
+        raise TieError(f"RotaryEmbedding head_dim {big(d)} is above the limit of {MAX_ROTARY_DIM:,}", span,
+                       hint="docs/language.md lists the limits")
+    if theta <= 0:
+        raise TieError(f"RotaryEmbedding theta must be positive, got {theta}", span,
+                       hint="theta is the base of the frequencies θ^(−2i/head_dim): 10000.0 in Llama 2, 500000.0 in Llama 3")
 
 
 class Totals:

@@ -8,11 +8,12 @@ adaptive_avg_pool2d (merged into `shapes`).
     BatchNorm2d     [N, C, H, W] → unchanged
     adaptive_avg_pool2d [N, C, H, W] → [N, C, h, w]   PyTorch's bins; ONNX needs h, w dividing H, W
                                                       (or h = w = 1, a global average)
+    RotaryEmbedding [..., T, E] → [T, head_dim] twice  cos, sin for positions 0 … T−1, in the input's dtype
 """
 from __future__ import annotations
 
 from . import ir
-from .shapes import Ctx, _f32_in_onnxruntime, _fmt, _last_dim, _layer_dtype, _no_f64_kernel, same
+from .shapes import Ctx, _f32_in_onnxruntime, _floats, _fmt, _last_dim, _layer_dtype, _no_f64_kernel, same
 
 T = ir.TensorType
 
@@ -82,9 +83,21 @@ def _adaptive_avg_pool2d(ctx: Ctx) -> T:
     return T(x.dtype, x.shape[:2] + (h, w))
 
 
+def _rotary_embedding(ctx: Ctx) -> T:
+    """Either value (cos, sin): one row per position of the input's dim −2, the sequence dim of
+    [B, T, d] and of [B, heads, T, head_dim] alike, so it broadcasts against both."""
+    x = ctx.ins[0]
+    if len(x.shape) < 2:
+        ctx.fail(f"RotaryEmbedding '{ctx.layer.path}' takes its positions from dim −2 of its input: it needs "
+                 f"[…, T, E], got {_fmt(x.shape)}")
+    return T(x.dtype, (x.shape[-2], ctx.layer.config["head_dim"]))
+
+
 LAYER_SHAPES = {"Conv1D": _conv1d, "GroupNorm": _group_norm, "ConvTranspose2d": _conv_transpose2d,
                 "adaptive_avg_pool2d": _adaptive_avg_pool2d,
-                "BatchNorm1d": _batch_norm((2, 3), "[N, C] or [N, C, L]"), "BatchNorm2d": _batch_norm((4,), "[N, C, H, W]")}
+                "BatchNorm1d": _batch_norm((2, 3), "[N, C] or [N, C, L]"), "BatchNorm2d": _batch_norm((4,), "[N, C, H, W]"),
+                "RotaryEmbedding": _rotary_embedding}
 LAYER_DTYPES = {"Conv1D": _layer_dtype, "GroupNorm": _layer_dtype, "ConvTranspose2d": _no_f64_kernel("ConvTranspose"),
                 "adaptive_avg_pool2d": _f32_in_onnxruntime("AveragePool"),  # GlobalAveragePool too
-                "BatchNorm1d": _batch_norm_dtype, "BatchNorm2d": _batch_norm_dtype}
+                "BatchNorm1d": _batch_norm_dtype, "BatchNorm2d": _batch_norm_dtype,
+                "RotaryEmbedding": _floats}  # computed in f32, returned in the input's dtype

@@ -229,6 +229,8 @@ def test_every_layer_kind_and_its_parameters():
     assert buffers == {"bn2d.running_mean": (4,), "bn2d.running_var": (4,), "bn2d.num_batches_tracked": (),
                        "bn1d.running_mean": (8,), "bn1d.running_var": (8,), "bn1d.num_batches_tracked": ()}
     assert g.layer("bn2d").config["momentum"] == 0.2 and g.layer("bn1d").config["affine"] is False
+    assert dict(g.layer("rope").config) == {"head_dim": 8, "theta": 500.0} and t["rope_cos"] == "f32[T, 8]"
+    assert [b.name for b in declared_buffers(p, "Layers", persistent_only=False)][-1] == "rope.inv_freq"
     assert stats["logical_params"] == stats["unique_params"] == expected
     conv, conv2 = stats["convolutions"]
     assert (conv["params"], conv["positions"], conv["locally_connected_params"]) == (112, 25, 2800)

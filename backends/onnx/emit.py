@@ -2,9 +2,9 @@
 
 The file holds one initializer per share group or unshared parameter, named after its canonical
 parameter, and one per persistent buffer the graph reads (BatchNorm's running statistics, by
-their state-dict keys); every use, transposed or not, reads that one tensor. Graph inputs keep their IR names
-and types (symbolic dims become `dim_param`s, so batch and sequence sizes stay dynamic); graph
-outputs take `Output.name`. The `tiec.groups` metadata entry records the model's share and tie
+their state-dict keys) or computed buffer (RoPE's `inv_freq`, by its module path); every use,
+transposed or not, reads that one tensor. Graph inputs keep their IR names and types (symbolic
+dims become `dim_param`s, so batch and sequence sizes stay dynamic); graph outputs take `Output.name`. The `tiec.groups` metadata entry records the model's share and tie
 groups (ties are a training-time penalty, absent from the graph). Same IR and weights → same
 bytes; the file appears atomically or not at all (`tiec.output`), and only once the ONNX checker
 accepts it (a rejection is a `TieError` at the IR node responsible: `check.py`).
@@ -26,7 +26,7 @@ from tiec.backends.onnx.check import check_streamed
 from tiec.backends.onnx.ops import ONNX_EMIT
 from tiec.backends.onnx.scan import emit_scan
 from tiec.compiler import ir as tir
-from tiec.compiler.buffers import buffers_of
+from tiec.compiler.buffers import buffers_of, computed_buffer
 from tiec.compiler.ir import DTYPE_BYTES, ProgramIR, TensorType
 
 from tiec.output import write_output
@@ -249,9 +249,10 @@ def _checked_buffers(graph: tir.Graph, model: str, weights: Mapping[str, np.ndar
                      read: set[str]) -> tuple[list, int]:
     """(Buffer, array) per persistent buffer the graph reads (BatchNorm's running statistics; an
     eval-mode graph never reads `num_batches_tracked`), checked as parameters are; and their bytes.
-    A missing one is an error, never its initial value."""
-    out = [(buf, _checked(buf, model, weights, "buffer")) for buf in buffers_of(graph.layers)
-           if buf.persistent and buf.name in read]
+    A missing one is an error, never its initial value. A buffer with a rule (RoPE's `inv_freq`) is
+    computed from its layer's configuration and never looked up in `weights`."""
+    out = [(buf, computed_buffer(buf, graph.layer(buf.layer)) if buf.rule else _checked(buf, model, weights, "buffer"))
+           for buf in buffers_of(graph.layers) if (buf.persistent or buf.rule) and buf.name in read]
     return out, sum(DTYPE_BYTES[buf.dtype] * int(np.prod(buf.shape, dtype=np.int64)) for buf, _ in out)
 
 

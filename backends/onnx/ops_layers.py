@@ -1,10 +1,10 @@
-"""ONNX lowerings of Conv1D, GroupNorm, ConvTranspose2d and adaptive_avg_pool2d (`LAYER_EMIT`),
-merged into `ops.ONNX_EMIT`. Each row's comment is its formula."""
+"""ONNX lowerings of Conv1D, GroupNorm, ConvTranspose2d, adaptive_avg_pool2d and RotaryEmbedding
+(`LAYER_EMIT`), merged into `ops.ONNX_EMIT`. Each row's comment is its formula."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-from tiec.backends.onnx.builder import GraphBuilder
+from tiec.backends.onnx.builder import ONNX_DTYPES, GraphBuilder
 from tiec.compiler.ir import Node
 
 Rule = Callable[[GraphBuilder, Node], "str | None"]
@@ -57,9 +57,28 @@ def _adaptive_avg_pool2d(b: GraphBuilder, node: Node) -> str:
     return b.node("AveragePool", [b.value(x)], kernel_shape=kernel, strides=kernel)
 
 
+def _rotary_embedding(b: GraphBuilder, node: Node) -> str:
+    """cos or sin (`index` 0 or 1) of [t · inv_freq, t · inv_freq] for t = 0 … T−1 (T: dim −2 of the
+    input, dynamic), in f32, then cast to the input's dtype. `inv_freq` is the initializer the
+    export computes (`buffers.computed_buffer`); both values share one angle table per layer and T."""
+    from tiec.backends.onnx.ops import arange  # `ops` merges this table as it is imported
+
+    layer, x = node.attrs["layer"], node.inputs[0]
+
+    def angles() -> str:
+        t = b.node("Cast", [arange(b, x, -2)], to=ONNX_DTYPES["f32"])
+        freqs = b.node("Mul", [b.node("Unsqueeze", [t, b.ints([1])]), f"{layer}.inv_freq"])  # [T, head_dim / 2]
+        return b.node("Concat", [freqs, freqs], axis=-1)
+
+    y = b.node("Cos" if node.attrs["index"] == 0 else "Sin", [b.cached(("rotary", layer) + b.dim_key(x, -2), angles)])
+    dtype = b.dtype(x) or "f32"
+    return y if dtype == "f32" else b.node("Cast", [y], to=ONNX_DTYPES[dtype])
+
+
 LAYER_EMIT: Mapping[str, Rule] = {
     "Conv1D": _conv1d,  # x W + b, W stored [in, out]
     "GroupNorm": _group_norm,  # per group of channels: (x - μ) / √(σ² + eps); then · w + b per channel
     "ConvTranspose2d": _conv_transpose2d,  # ConvTranspose(x, W, b) with torch's pads and output_padding
     "adaptive_avg_pool2d": _adaptive_avg_pool2d,  # GlobalAveragePool for 1×1, else AveragePool(H/h, W/w)
+    "RotaryEmbedding": _rotary_embedding,  # cos / sin of concat(t ⊗ inv_freq, t ⊗ inv_freq), t = 0 … T−1
 }

@@ -82,8 +82,25 @@ _HELPERS = {
         "    def forward(self, x):",
         "        return x @ self.weight + self.bias",
     ],
+    "RotaryEmbedding(": [
+        "class RotaryEmbedding(nn.Module):",
+        '    """Rotary position embedding tables, as HF\'s LlamaRotaryEmbedding: cos and sin of t · inv_freq for',
+        "    the positions t of the input's dim -2, in the input's dtype. inv_freq = theta^(-2i/head_dim) in f32,",
+        '    computed here and kept out of the state dict (a non-persistent buffer)."""',
+        "",
+        "    def __init__(self, head_dim, theta=10000.0):",
+        "        super().__init__()",
+        "        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float) / head_dim))",
+        '        self.register_buffer("inv_freq", inv_freq, persistent=False)',
+        "",
+        "    def forward(self, x):",
+        "        t = torch.arange(x.shape[-2], device=x.device, dtype=torch.float)",
+        "        freqs = t[:, None] * self.inv_freq.float()",
+        "        angles = torch.cat((freqs, freqs), dim=-1)",
+        "        return angles.cos().to(x.dtype), angles.sin().to(x.dtype)",
+    ],
 }
-HELPER_NAMES = frozenset({"causal_mask", "TransposedLinear", "TransposedEmbedding", "Conv1D"})
+HELPER_NAMES = frozenset({"causal_mask", "TransposedLinear", "TransposedEmbedding", "Conv1D", "RotaryEmbedding"})
 
 
 def class_names(ir: ProgramIR) -> dict[str | None, str]:

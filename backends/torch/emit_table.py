@@ -240,6 +240,7 @@ TORCH_EMIT: Mapping[str, Callable[[Call], str]] = {
     # PyTorch's: its weight and bias are 1-D, never shared transposed, so the module is always whole
     **{kind: lambda c: f"{c.ref}({c.args[0]})" for kind in ("BatchNorm1d", "BatchNorm2d")},  # (x - μ) / √(σ² + eps) · w + b
     "adaptive_avg_pool2d": lambda c: f"F.adaptive_avg_pool2d({c.args[0]}, {literal(c.attrs['output_size'])})",
+    "RotaryEmbedding": lambda c: f"{c.ref}({c.args[0]})[{c.attrs['index']}]",  # cos (0) or sin (1) of t · inv_freq
 }
 
 
@@ -287,6 +288,8 @@ TORCH_LAYER: Mapping[str, Callable[..., str]] = {
                              {"stride": "1", "padding": "0", "output_padding": "0", "bias": "True"}),
     **{kind: _ctor(kind, ("num_features",), {"eps": "1e-05", "momentum": "0.1", "affine": "True",
                                              "track_running_stats": "True"}) for kind in ("BatchNorm1d", "BatchNorm2d")},
+    "RotaryEmbedding": lambda args, extra=(): "RotaryEmbedding(" + ", ".join(
+        [args["head_dim"], *_kwargs(args, {"theta": "10000.0"}), *extra]) + ")",
 }
 
 check_table("TORCH_EMIT", TORCH_EMIT)
