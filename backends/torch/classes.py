@@ -230,11 +230,16 @@ class SubgraphClass:
         heads = list(dict.fromkeys(m.split(".")[0] for g in groups for m, _ in g))
         looped = [h for h in (i.name for i in self.sub.instances) if h in heads and self.sub.instance_map[h].loops
                   and self.sub.instance_map[h].loops[0] == lp.id]
+        runs = {i.name.rpartition(".")[0]: i.name.rpartition(".")[2] for i in self.sub.instances
+                if i.appended and i.loops[-1] == lp.id and i.name.rpartition(".")[0] in heads}  # list → first index
+        looped += list(runs)
         names = Namer({"self", *self.kw.mapping().values()})
         var = {h: names.fresh(h) for h in looped}
 
         def expr(path: str) -> str:
             head, _, rest = path.partition(".")
+            if head in runs:  # `block.1.fc.weight`: the appended copy this iteration adds
+                rest = rest.partition(".")[2]
             if head in var:  # the loop variable itself when the path is the copy (a transposed owner)
                 return chain(var[head], rest) if rest else var[head]
             return chain("self", path)
@@ -251,7 +256,7 @@ class SubgraphClass:
                     rows.append((expr(name), expr(canon), "shared: one tensor per copy"))
         if not looped:
             return aligned(rows)
-        its = [attr("self", h) for h in looped]
+        its = [f"{attr('self', h)}[{runs[h]}:]" if h in runs else attr("self", h) for h in looped]
         head = f"for {var[looped[0]]} in {its[0]}:" if len(looped) == 1 else \
             f"for {', '.join(var[h] for h in looped)} in zip({', '.join(its)}):"
         return [head, *("    " + x for x in aligned(rows))]
