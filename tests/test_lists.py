@@ -320,3 +320,19 @@ def test_a_share_written_in_the_appending_repeat_holds_for_every_copy(tmp_path):
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         np.testing.assert_allclose(session.run(None, {"x": x.numpy()})[0], want.numpy(), rtol=1e-3, atol=1e-5)
     assert len([i for i in onnx.load(path).graph.initializer if tuple(i.dims) == (4, 4)]) == 2
+
+
+def test_verify_rejects_a_list_whose_children_are_not_numbered_in_order():
+    from dataclasses import replace
+
+    from tiec.compiler.ir import frozen
+    from tiec.compiler.verify import IRInvariantError, verify
+
+    program = tiec.loads(SPEC).ir
+    verify(program)
+    net = program.structure["Net"]
+    head = net.instance_map["head"]
+    shuffled = tuple(replace(i, items=tuple(reversed(i.items))) if i is head else i for i in net.instances)
+    broken = replace(program, structure=frozen({"Net": replace(net, instances=shuffled)}))
+    with pytest.raises(IRInvariantError, match="list 'head' has children"):
+        verify(broken)
