@@ -166,3 +166,12 @@ def test_llama_holds_hf_rotary_embedding_where_hf_does(tmp_path):
     unique_bytes = 4 * program.stats()["models"]["LlamaForCausalLM"]["unique_params"]
     assert report["param_bytes"] == unique_bytes + ours.numel() * 4
     assert 1.0 < report["bytes"] / unique_bytes < 1.05
+
+
+def test_materialize_computes_the_buffer_of_a_meta_module():
+    program = tiec.loads(ROTATE)
+    module = program.torch(device="meta")
+    assert module.rotary_emb.inv_freq.is_meta
+    tiec.materialize(module, device="cpu")
+    assert torch.equal(module.rotary_emb.inv_freq, hf_rotary(16, 500000.0).inv_freq)
+    assert "rotary_emb.inv_freq" not in module.state_dict()
