@@ -146,28 +146,6 @@ def test_bf16_tables_are_computed_in_f32_then_cast(tmp_path):
     assert len([n for n in graph.node if n.op_type == "Concat"]) == 1  # one angle table for both
 
 
-def test_llama_holds_hf_rotary_embedding_where_hf_does(tmp_path):
-    """examples/llama.tie: `model.rotary_emb.inv_freq` is HF's buffer (not in either state dict),
-    and the ONNX file holds it as one computed initializer beside the parameters, which it stores
-    once each (file bytes ÷ unique parameter bytes close to 1)."""
-    from tests.test_hf_llama import EXAMPLE, SIZES, reference
-
-    hf = reference()
-    program = tiec.load(EXAMPLE, SIZES)
-    module = program.torch().eval()
-    module.load_state_dict(hf.state_dict(), strict=True)
-    assert "model.rotary_emb.inv_freq" not in module.state_dict() and "model.rotary_emb.inv_freq" not in hf.state_dict()
-    ours = dict(module.named_buffers())["model.rotary_emb.inv_freq"]
-    assert torch.equal(ours, hf.model.rotary_emb.inv_freq)
-    path = tmp_path / "llama.onnx"
-    report = program.onnx(path, weights=hf.state_dict())  # HF's checkpoint, which has no inv_freq
-    init = {i.name: onnx.numpy_helper.to_array(i) for i in onnx.load(path).graph.initializer}
-    assert np.array_equal(init["model.rotary_emb.inv_freq"], ours.numpy())
-    unique_bytes = 4 * program.stats()["models"]["LlamaForCausalLM"]["unique_params"]
-    assert report["param_bytes"] == unique_bytes + ours.numel() * 4
-    assert 1.0 < report["bytes"] / unique_bytes < 1.05
-
-
 def test_materialize_computes_the_buffer_of_a_meta_module():
     program = tiec.loads(ROTATE)
     module = program.torch(device="meta")
