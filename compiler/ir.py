@@ -18,8 +18,9 @@ inlined and repeats unrolled. A graph has
 - `params`: every parameter slot those layers declare, named by its state-dict key within the
   model (`tower.conv1.weight`, `attn.out_proj.bias`). Declared, not deduplicated: sharing is a
   separate table;
-- buffers (`compiler.buffers`): each layer's buffer slots (BatchNorm's running statistics), made
-  from `layers` and named like parameters; never shared, tied or counted as parameters;
+- buffers (`compiler.buffers`): each layer's buffer slots (BatchNorm's running statistics; RoPE's
+  computed, non-persistent `inv_freq`), made from `layers` and named like parameters; never
+  shared, tied or counted as parameters;
 - `nodes`: the dataflow, one `Node` per op application in source order, in SSA form (each value
   name is defined once; names are valid Python identifiers, unique in the graph).
 

@@ -12,6 +12,7 @@ MAX_SIZE = 2**63 - 1  # a size, dimension or repeat count: what int64 holds
 MAX_LAYERS = 200_000  # layers of one model once every non-shared repeat is unrolled
 MAX_PARAMS = 10**10  # parameters one model declares (before sharing): 40 GB in f32
 MAX_PIECES = 4096  # values one chunk/split call gives
+F32_NORMAL, F32_MAX = 2.0**-126, (2 - 2.0**-23) * 2.0**127  # the smallest normal and the largest f32
 MAX_ROTARY_DIM = 65_536  # a RotaryEmbedding's head_dim: its inv_freq is computed when the module is built
 
 _SIZES = ("in_features", "out_features", "in_channels", "out_channels", "num_embeddings", "embedding_dim",
@@ -53,7 +54,8 @@ def check_layer(kind: str, values: dict[str, Any], span: Span) -> None:
 
 
 def _check_rotary(values: dict[str, Any], span: Span) -> None:
-    """head_dim even (cos and sin pair dim i with dim i + head_dim/2) and at most MAX_ROTARY_DIM; θ > 0."""
+    """head_dim even (cos and sin pair dim i with dim i + head_dim/2) and at most MAX_ROTARY_DIM; θ > 0
+    and a normal f32 number."""
     d, theta = values["head_dim"], values["theta"]
     if d % 2:
         raise TieError(f"RotaryEmbedding head_dim must be even, got {d}", span,
@@ -64,6 +66,9 @@ def _check_rotary(values: dict[str, Any], span: Span) -> None:
     if theta <= 0:
         raise TieError(f"RotaryEmbedding theta must be positive, got {theta}", span,
                        hint="theta is the base of the frequencies θ^(−2i/head_dim): 10000.0 in Llama 2, 500000.0 in Llama 3")
+    if not F32_NORMAL <= theta <= F32_MAX:  # inv_freq is computed in f32: θ must be an f32 number, or it is 0 or inf
+        raise TieError(f"RotaryEmbedding theta {theta:g} is outside the range of f32 ({F32_NORMAL:.3g} to {F32_MAX:.3g})",
+                       span, hint="its frequencies are computed in f32, as HF computes them")
 
 
 class Totals:

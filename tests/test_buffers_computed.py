@@ -144,3 +144,12 @@ def test_bf16_tables_are_computed_in_f32_then_cast(tmp_path):
     casts = {n.input[0]: n for n in graph.node if n.op_type == "Cast"}
     assert all(casts[n.output[0]].attribute[0].i == onnx.TensorProto.BFLOAT16 for n in trig)
     assert len([n for n in graph.node if n.op_type == "Concat"]) == 1  # one angle table for both
+
+
+def test_materialize_computes_the_buffer_of_a_meta_module():
+    program = tiec.loads(ROTATE)
+    module = program.torch(device="meta")
+    assert module.rotary_emb.inv_freq.is_meta
+    tiec.materialize(module, device="cpu")
+    assert torch.equal(module.rotary_emb.inv_freq, hf_rotary(16, 500000.0).inv_freq)
+    assert "rotary_emb.inv_freq" not in module.state_dict()
