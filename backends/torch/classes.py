@@ -14,6 +14,7 @@ import math
 from collections.abc import Callable, Mapping
 
 from tiec.compiler import ir
+from tiec.compiler.catalog import LAYERS
 from tiec.compiler.lower import loop_map, nodes_of
 from tiec.dsl.diagnostics import TieError
 
@@ -349,7 +350,7 @@ class SubgraphClass:
             if isinstance(item, ir.Node):
                 if item.name in inline or pieces.get(at) == 0:
                     continue
-                if pieces.get(at):  # every piece of one chunk/split, in order: one unpacking line
+                if pieces.get(at):  # every value of one call, in order: one unpacking line
                     run = body[at:at + pieces[at]]
                     rhs = self._statement(item, names, local, scope, live)[0].split(" = ", 1)[1].rsplit("[", 1)[0]
                     targets = ", ".join(names.define(n.name, live.pos[id(n)]) for n in run)
@@ -450,13 +451,15 @@ class SubgraphClass:
 
 
 def _piece_runs(body) -> dict[int, int]:
-    """Body positions of chunk/split runs that give every piece in order (`i, f, g, o = x.chunk(4)`):
-    the first piece → the run's length, each later one → 0."""
+    """Body positions of runs that give every value of one call in order (`i, f, g, o = x.chunk(4)`,
+    `c, s = self.rotary_emb(x)`): the first value → the run's length, each later one → 0."""
     out: dict[int, int] = {}
     for at, item in enumerate(body):
-        if not (isinstance(item, ir.Node) and item.op in ("chunk", "split") and item.attrs["index"] == 0):
+        if not (isinstance(item, ir.Node) and item.attrs.get("index") == 0 and (
+                item.op in ("chunk", "split") or item.op in LAYERS and LAYERS[item.op].outputs > 1)):
             continue
-        count = item.attrs["chunks"] if item.op == "chunk" else len(item.attrs["sizes"])
+        count = item.attrs["chunks"] if item.op == "chunk" else len(item.attrs["sizes"]) if item.op == "split" \
+            else LAYERS[item.op].outputs
         run = body[at:at + count]
         same = {k: v for k, v in item.attrs.items() if k != "index"}
         if len(run) == count and count > 1 and all(
