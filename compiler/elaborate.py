@@ -24,7 +24,8 @@ from .catalog import LAYERS, REQUIRED, Arg, reserved_member
 from .config import CVal, coerce, evaluate
 from .expressions import Binder, GraphBuilder, bind_args
 from .limits import MAX_BLOCK_NESTING, MAX_SIZE, Totals, big, check_layer
-from .refs import Copies, Instance, ParamIndex, Scope
+from .lists import Listing
+from .refs import Copies, Instance, Items, ParamIndex, Scope
 from .relating import Relating
 
 
@@ -71,7 +72,7 @@ class Blocks:
         return sub
 
 
-class SubgraphElaborator(Relating, Binder):
+class SubgraphElaborator(Relating, Listing, Binder):
     """Builds one subgraph (a model, or a block at one configuration) from its definition."""
 
     def __init__(self, definition: ast.Definition, blocks: Blocks, config: dict[str, CVal], key: str | None = None):
@@ -93,6 +94,7 @@ class SubgraphElaborator(Relating, Binder):
         self.loops: list[tuple[int, bool, int]] = []  # enclosing loops: (id, shared, count)
         self.totals = Totals()  # layers and parameters of one instance, every non-shared repeat unrolled
         self._loop_ids = itertools.count()
+        self.appending: dict[int, list] = {}  # an open loop → the lists it appends to
         self.scope = Scope(config)
 
     # ------------------------------------------------------------------ driver
@@ -138,6 +140,8 @@ class SubgraphElaborator(Relating, Binder):
                 self.input(stmt, scope)
             elif isinstance(stmt, (ast.Assign, ast.Unpack)):
                 self.assign(stmt, scope)
+            elif isinstance(stmt, ast.Append):
+                self.append(stmt, scope)
             elif isinstance(stmt, ast.Repeat):
                 self.repeat(stmt, scope)
             elif isinstance(stmt, ast.Return):
@@ -178,6 +182,9 @@ class SubgraphElaborator(Relating, Binder):
     def assign(self, stmt, scope: Scope):
         if isinstance(stmt, ast.Unpack):
             return self.unpack(stmt, scope)
+        if self.is_child_list(stmt.value, scope):
+            scope[stmt.name] = self.declare_list(stmt, scope)
+            return
         kind = self.declared_kind(stmt.value, scope)
         if kind is not None:
             scope[stmt.name] = self.declare(stmt, kind, scope)
@@ -221,7 +228,7 @@ class SubgraphElaborator(Relating, Binder):
 
     def check_rebind(self, name: str, span: Span, scope: Scope):
         bound = scope.get(name)
-        if isinstance(bound, (Instance, Copies)):
+        if isinstance(bound, (Instance, Copies, Items)):
             where = self.instances[bound.path.split(".")[0]].span if bound.path.split(".")[0] in self.instances \
                 else span
             raise TieError(f"'{name}' names a layer; assigning a value to it would hide the layer", span,
@@ -261,6 +268,7 @@ class SubgraphElaborator(Relating, Binder):
                 carried_in.append((name, scope[name], inner))
                 scope[name] = inner
         self.loops.append((loop_id, stmt.shared, count.value))
+        self.open_lists(stmt.body, scope)
         try:
             self.body(stmt.body, scope)
         finally:
@@ -284,6 +292,7 @@ class SubgraphElaborator(Relating, Binder):
             self.index.expand(loop_id, count.value)
             if schedule is not None:
                 self.relations(schedules.requests(schedule, declared, self.index, stmt.schedule.span), ())
+        self.close_lists(loop_id, count.value, count.src, scope)
 
     # ------------------------------------------------------------------ declarations
     def declare(self, stmt: ast.Assign, kind: str, scope: Scope) -> Instance:
@@ -363,6 +372,18 @@ class SubgraphElaborator(Relating, Binder):
             if inst is None:
                 return None
             i += 1
+            if inst.items or (not inst.layer and not inst.block):  # a list: its child by index
+                if i >= len(parts) or not parts[i].isdigit():
+                    return None
+                inst = ir.list_child(instances, inst, int(parts[i]))
+                if inst is None:
+                    return None
+                i, pending = i + 1, True
+                if i < len(parts):
+                    if inst.block is None:
+                        return None
+                    instances = self.registry.subgraphs[inst.block].instance_map
+                continue
             need = len([lp for lp in inst.loops if lp not in enclosing]) if pending is None else len(inst.loops)
             if len(parts) - i < need or not all(p.isdigit() for p in parts[i:i + need]):
                 return None

@@ -14,7 +14,7 @@ from . import ir
 from .catalog import BINARY_OPS, LAYERS, OP_SIGNATURES, PIECE_OPS, REQUIRED, Arg
 from .config import CVal, _arith, _wrap, coerce, combine, evaluate, is_config, is_number_call, left_spine
 from .limits import MAX_PIECES
-from .refs import Copies, Instance, module_path
+from .refs import Copies, Instance, Items, module_path
 
 
 class GraphBuilder:
@@ -89,6 +89,7 @@ class Binder:
     def call_block(self, inst: Instance, call: ast.Call, scope: dict) -> str | tuple[str, ...]: ...
     def target(self, ref: ast.Ref, scope: dict): ...
     def instance_at(self, path: str) -> Instance | None: ...
+    def call_list(self, items: Items, call: ast.Call, scope: dict) -> str: ...
     def note_indices(self, ref: ast.Ref, scope: dict) -> None: ...
 
     def tensor(self, e: ast.Expr, scope: dict) -> str:
@@ -125,7 +126,7 @@ class Binder:
             return v
         if isinstance(v, Instance) and v.kind == "Parameter":  # a free parameter is read as a value
             return self.g.add("param", v.path.replace(".", "_"), (), {"param": v.path, "transposed": False}, e.span)
-        if isinstance(v, (Instance, Copies)):
+        if isinstance(v, (Instance, Copies, Items)):
             raise TieError(f"'{e.id}' is a layer, not a value", e.span, hint=f"call it: {e.id}(x)")
         if e.id in ("true", "false"):
             return CVal.literal(e.id == "true")
@@ -187,6 +188,8 @@ class Binder:
                 return self.call_instance(bound, e, scope)
             if isinstance(bound, Copies):
                 raise TieError(f"'{func.id}' has {bound.count} copies; call one: {func.id}[0](x)", e.span)
+            if isinstance(bound, Items):
+                return self.call_list(bound, e, scope)
             if is_number_call(e) and is_config(e, scope.config):  # `log(max_distance / 8)`: a number, no node
                 return evaluate(e, scope.config)
             if func.id in OP_SIGNATURES:
@@ -200,7 +203,7 @@ class Binder:
             raise TieError(f"unknown function or layer '{func.id}'", func.span,
                            hint=did_you_mean(func.id, known) or _unknown_call_hint(func.id, e))
         ref = _as_ref(func)
-        if ref is not None and isinstance(scope.get(ref.parts[0]), (Instance, Copies)):
+        if ref is not None and isinstance(scope.get(ref.parts[0]), (Instance, Copies, Items)):
             self.note_indices(ref, scope)
             config = scope.config
             path, _ = module_path(ref, scope, config)

@@ -274,7 +274,12 @@ class TieGroup:
 class Instance:
     """A child of a subgraph: a layer (`layer` set) or a block instance (`block`: a subgraph key,
     `args`: its parameters as Python source over the parent's parameters). `loops`: the ids of
-    the non-shared loops that declare it, outermost first: one copy per iteration of each."""
+    the non-shared loops that declare it, outermost first: one copy per iteration of each.
+
+    A list of children (`ds = [Conv2d(…), BatchNorm2d(…)]`) is an instance with neither `layer` nor
+    `block`, whose `items` name its children, instances of their own called `ds.0`, `ds.1`. A child
+    appended by `ds += Kind(…)` in a repeat (`appended`: that many copies, one per iteration) is
+    named after the first index it takes (`ds.2`); its copies are `ds.2 … ds.{2 + appended - 1}`."""
 
     name: str
     layer: Layer | None
@@ -282,6 +287,8 @@ class Instance:
     args: Mapping[str, str]
     loops: tuple[int, ...]
     span: Span
+    items: tuple[str, ...] = ()  # a list's children, in order
+    appended: int = 0  # an appended child: the number of copies
 
 
 @dataclass(frozen=True)
@@ -431,6 +438,40 @@ class ProgramIR:
     blocks: Mapping[str, Subgraph] = field(default_factory=frozen)  # key → block subgraph
     # subgraph key → the types of its values, as first inferred (a model's, or a block's first copy's)
     local_types: Mapping[str, Mapping[str, TensorType]] = field(default_factory=frozen)
+
+
+def list_child(instances: Mapping[str, Instance], lst: Instance, index: int) -> Instance | None:
+    """The child of the list `lst` at `index` (an appended child stands for each of its copies)."""
+    for name in lst.items:
+        child = instances[name]
+        start = int(name.rsplit(".", 1)[1])
+        if start == index or child.appended and start <= index < start + child.appended:
+            return child
+    return None
+
+
+def step(sub: Subgraph, parts: list[str], i: int) -> tuple[Instance, int]:
+    """The instance `parts[i:]` starts with in `sub`, and where the rest begins: a list's child by
+    its index; any other instance past the copy indices that follow its name."""
+    inst = sub.instance_map[parts[i]]
+    i += 1
+    if inst.items and i < len(parts) and parts[i].isdigit():
+        inst = list_child(sub.instance_map, inst, int(parts[i]))
+        return inst, i + 1
+    while i < len(parts) and parts[i].isdigit():
+        i += 1
+    return inst, i
+
+
+def resolve_path(sub: Subgraph, path: str, blocks: Mapping[str, Subgraph]) -> tuple[Subgraph, Instance, str]:
+    """The instance a local module path names (`blk.3.up`, `ds.1`, `layer2.0.downsample.0`), the
+    subgraph that declares it, and what follows it (a parameter slot, or "")."""
+    parts, i = path.split("."), 0
+    while True:
+        inst, i = step(sub, parts, i)
+        if i >= len(parts) or inst.block is None or parts[i] not in blocks[inst.block].instance_map:
+            return sub, inst, ".".join(parts[i:])
+        sub = blocks[inst.block]
 
 
 def slot_key(layer: str, slot: str) -> str:

@@ -35,6 +35,12 @@ def _flat(sub: ir.Subgraph, local: str, indices: dict[int, int], prefix: str) ->
     """A local module path → the flat path: copies of enclosing loops take their iteration index."""
     head, _, rest = local.partition(".")
     inst = sub.instance_map.get(head)
+    if inst is not None and inst.items and rest:  # a list's child: an appended one takes its iteration's index
+        k, _, tail = rest.partition(".")
+        child = ir.list_child(sub.instance_map, inst, int(k)) if k.isdigit() else None
+        if child is not None and child.appended and child.loops[-1] in indices:
+            k = str(int(child.name.rsplit(".", 1)[1]) + indices[child.loops[-1]])
+        return prefix + ".".join(p for p in (head, k, tail) if p)
     implicit = [str(indices[lp]) for lp in inst.loops if lp in indices] if inst is not None else []
     return prefix + ".".join(p for p in (head, *implicit, rest) if p)
 
@@ -131,6 +137,9 @@ class _Computer:
 
     def call(self, n: ir.Node, sub, env, indices, prefix) -> None:
         path = _flat(sub, n.attrs["instance"], indices, prefix)
+        owner, inst, _ = ir.resolve_path(sub, n.attrs["instance"], self.subgraphs)
+        if inst.block is None:  # a list of children run as a chain
+            return self.chain(n, sub, owner, inst, env, path)
         child = self.subgraphs[instance_block(sub, n.attrs["instance"], self.subgraphs)]
         args = [env[v] for v in n.inputs]
         for value, inp, span in zip(args, child.inputs, n.attrs["arg_spans"]):
@@ -145,6 +154,22 @@ class _Computer:
         for name, value in zip(n.attrs["outputs"], outs):
             env[name] = value
 
+    def chain(self, n: ir.Node, sub, owner: ir.Subgraph, lst: ir.Instance, env, path: str) -> None:
+        """Each child of the list at `path` on the output of the one before, in order."""
+        value = env[n.inputs[0]]
+        for child_path, child in children(owner, lst, n.attrs["children"]):
+            at = path + child_path[len(lst.name):]
+            if child.layer is not None:
+                value = self.g.add(child.layer.kind, at.replace(".", "_"), (value,), {"layer": at}, n.span)
+                continue
+            block = self.subgraphs[child.block]
+            self.checks.append(ir.Check(value, block.inputs[0].type, n.attrs["arg_spans"][0], block.inputs[0].span))
+            inner = {block.inputs[0].name: value}
+            self.walk(block.body, block, inner, {}, at + ".")
+            value = inner[block.outputs[0].value]
+        user = sub.naming.get(n.name, (None, None))[1]
+        env[n.attrs["outputs"][0]] = self.g.rename(value, user) if user else value
+
     def loop(self, loop: ir.Loop, sub, env, indices, prefix) -> None:
         for outer, inner, _ in loop.carried:
             env[inner] = env[outer]
@@ -154,16 +179,22 @@ class _Computer:
             env.update(following)
 
 
-def instance_block(sub: ir.Subgraph, path: str, subgraphs: dict[str, ir.Subgraph]) -> str:
-    """The block key of the instance a local path names (`blk`, `blk.3`, `tower.inner`)."""
-    parts = [p for p in path.split(".") if not p.isdigit()]
-    key = None
-    for part in parts:
-        inst = sub.instance_map[part]
-        key = inst.block
-        if key is not None:
-            sub = subgraphs[key]
-    return key
+def instance_block(sub: ir.Subgraph, path: str, subgraphs: dict[str, ir.Subgraph]) -> str | None:
+    """The block key of the instance a local path names (`blk`, `blk.3`, `tower.inner`, `ds.1`);
+    None for a list of children."""
+    return ir.resolve_path(sub, path, subgraphs)[1].block
+
+
+def children(sub: ir.Subgraph, lst: ir.Instance, limit: int | None = None) -> list[tuple[str, ir.Instance]]:
+    """A list's children in order, one per copy of an appended one: (local path, instance); with
+    `limit`, the first that many (those a chain call written before a `+=` repeat runs)."""
+    out = []
+    for name in lst.items:
+        child = sub.instance_map[name]
+        head, _, start = name.rpartition(".")
+        out += [(f"{head}.{int(start) + i}", child) for i in range(child.appended)] if child.appended \
+            else [(name, child)]
+    return out[:limit]
 
 
 def declare(program: ir.ProgramIR, model: str, cache: dict[str, Declared]) -> Declared:
@@ -217,10 +248,18 @@ def sites(program: ir.ProgramIR, model: str) -> dict[str, str]:
                 continue
             ranges = [range(loops[lp].count) for lp in inst.loops]
             for idx in itertools.product(*ranges):
-                path = prefix + ".".join([inst.name, *map(str, idx)])
+                path = prefix + copy_path(inst, idx)
                 out[path] = inst.block
                 todo.append((program.blocks[inst.block], path + "."))
     return out
+
+
+def copy_path(inst: ir.Instance, idx: tuple[int, ...]) -> str:
+    """The local path of one copy of an instance: `blk.3`, or `ds.{k + i}` for a child appended at k."""
+    if inst.appended:
+        head, _, start = inst.name.rpartition(".")
+        return f"{head}.{int(start) + idx[-1]}"
+    return ".".join([inst.name, *map(str, idx)])
 
 
 def _patterns(sub: ir.Subgraph) -> tuple[set[tuple[str, ...]], set[tuple[str, ...]]]:
@@ -231,6 +270,11 @@ def _patterns(sub: ir.Subgraph) -> tuple[set[tuple[str, ...]], set[tuple[str, ..
     def pattern(path: str, loops: set[int]) -> tuple[str, ...]:
         head, *rest = path.split(".")
         inst = sub.instance_map.get(head)
+        if inst is not None and inst.items:  # a list: its child by index, an appended one's copy as '*'
+            if not rest:
+                return (head, "*")
+            child = ir.list_child(sub.instance_map, inst, int(rest[0]))
+            return (head, "*" if child.appended and child.loops[-1] in loops else rest[0], *rest[1:])
         implicit = ["*"] * len([lp for lp in inst.loops if lp in loops]) if inst is not None else []
         return (head, *implicit, *rest)
 
@@ -242,6 +286,9 @@ def _patterns(sub: ir.Subgraph) -> tuple[set[tuple[str, ...]], set[tuple[str, ..
                 calls.add(pattern(item.attrs["layer"], loops))
             elif isinstance(item, ir.Node) and item.op == "param":
                 reads.add(pattern(item.attrs["param"], loops))
+            elif isinstance(item, ir.Node) and item.op == "call" and item.attrs["instance"] in sub.instance_map \
+                    and sub.instance_map[item.attrs["instance"]].items:  # a chain runs each child
+                calls.add(pattern(item.attrs["instance"], loops))
 
     walk(sub.body, set())
     return calls, reads
@@ -259,7 +306,7 @@ def all_layers_used(program: ir.ProgramIR, model: str) -> bool:
         calls, reads = _patterns(sub)
         whole = {p[0] for p in calls | reads if all(x == "*" for x in p[1:1 + len(sub.instance_map[p[0]].loops)])}
         for inst in sub.instances:
-            if inst.layer is not None and inst.name not in whole and inst.layer.kind != "Dropout":
+            if inst.layer is not None and inst.name not in whole and inst.layer.kind != "Dropout" or inst.items:
                 return False
             if inst.block is not None:
                 todo.append(program.blocks[inst.block])
@@ -313,9 +360,13 @@ def check_flat_size(program: ir.ProgramIR, model: str) -> None:
     def body(items, sub: ir.Subgraph) -> int:
         n = 0
         for item in items:
-            if isinstance(item, ir.Node):
-                n += size(program.blocks[instance_block(sub, item.attrs["instance"], program.blocks)]) \
-                    if item.op == "call" else 1
+            if isinstance(item, ir.Node) and item.op == "call":
+                owner, inst, _ = ir.resolve_path(sub, item.attrs["instance"], program.blocks)
+                for _, child in children(owner, inst, item.attrs.get("children")) if inst.block is None \
+                        else [(None, inst)]:
+                    n += 1 if child.layer is not None else size(program.blocks[child.block])
+            elif isinstance(item, ir.Node):
+                n += 1
             elif isinstance(item, ir.Loop):
                 n += item.count * body(item.body, sub)
                 if n > MAX_FLAT_NODES:

@@ -39,6 +39,19 @@ class Copies:
     src: str = ""  # the count as Python source over the definition's parameters
 
 
+@dataclass(frozen=True)
+class Items:
+    """A list of children: `path.0 … path.{count-1}`; the first `written` are the list's own
+    elements, the rest (`run`: the appended child's name) appended by `+=` in one repeat."""
+
+    path: str
+    count: int
+    written: int
+    run: str | None = None
+    run_src: str = ""  # the appended copies' count as Python source over the definition's parameters
+    open: bool = False  # the repeat that appends to it has not closed yet
+
+
 class Scope(dict):
     """Names in scope (values, layers, config), keeping the config values (CVal) in a side table
     so that config evaluation never rescans the whole scope."""
@@ -81,6 +94,8 @@ class ParamIndex:
         self._under: dict[str, dict[str, None]] = {}
         self.pending: dict[str, tuple[int, ...]] = {}  # a name declared in open loops → those loops
         self.counts: dict[str, list[int]] = {}  # an instance name → its copies' counts, outermost first
+        self.lists: set[str] = set()  # names of lists of children
+        self.runs: dict[str, tuple[int, int]] = {}  # a list → (first index, count) of its appended copies
         self.params = _Named(self, self._params, self._param)
         self.under = _Named(self, self._under, self._names)
 
@@ -97,7 +112,11 @@ class ParamIndex:
         heads = set()
         for name, pend in list(self.pending.items()):
             if pend[-1] == loop:
-                heads.add(name.split(".", 1)[0])
+                head, start = name.split(".", 2)[:2]
+                if head in self.lists:  # an appended child: `head.{start + i}`
+                    self.runs[head] = (int(start), count)
+                else:
+                    heads.add(head)
                 if len(pend) > 1:
                     self.pending[name] = pend[:-1]
                 else:
@@ -109,6 +128,11 @@ class ParamIndex:
         """`blk.3.up.weight` → (`blk.up.weight`, ["3"]) when `blk` has copies; None if an index is
         missing or out of range. A name without copies is its own template."""
         head, _, rest = name.partition(".")
+        if head in self.runs:
+            start, count = self.runs[head]
+            k, _, tail = rest.partition(".")
+            if k.isdigit() and start <= int(k) < start + count:
+                return ".".join(p for p in (head, str(start), tail) if p), [k]
         counts = self.counts.get(head)
         if not counts:
             return name, []
@@ -122,6 +146,10 @@ class ParamIndex:
         head, _, rest = name.partition(".")
         if name == found.name:
             return found
+        if head in self.runs:
+            k = rest.split(".", 1)[0]
+            return Param(name, ".".join([head, k, *found.layer.split(".")[2:]]), found.slot, found.shape,
+                         found.dtype, found.span)
         depth = len(self.counts.get(head, ()))
         layer_rest = ".".join(found.layer.split(".")[1:])
         idx = rest.split(".")[:depth]
@@ -133,6 +161,8 @@ class ParamIndex:
         if t is None or not t[1]:
             return found
         head = path.split(".", 1)[0]
+        if head in self.runs:
+            return {".".join([head, t[1][0], *n.split(".")[2:]]): None for n in found}
         return {".".join([head, *t[1], *n.split(".")[1:]]): None for n in found}
 
 
@@ -183,10 +213,10 @@ def module_path(ref: ast.Ref, scope: Mapping[str, object], config: Mapping[str, 
     if not isinstance(head, str):
         raise TieError("a reference starts with a name", ref.span)
     bound = scope.get(head)
-    if isinstance(bound, (Instance, Copies)):
+    if isinstance(bound, (Instance, Copies, Items)):
         path = bound.path
     elif bound is None:
-        names = [k for k, v in scope.items() if isinstance(v, (Instance, Copies))]
+        names = [k for k, v in scope.items() if isinstance(v, (Instance, Copies, Items))]
         raise TieError(f"unknown layer '{head}' in '{label}'", ref.span,
                        hint=did_you_mean(head, names) or "layers must be declared before they are referenced")
     else:
@@ -199,6 +229,13 @@ def module_path(ref: ast.Ref, scope: Mapping[str, object], config: Mapping[str, 
         i = coerce(evaluate(part, config, "an index"), "int", part.span, "index").value
         if isinstance(bound, Copies) and path == bound.path and not 0 <= i < bound.count:
             raise TieError(f"index {i} is out of range: '{head}' has {bound.count} copies", part.span)
+        if isinstance(bound, Items) and path == bound.path:
+            if bound.open:
+                raise TieError(f"'{head}' is still growing here; index it after the repeat that appends to it",
+                               part.span)
+            if not 0 <= i < bound.count:
+                raise TieError(f"index {i} is out of range: '{head}' has {bound.count} children", part.span,
+                               hint=f"its children are {head}[0] … {head}[{bound.count - 1}]")
         if isinstance(bound, Instance) and path == bound.path:
             raise TieError(f"'{head}' is one layer, not a list of copies; it cannot be indexed", part.span,
                            hint=f"refer to it as '{head}' (a layer declared in `repeat … share` has one copy)")

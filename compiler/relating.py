@@ -13,7 +13,7 @@ from tiec.dsl.diagnostics import Span, TieError, did_you_mean
 
 from . import ir
 from .config import coerce, evaluate
-from .refs import Copies, Instance, Scope, Target, resolve
+from .refs import Copies, Instance, Items, Scope, Target, resolve
 from .relations import share_requests, tie_requests
 
 LOCAL = ""  # the qualifier of a subgraph's own requests: `lower` re-qualifies them per copy
@@ -36,6 +36,9 @@ class Relating:
             i = coerce(evaluate(ref.parts[1], scope.config, "an index"), "int", ref.parts[1].span, "index").value
             if 0 <= i < head.count:
                 self.counts.append((head.path, i, head.src))
+        if isinstance(head, Items) and len(ref.parts) > 1 and not isinstance(ref.parts[1], str):
+            self.note_list_index(head, coerce(evaluate(ref.parts[1], scope.config, "an index"), "int",
+                                              ref.parts[1].span, "index").value)
 
     def annotate(self, ann, inst: Instance, scope: Scope, stmt: ast.Assign, shares: list, ties: list):
         own = Target({n[len(inst.path) + 1:]: n for n in self.index.under.get(inst.path, [])}, False,

@@ -29,19 +29,29 @@ class _View:
         self._params: dict[str, ir.Param] | None = None
 
     def layer(self, path: str) -> ir.Layer:
-        sub, parts = self.sub, [p for p in path.split(".") if not p.isdigit()]
-        for part in parts[:-1]:
-            sub = self.blocks[sub.instance_map[part].block]
-        return replace(sub.instance_map[parts[-1]].layer, path=".".join(parts))
+        _, inst, _ = ir.resolve_path(self.sub, path, self.blocks)
+        return replace(inst.layer, path=self.key(path))
+
+    def key(self, path: str) -> str:
+        """A local path with the copy indices dropped (`blk.3.up` → `blk.up`), a list's index kept
+        (`ds.1.weight`): the declaration it names. Every copy of an appended child is its first."""
+        sub, parts, i, out = self.sub, path.split("."), 0, []
+        while i < len(parts) and sub is not None and parts[i] in sub.instance_map:
+            inst, i = ir.step(sub, parts, i)
+            out.append(inst.name)
+            sub = self.blocks[inst.block] if inst.block is not None else None
+        return ".".join(out + parts[i:])
 
     def param_map(self) -> _Params:
         if self._params is None:
             self._params = {}
             self._collect(self.sub, "")
-        return _Params(self._params)
+        return _Params(self._params, self.key)
 
     def _collect(self, sub: ir.Subgraph, prefix: str) -> None:
         for inst in sub.instances:
+            if inst.layer is None and inst.block is None:  # a list: its children are instances too
+                continue
             if inst.layer is not None:
                 for slot, shape in LAYERS[inst.layer.kind].slots(inst.layer.config):
                     name = ir.slot_key(f"{prefix}{inst.name}", slot)
@@ -54,8 +64,9 @@ class _View:
 class _Params(dict):
     """Parameters by local path; a copy's index (`blk.3.up.weight`) names the same declaration."""
 
-    def _key(self, name: str) -> str:
-        return ".".join(p for p in name.split(".") if not p.isdigit())
+    def __init__(self, params: dict, key):
+        super().__init__(params)
+        self._key = key
 
     def __getitem__(self, name: str) -> ir.Param:
         return super().__getitem__(self._key(name))
@@ -95,6 +106,9 @@ class _Checker:
         for item in body:
             if isinstance(item, ir.Loop):
                 self.loop(item, sub, types)
+            elif isinstance(item, ir.Node) and item.op == "call" and instance_block(
+                    sub, item.attrs["instance"], self.blocks) is None:
+                self.chain(item, sub, types)
             elif isinstance(item, ir.Node) and item.op == "call":
                 child = self.blocks[instance_block(sub, item.attrs["instance"], self.blocks)]
                 args = tuple(types[v] for v in item.inputs)
@@ -108,6 +122,35 @@ class _Checker:
                 ctx = shapes.Ctx(view, item, [types[i] for i in item.inputs], consts, self.symbols)
                 shapes.DTYPE_RULES.get(item.op, _no_rule)(ctx)  # read at call time: tests swap the table
                 types[item.name] = shapes.SHAPE_RULES[item.op](ctx)
+
+    def chain(self, node: ir.Node, sub: ir.Subgraph, types: dict) -> None:
+        """A list run as a chain: each child on the type the one before gives (copies alike)."""
+        owner, lst, _ = ir.resolve_path(sub, node.attrs["instance"], self.blocks)
+        prefix = node.attrs["instance"][:-len(lst.name)]
+        t = types[node.inputs[0]]
+        left = node.attrs["children"]
+        for name in lst.items:
+            child = owner.instance_map[name]
+            for _ in range(min(child.appended or 1, left)):
+                left -= 1
+                before = t
+                if child.layer is not None:
+                    step = ir.Node(child.layer.kind, node.name, node.inputs, ir.frozen({"layer": prefix + name}),
+                                   node.span)
+                    ctx = shapes.Ctx(self.views[sub.key], step, [t], self.consts[sub.key], self.symbols)
+                    shapes.DTYPE_RULES.get(step.op, _no_rule)(ctx)
+                    t = shapes.SHAPE_RULES[step.op](ctx)
+                    if t == before:  # every later copy sees this type again
+                        break
+                    continue
+                block = self.blocks[child.block]
+                shapes._check(t, [ir.Check("", block.inputs[0].type, node.attrs["arg_spans"][0], block.inputs[0].span)])
+                outer = self.symbols
+                t = self.subgraph(block, (t,))[0]
+                self.symbols = outer
+                if t == before:  # every later copy sees this type again
+                    break
+        types[node.name] = t
 
     def loop(self, loop: ir.Loop, sub: ir.Subgraph, types: dict) -> None:
         for outer, inner, _ in loop.carried:

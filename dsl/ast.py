@@ -164,6 +164,16 @@ class Unpack:
 
 
 @dataclass(frozen=True)
+class Append:
+    """`block += T5Block(…)` in a repeat: one more child of the list `block` per iteration."""
+
+    name: str
+    value: Expr
+    span: Span
+    name_span: Span
+
+
+@dataclass(frozen=True)
 class Schedule:
     """How a repeat's iterations share their layers: `cycle(3)`, `sandwich`, `only(layer.attn)`."""
 
@@ -202,7 +212,7 @@ class TieStmt:
     kind: str = "pairwise"  # as in `TieAnn`
 
 
-Stmt = Input | Assign | Unpack | Repeat | Return | ShareStmt | TieStmt
+Stmt = Input | Assign | Unpack | Append | Repeat | Return | ShareStmt | TieStmt
 
 # ----------------------------------------------------------------------------- definitions
 

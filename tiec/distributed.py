@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from tiec.compiler import ir
+from tiec.compiler import ir, lower
 
 if TYPE_CHECKING:
     from tiec.api import Program
@@ -140,7 +140,13 @@ class _Planner:
         called: dict[str, str] = {}
         for node, loops in _nodes(sub.body, {}):
             if node.op == "call":
-                block = sub.instance_map[node.attrs["instance"].partition(".")[0]].block
+                owner, inst, _ = ir.resolve_path(sub, node.attrs["instance"], self.program.blocks)
+                if inst.block is None:  # a list run as a chain: each block child is a unit of its own
+                    base = node.attrs["instance"][:-len(inst.name)]
+                    called.update((base + p, c.block) for p, c in lower.children(owner, inst, node.attrs["children"])
+                                  if c.block is not None)
+                    continue
+                block = sub.instance_map[node.attrs["instance"].partition(".")[0]].block or inst.block
                 called.update((p, block) for p in _expand(sub, node.attrs["instance"], loops))
             elif node.op == "param":
                 self.reads += [(path, _join(path, p)) for p in _expand(sub, node.attrs["param"], loops)]
@@ -233,9 +239,11 @@ def _expand(sub: ir.Subgraph, local: str, loops: dict[int, int]) -> list[str]:
     instances means that iteration's copy, so every copy (`h` → `h.0`, `h.1`), as lowering names them."""
     head, _, rest = local.partition(".")
     inst = sub.instance_map.get(head)
-    counts = [loops[lp] for lp in inst.loops if lp in loops] if inst is not None else []
-    return [".".join(p for p in (head, *map(str, idx), rest) if p)
-            for idx in itertools.product(*(range(c) for c in counts))]
+    if inst is not None and inst.items and rest.split(".")[0].isdigit():  # a list's child, maybe appended
+        inst = ir.list_child(sub.instance_map, inst, int(rest.split(".")[0]))
+    ids = [lp for lp in inst.loops if lp in loops] if inst is not None else []
+    return [lower._flat(sub, local, dict(zip(ids, idx)), "")
+            for idx in itertools.product(*(range(loops[lp]) for lp in ids))]
 
 
 def _join(path: str, child: str) -> str:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from tiec.compiler import ir
+from tiec.compiler import ir, lower
 from tiec.compiler.catalog import LAYERS, REQUIRED
 from tiec.compiler.lower import instance_block
 from tiec.dsl.diagnostics import Span, TieError
@@ -71,10 +71,7 @@ def _call_text(layer: ir.Layer) -> str:
 def _flat(sub: ir.Subgraph, local: str, indices: dict[int, int], prefix: str) -> str:
     """A local module path → the model's module path, as lowering names it: a copy made by a
     non-shared repeat takes the iteration's index after the instance's name (`blk.3.up`)."""
-    head, _, rest = local.partition(".")
-    inst = sub.instance_map.get(head)
-    implicit = [str(indices[lp]) for lp in inst.loops if lp in indices] if inst is not None else []
-    return prefix + ".".join(p for p in (head, *implicit, rest) if p)
+    return lower._flat(sub, local, indices, prefix)
 
 
 @dataclass
@@ -150,6 +147,19 @@ class _Drawing:
 
     def call(self, n: ir.Node, sub, env, indices, prefix, into, model) -> None:
         path = _flat(sub, n.attrs["instance"], indices, prefix)
+        owner, inst, _ = ir.resolve_path(sub, n.attrs["instance"], self.program.blocks)
+        if inst.block is None:  # a list run as a chain: each child on the one before's output
+            body = self.cluster(into, f"{path}: {len(lower.children(owner, inst, n.attrs['children']))} children")
+            value = n.inputs[0]
+            for child_path, child in lower.children(owner, inst, n.attrs["children"]):
+                local = n.attrs["instance"][:-len(inst.name)] + child_path
+                step = ir.Node(child.layer.kind if child.layer else "call", f"{n.name}~{child_path}", (value,),
+                               ir.frozen({"layer": local} if child.layer else {
+                                   "instance": local, "outputs": (f"{n.name}~{child_path}",)}), n.span)
+                (self.op if child.layer else self.call)(step, sub, env, indices, prefix, body, model)
+                value = step.name
+            env[n.attrs["outputs"][0]] = env[value]
+            return
         child = self.program.blocks[instance_block(sub, n.attrs["instance"], self.program.blocks)]
         inner = {i.name: env[v] for i, v in zip(child.inputs, n.inputs)}
         key = ir.qualify(model, path)
@@ -183,14 +193,7 @@ class _Drawing:
 def _layer(program: ir.ProgramIR, sub: ir.Subgraph, local: str) -> ir.Layer:
     """The layer a local path calls: `fc`, `blk.3` (an indexed copy is the instance's layer), or
     one inside a block instance, `tower.fc`."""
-    for part in local.split("."):
-        if part.isdigit():
-            continue
-        inst = sub.instance_map[part]
-        if inst.layer is not None:
-            return inst.layer
-        sub = program.blocks[inst.block]
-    raise AssertionError(f"{local} names no layer")  # the compiler resolved every call
+    return ir.resolve_path(sub, local, program.blocks)[1].layer
 
 
 def dot_source(program: ir.ProgramIR, model: str | None = None, title: str = "") -> str:

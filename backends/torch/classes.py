@@ -93,10 +93,7 @@ class SubgraphClass:
         """The layer at a local path (`fc`, `fc.2`, `tower.conv1`, `blk.0.up`)."""
         if self.legacy is not None:
             return self.legacy.layer(path)
-        sub, parts = self.sub, [p for p in path.split(".") if not p.isdigit()]
-        for part in parts[:-1]:
-            sub = self.blocks[sub.instance_map[part].block]
-        return sub.instance_map[parts[-1]].layer
+        return ir.resolve_path(self.sub, path, self.blocks)[1].layer
 
     def expr(self, path: str, scope: _Scope) -> str:
         """A local module or parameter path as a Python expression inside the forward."""
@@ -107,6 +104,12 @@ class SubgraphClass:
             return self.tree.expr(path)
         head, _, rest = path.partition(".")
         inst = self.sub.instance_map[head]
+        if inst.items and rest:  # a list's child; inside the repeat that appends it, the loop's copy
+            k, _, tail = rest.partition(".")
+            child = ir.list_child(self.sub.instance_map, inst, int(k))
+            if child.appended and child.loops[-1] in scope.loops:
+                base = scope.vars[(child.name, child.loops[-1])]
+                return chain(base, tail) if tail else base
         inside = [lp for lp in inst.loops if lp in scope.loops]
         base = scope.vars[(head, inside[-1])] if inside else attr("self", head)
         return chain(base, rest) if rest else base
@@ -175,8 +178,15 @@ class SubgraphClass:
         else:
             rows = []
             for inst in self.sub.instances:
+                if "." in inst.name:  # a list's child: its list builds it
+                    continue
+                if inst.layer is None and inst.block is None:
+                    rows += self._list_rows(inst)
+                    continue
                 rows.append((*assign("self", inst.name, self._instance(inst)), ""))
             for lp in self.loops.values():
+                if self._only_appends(lp):
+                    continue
                 if lp.shared or not self._loop_instances(lp):
                     rows.append((f"self.{self.count_attr[lp.id]}", self._cfg(lp.count_src, lp.count),
                                  "repeat count"))
@@ -196,7 +206,11 @@ class SubgraphClass:
             if not reads:  # a literal count: the compiler has checked the index already
                 continue
             self.used |= reads
-            msg = f"{self.class_name}: the spec refers to {name}[{index}], so {count} must be at least {index + 1}"
+            shown = f"{name}[{index}]"
+            if self.sub.instance_map[name].appended:  # an appended child's copy: its index in the list
+                head, _, start = name.rpartition(".")
+                shown = f"{head}[{int(start) + index}]"
+            msg = f"{self.class_name}: the spec refers to {shown}, so {count} must be at least {index + 1}"
             checks += [f"if {count} <= {index}:", f"    raise ValueError({literal(msg)})"]
         for extra in (self.schedule_init, self.tie_init):
             if extra:
@@ -242,6 +256,11 @@ class SubgraphClass:
             f"for {', '.join(var[h] for h in looped)} in zip({', '.join(its)}):"
         return [head, *("    " + x for x in aligned(rows))]
 
+    def _length(self, path: str) -> int:
+        """How many children the list at a local path has."""
+        owner, lst, _ = ir.resolve_path(self.sub, path, self.blocks)
+        return sum(owner.instance_map[n].appended or 1 for n in lst.items)
+
     def _count_of(self, name: str) -> int:
         return self.loops[self.sub.instance_map[name].loops[0]].count
 
@@ -270,9 +289,34 @@ class SubgraphClass:
 
         return nested(0, ctors)
 
+    def _list_rows(self, lst: ir.Instance) -> list[tuple[str, str, str]]:
+        """`self.ds = nn.Sequential(…)` (called as a chain) or `nn.ModuleList([…])`, then, for an
+        appended child, `self.ds.extend(Kind(…) for _ in range(count))`."""
+        written = [self.sub.instance_map[n] for n in lst.items if not self.sub.instance_map[n].appended]
+        ctors = [self._ctor(child, child.name) for child in written]
+        chained = any(n.op == "call" and n.attrs["instance"] == lst.name for n in nodes_of(self.sub.body))
+        value = f"nn.Sequential({', '.join(ctors)})" if chained else f"nn.ModuleList([{', '.join(ctors)}])"
+        rows = [(*assign("self", lst.name, value), "")]
+        for name in lst.items[len(written):]:
+            run = self.sub.instance_map[name]
+            from .plan import copies
+
+            paths = copies(self.sub, run)
+            ctor = self._ctor(run, paths[0])
+            if any(self._ctor(run, p) != ctor for p in paths[1:]):
+                raise TieError(f"the copies '{lst.name}' appends differ (shared or transposed one by one)", run.span,
+                               hint="share whole copies, or declare the children one by one")
+            count = self._cfg(self.loops[run.loops[-1]].count_src, run.appended)
+            rows.append((f"{attr('self', lst.name)}.extend({ctor} for _ in range({count}))", "", ""))
+        return rows
+
+    def _only_appends(self, lp: ir.Loop) -> bool:
+        """Whether a loop only appends children to lists: it computes nothing."""
+        return not nodes_of(lp.body) and any(i.appended and i.loops[-1] == lp.id for i in self.sub.instances)
+
     def _loop_instances(self, lp: ir.Loop) -> list[ir.Instance]:
         used = referenced(lp.body)
-        return [i for i in self.sub.instances if lp.id in i.loops and i.name in used]
+        return [i for i in self.sub.instances if lp.id in i.loops and i.name.split(".")[0] in used]
 
     # ------------------------------------------------------------------ forward
     def forward_lines(self, reserved: set[str]) -> list[str]:
@@ -307,7 +351,7 @@ class SubgraphClass:
                 continue
             for inst in self._loop_instances(lp):
                 depth = len(inst.loops) - 1 - inst.loops.index(lp.id)
-                out[(inst.name, lp.id)] = namer.fresh(inst.name + "_row" * depth)
+                out[(inst.name, lp.id)] = namer.fresh(inst.name.split(".")[0] + "_row" * depth)
         return out
 
     def _body(self, body, names: Locals, inline, scope: _Scope, loop_vars, live: Liveness) -> list[str]:
@@ -327,6 +371,8 @@ class SubgraphClass:
                 if item.name in inline:
                     continue
                 block.append(self._statement(item, names, local, scope, live))
+            elif isinstance(item, ir.Loop) and self._only_appends(item):
+                continue  # `repeat n { ds += Kind(…) }`: the constructor's `extend` is the whole loop
             elif isinstance(item, ir.Loop):
                 flush()
                 lines += names.enter(item)
@@ -345,7 +391,11 @@ class SubgraphClass:
         targets, iters = [], []
         for inst in insts:
             at = inst.loops.index(lp.id)
-            iters.append(attr("self", inst.name) if at == 0 else scope.vars[(inst.name, inst.loops[at - 1])])
+            if inst.appended:  # a list's appended children: the list from their first index on
+                head, _, start = inst.name.rpartition(".")
+                iters.append(f"{attr('self', head)}[{start}:]")
+            else:
+                iters.append(attr("self", inst.name) if at == 0 else scope.vars[(inst.name, inst.loops[at - 1])])
             targets.append(loop_vars[(inst.name, lp.id)])
         if len(insts) == 1:
             return f"for {targets[0]} in {iters[0]}:"
@@ -355,7 +405,10 @@ class SubgraphClass:
         args = tuple(local(v) for v in node.inputs)
         at = live.pos[id(node)]
         if node.op == "call":
-            rhs = f"{self.expr(node.attrs['instance'], scope)}({', '.join(args)})"
+            callee = self.expr(node.attrs["instance"], scope)
+            if "children" in node.attrs and node.attrs["children"] < self._length(node.attrs["instance"]):
+                callee += f"[:{node.attrs['children']}]"  # written before the repeat that appends to it
+            rhs = f"{callee}({', '.join(args)})"
             targets = ", ".join(names.define(v, at) for v in node.attrs["outputs"])
             return f"{targets} = {rhs}", ""
         if node.op == "param":
@@ -380,7 +433,8 @@ class SubgraphClass:
         copies = {}  # an instance repeated by one top-level loop → its count, for ties written copy by copy
         if self.legacy is None:
             for inst in self.sub.instances:
-                if len(inst.loops) == 1 and any(lp.id == inst.loops[0] for lp in self.sub.body if isinstance(lp, ir.Loop)):
+                if len(inst.loops) == 1 and not inst.appended and \
+                        any(lp.id == inst.loops[0] for lp in self.sub.body if isinstance(lp, ir.Loop)):
                     copies[inst.name] = (inst.loops[0], self.loops[inst.loops[0]].count)
         attrs = tie_attrs(groups, [i.name for i in self.sub.instances] +
                           ([lay.path.split(".")[0] for lay in self.legacy.layers] if self.legacy is not None else []),

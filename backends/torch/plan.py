@@ -27,7 +27,7 @@ def copies(sub: ir.Subgraph, inst: ir.Instance) -> list[str]:
     """The flat-relative paths of an instance's copies (`fc` alone, or `fc.0.1` …)."""
     loops = lower.loop_map(sub)
     ranges = [range(loops[lp].count) for lp in inst.loops]
-    return [".".join([inst.name, *map(str, idx)]) for idx in itertools.product(*ranges)]
+    return [lower.copy_path(inst, idx) for idx in itertools.product(*ranges)]
 
 
 @dataclass

@@ -24,7 +24,7 @@ import torch
 from tiec.compiler import ir
 from torch import nn
 
-from .classes import attr
+from .classes import attr, chain
 
 RETIE_DOC = ('"""Alias each share group to its canonical tensor again '
              '(after load_state_dict(assign=True), to_empty())."""')
@@ -43,7 +43,8 @@ def block_calls(sub: ir.Subgraph, has_retie: set[str]) -> list[str]:
     for inst in sub.instances:
         if inst.block is None or inst.block not in has_retie:
             continue
-        target = attr("self", inst.name)
+        head, _, start = inst.name.rpartition(".")
+        target = chain("self", inst.name) if not inst.appended else f"{attr('self', head)}[{start}:]"
         if not inst.loops:
             out.append(f"{target}.retie()")
             continue

@@ -1,0 +1,218 @@
+"""Lists of children (`ds = [Conv2d(…), BatchNorm2d(…)]`, `ds[i]`, `ds(x)`) against
+hand-written PyTorch modules with the same keys: strict loads, outputs, shares and ties through
+`name[i]`, the emitted source against the live module, and onnxruntime against torch."""
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from torch import nn
+
+import tiec
+
+# A downsampling block (a chain of two children of different kinds), a block of two inputs and
+# two outputs reached by index, a special first block followed by two ordinary ones, and a share
+# through indices.
+SPEC = """
+block Down(cin, cout) {
+    in x: [B, cin, H, W]
+    conv = Conv2d(cin, cout, 3, stride=2, padding=1, bias=false)
+    bn = BatchNorm2d(cout)
+    downsample = [Conv2d(cin, cout, 1, stride=2, bias=false), BatchNorm2d(cout)]
+    return relu(bn(conv(x))) + downsample(x)
+}
+block First(d) {
+    in x: [B, d]
+    fc = Linear(d, d)
+    bias = Linear(d, d)
+    return tanh(fc(x)), bias(x)
+}
+block Layer(d) {
+    in x: [B, d]
+    in bias: [B, d]
+    fc = Linear(d, d)
+    return tanh(fc(x)) + bias
+}
+model Net(d = 8) {
+    in img: [B, 3, 8, 8]
+    stem = [Down(3, 4), Conv2d(4, d, 4)]
+    h = flatten(stem(img), 1)
+    block = [First(d), Layer(d), Layer(d)]
+    x, bias = block[0](h)
+    x = block[1](x, bias)
+    x = block[2](x, bias)
+    head = [Linear(d, d), Linear(d, 3)]
+    share head[0].weight, block[1].fc.weight
+    return head[1](relu(head[0](x)))
+}
+"""
+
+
+class Down(nn.Module):
+    def __init__(self, cin, cout):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(cout)
+        self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=2, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        return torch.relu(self.bn(self.conv(x))) + self.downsample(x)
+
+
+class First(nn.Module):
+    def __init__(self, d):
+        super().__init__()
+        self.fc, self.bias = nn.Linear(d, d), nn.Linear(d, d)
+
+    def forward(self, x):
+        return torch.tanh(self.fc(x)), self.bias(x)
+
+
+class Layer(nn.Module):
+    def __init__(self, d):
+        super().__init__()
+        self.fc = nn.Linear(d, d)
+
+    def forward(self, x, bias):
+        return torch.tanh(self.fc(x)) + bias
+
+
+class Net(nn.Module):
+    """The spec's model written by hand: `block.0` is a `First`, `block.1`, `block.2` are `Layer`s."""
+
+    def __init__(self, d=8):
+        super().__init__()
+        self.stem = nn.Sequential(Down(3, 4), nn.Conv2d(4, d, 4))
+        self.block = nn.ModuleList([First(d), Layer(d), Layer(d)])
+        self.head = nn.ModuleList([nn.Linear(d, d), nn.Linear(d, 3)])
+        self.head[0].weight = self.block[1].fc.weight
+
+    def forward(self, img):
+        x, bias = self.block[0](torch.flatten(self.stem(img), 1))
+        for layer in self.block[1:]:
+            x = layer(x, bias)
+        return self.head[1](torch.relu(self.head[0](x)))
+
+
+def reference() -> Net:
+    torch.manual_seed(0)
+    net = Net()
+    with torch.no_grad():  # running statistics that are not the defaults, so eval mode tests them
+        for module in net.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 1.5)
+    return net.eval()
+
+
+IMG = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+
+
+def test_keys_of_children_of_different_kinds_are_the_reference_keys():
+    module = tiec.loads(SPEC).torch()
+    assert list(module.state_dict()) == list(reference().state_dict())
+    assert "stem.0.downsample.1.num_batches_tracked" in module.state_dict()
+    assert isinstance(module.stem, nn.Sequential) and isinstance(module.block, nn.ModuleList)
+    assert [type(m).__name__ for m in module.block] == ["First", "Layer", "Layer"]
+
+
+def test_strict_load_and_outputs_match_the_reference_in_eval_and_train_mode():
+    ref = reference()
+    module = tiec.loads(SPEC).torch().eval()
+    module.load_state_dict(ref.state_dict(), strict=True)
+    with torch.no_grad():
+        torch.testing.assert_close(module(IMG), ref(IMG), rtol=1e-5, atol=1e-5)
+    module.train()
+    ref.train()
+    torch.testing.assert_close(module(IMG), ref(IMG), rtol=1e-5, atol=1e-5)
+    for (key, got), want in zip(module.state_dict().items(), ref.state_dict().values()):
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6, msg=key)
+
+
+def test_share_through_an_index_is_one_tensor_with_the_sum_of_both_gradients():
+    module = tiec.loads(SPEC).torch()
+    assert module.head[0].weight is module.block[1].fc.weight
+    stats = tiec.loads(SPEC).stats()["models"]["Net"]
+    assert stats["unique_params"] == sum(p.numel() for p in reference().parameters())
+    ref = reference()
+    module.load_state_dict(ref.state_dict(), strict=True)
+    module.eval()(IMG).sum().backward()
+    ref(IMG).sum().backward()
+    torch.testing.assert_close(module.head[0].weight.grad, ref.head[0].weight.grad)
+
+
+def test_tie_through_indices_penalises_the_two_children():
+    spec = SPEC.replace("share head[0].weight, block[1].fc.weight", "tie(0.5) block[1].fc.weight, block[2].fc.weight")
+    module = tiec.loads(spec).torch()
+    a, b = module.block[1].fc.weight, module.block[2].fc.weight
+    assert a is not b
+    torch.testing.assert_close(module.tie_penalty(), 0.5 * ((a - b) ** 2).sum())
+
+
+def test_emitted_source_reads_like_pytorch_and_is_the_live_module(tmp_path):
+    program = tiec.loads(SPEC)
+    source = program.python()
+    assert "self.stem  = nn.Sequential(Down(3, 4), nn.Conv2d(4, d, (4, 4)" in source
+    assert "self.downsample = nn.Sequential(nn.Conv2d(cin, cout, (1, 1)" in source
+    assert "self.block = nn.ModuleList([First(d), Layer(d), Layer(d)])" in source
+    assert "x, bias = self.block[0](h)" in source
+    assert "self.head[1](" in source
+    path = tmp_path / "net.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("net_emitted", path)
+    emitted = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(emitted)
+    ref = reference()
+    standalone, live = emitted.Net().eval(), program.torch().eval()
+    for module in (standalone, live):
+        module.load_state_dict(ref.state_dict(), strict=True)
+    with torch.no_grad():
+        torch.testing.assert_close(standalone(IMG), live(IMG), rtol=0, atol=0)
+
+
+def test_onnx_matches_torch_and_stores_the_shared_weight_once(tmp_path):
+    program = tiec.loads(SPEC)
+    module = program.torch().eval()
+    module.load_state_dict(reference().state_dict(), strict=True)
+    path = tmp_path / "net.onnx"
+    program.onnx(path, weights=module)
+    inits = [i for i in onnx.load(path).graph.initializer if not i.name.startswith("~")]
+    shared = module.head[0].weight.detach().numpy()
+    assert sum(1 for i in inits if np.array_equal(onnx.numpy_helper.to_array(i), shared)) == 1
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        want = module(IMG).numpy()
+    np.testing.assert_allclose(session.run(None, {"img": IMG.numpy()})[0], want, rtol=1e-3, atol=1e-5)
+
+
+NESTED = """
+block Inner(d) {
+    in x: [B, d]
+    pair = [Linear(d, d), LayerNorm(d)]
+    return pair(x)
+}
+model Outer(d = 6) {
+    in x: [B, d]
+    stack = [Inner(d), Inner(d), Linear(d, 2)]
+    y = stack(x)
+    return y, stack[1].pair[0](x)
+}
+"""
+
+
+def test_nested_lists():
+    program = tiec.loads(NESTED)
+    module = program.torch().eval()
+    keys = list(module.state_dict())
+    assert keys[:4] == ["stack.0.pair.0.weight", "stack.0.pair.0.bias", "stack.0.pair.1.weight", "stack.0.pair.1.bias"]
+    x = torch.randn(5, 6, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        y = module.stack[2](module.stack[1].pair[1](module.stack[1].pair[0](
+            module.stack[0].pair[1](module.stack[0].pair[0](x)))))
+        got, inner = module(x)
+        torch.testing.assert_close(got, y, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(inner, module.stack[1].pair[0](x), rtol=0, atol=0)
+    assert "self.pair = nn.Sequential(nn.Linear(d, d), nn.LayerNorm(" in program.python()
