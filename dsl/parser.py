@@ -229,6 +229,10 @@ class _Builder(Transformer):
         names = [self._span(t) for t in c[:-1]]
         return ast.Unpack(tuple(str(t) for t in c[:-1]), c[-1], _join(names[0], c[-1].span), tuple(names))
 
+    def append(self, c):
+        name = self._span(c[0])
+        return ast.Append(str(c[0]), c[1], _join(name, c[1].span), name)
+
     def body(self, c):
         return tuple(c)
 

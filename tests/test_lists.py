@@ -1,6 +1,7 @@
-"""Lists of children (`ds = [Conv2d(…), BatchNorm2d(…)]`, `ds[i]`, `ds(x)`) against
-hand-written PyTorch modules with the same keys: strict loads, outputs, shares and ties through
-`name[i]`, the emitted source against the live module, and onnxruntime against torch."""
+"""Lists of children (`ds = [Conv2d(…), BatchNorm2d(…)]`, `ds[i]`, `ds(x)`) and appended copies
+(`block += Kind(…)` in a repeat), against hand-written PyTorch modules with the same keys: strict
+loads, outputs, shares and ties through `name[i]`, depth set by a constructor argument, the
+emitted source against the live module, and onnxruntime against torch."""
 from __future__ import annotations
 
 import importlib.util
@@ -8,14 +9,15 @@ import importlib.util
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 import torch
 from torch import nn
 
 import tiec
 
 # A downsampling block (a chain of two children of different kinds), a block of two inputs and
-# two outputs reached by index, a special first block followed by two ordinary ones, and a share
-# through indices.
+# two outputs reached by index, a special first block followed by n ordinary ones appended in a
+# repeat, and a share through indices.
 SPEC = """
 block Down(cin, cout) {
     in x: [B, cin, H, W]
@@ -36,14 +38,16 @@ block Layer(d) {
     fc = Linear(d, d)
     return tanh(fc(x)) + bias
 }
-model Net(d = 8) {
+model Net(n = 2, d = 8) {
     in img: [B, 3, 8, 8]
     stem = [Down(3, 4), Conv2d(4, d, 4)]
     h = flatten(stem(img), 1)
-    block = [First(d), Layer(d), Layer(d)]
+    block = [First(d)]
     x, bias = block[0](h)
-    x = block[1](x, bias)
-    x = block[2](x, bias)
+    repeat n {
+        block += Layer(d)
+        x = block(x, bias)
+    }
     head = [Linear(d, d), Linear(d, 3)]
     share head[0].weight, block[1].fc.weight
     return head[1](relu(head[0](x)))
@@ -81,12 +85,12 @@ class Layer(nn.Module):
 
 
 class Net(nn.Module):
-    """The spec's model written by hand: `block.0` is a `First`, `block.1`, `block.2` are `Layer`s."""
+    """The spec's model written by hand: `block.0` is a `First`, `block.1 … block.n` are `Layer`s."""
 
-    def __init__(self, d=8):
+    def __init__(self, n=2, d=8):
         super().__init__()
         self.stem = nn.Sequential(Down(3, 4), nn.Conv2d(4, d, 4))
-        self.block = nn.ModuleList([First(d), Layer(d), Layer(d)])
+        self.block = nn.ModuleList([First(d), *(Layer(d) for _ in range(n))])
         self.head = nn.ModuleList([nn.Linear(d, d), nn.Linear(d, 3)])
         self.head[0].weight = self.block[1].fc.weight
 
@@ -97,9 +101,9 @@ class Net(nn.Module):
         return self.head[1](torch.relu(self.head[0](x)))
 
 
-def reference() -> Net:
+def reference(n: int = 2) -> Net:
     torch.manual_seed(0)
-    net = Net()
+    net = Net(n)
     with torch.no_grad():  # running statistics that are not the defaults, so eval mode tests them
         for module in net.modules():
             if isinstance(module, nn.BatchNorm2d):
@@ -152,14 +156,39 @@ def test_tie_through_indices_penalises_the_two_children():
     torch.testing.assert_close(module.tie_penalty(), 0.5 * ((a - b) ** 2).sum())
 
 
+@pytest.mark.parametrize("n", [1, 4])
+def test_a_constructor_argument_sets_how_many_copies_are_appended(n):
+    program = tiec.loads(SPEC)
+    module = program.torch()
+    bigger = type(module)(n=n).eval()
+    ref = reference(n)
+    assert list(bigger.state_dict()) == list(ref.state_dict())
+    bigger.load_state_dict(ref.state_dict(), strict=True)
+    with torch.no_grad():
+        torch.testing.assert_close(bigger(IMG), ref(IMG), rtol=1e-5, atol=1e-5)
+    again = tiec.loads(SPEC, {"n": n}).torch().eval()  # the same depth set at compile time
+    again.load_state_dict(ref.state_dict(), strict=True)
+    with torch.no_grad():
+        torch.testing.assert_close(again(IMG), ref(IMG), rtol=1e-5, atol=1e-5)
+
+
+def test_an_index_into_appended_copies_is_checked_by_the_constructor():
+    module = tiec.loads(SPEC).torch()
+    with pytest.raises(ValueError, match=r"block\[1\], so n must be at least 1"):
+        type(module)(n=0)
+
+
 def test_emitted_source_reads_like_pytorch_and_is_the_live_module(tmp_path):
     program = tiec.loads(SPEC)
     source = program.python()
     assert "self.stem  = nn.Sequential(Down(3, 4), nn.Conv2d(4, d, (4, 4)" in source
     assert "self.downsample = nn.Sequential(nn.Conv2d(cin, cout, (1, 1)" in source
-    assert "self.block = nn.ModuleList([First(d), Layer(d), Layer(d)])" in source
+    assert "self.block.extend(Layer(d) for _ in range(n))" in source
+    assert "for block in self.block[1:]:" in source
     assert "x, bias = self.block[0](h)" in source
     assert "self.head[1](" in source
+    deeper = tiec.loads(SPEC, {"n": 9}).python()
+    assert len(deeper.splitlines()) == len(source.splitlines())
     path = tmp_path / "net.py"
     path.write_text(source)
     spec = importlib.util.spec_from_file_location("net_emitted", path)
@@ -198,21 +227,55 @@ model Outer(d = 6) {
     in x: [B, d]
     stack = [Inner(d), Inner(d), Linear(d, 2)]
     y = stack(x)
-    return y, stack[1].pair[0](x)
+    ys = [Linear(2, 2)]
+    repeat 3 {
+        ys += Linear(2, 2)
+        y = ys(y)
+    }
+    return ys[0](y), stack[1].pair[0](x)
 }
 """
 
 
-def test_nested_lists():
+def test_nested_lists_and_a_chain_written_before_the_repeat_that_appends():
     program = tiec.loads(NESTED)
     module = program.torch().eval()
     keys = list(module.state_dict())
     assert keys[:4] == ["stack.0.pair.0.weight", "stack.0.pair.0.bias", "stack.0.pair.1.weight", "stack.0.pair.1.bias"]
+    assert "ys.3.weight" in keys and "ys.4.weight" not in keys
     x = torch.randn(5, 6, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         y = module.stack[2](module.stack[1].pair[1](module.stack[1].pair[0](
             module.stack[0].pair[1](module.stack[0].pair[0](x)))))
+        for i in (1, 2, 3):
+            y = module.ys[i](y)
         got, inner = module(x)
-        torch.testing.assert_close(got, y, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(got, module.ys[0](y), rtol=1e-6, atol=1e-6)
         torch.testing.assert_close(inner, module.stack[1].pair[0](x), rtol=0, atol=0)
-    assert "self.pair = nn.Sequential(nn.Linear(d, d), nn.LayerNorm(" in program.python()
+    assert "self.ys[:1]" not in program.python()  # `ys(y)` appears only inside the repeat
+
+
+def test_a_chain_before_the_appending_repeat_runs_only_the_children_it_had():
+    spec = """
+    model M(n = 2) {
+        in x: [B, 4]
+        ds = [Linear(4, 4)]
+        y = ds(x)
+        repeat n {
+            ds += Linear(4, 4)
+            y = ds(y)
+        }
+        return ds(y)
+    }
+    """
+    program = tiec.loads(spec)
+    module = program.torch().eval()
+    assert "self.ds[:1](x)" in program.python()
+    x = torch.randn(3, 4)
+    with torch.no_grad():
+        y = module.ds[0](x)
+        for i in (1, 2):
+            y = module.ds[i](y)
+        for i in (0, 1, 2):
+            y = module.ds[i](y)
+        torch.testing.assert_close(module(x), y)
