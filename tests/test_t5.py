@@ -234,3 +234,21 @@ def test_the_emitted_class_takes_the_depths_as_hfs_config_does(tmp_path):
         logits, encoded = module(ids, mask, dec)
     torch.testing.assert_close(logits, want.logits, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(encoded, want.encoder_last_hidden_state, rtol=1e-5, atol=1e-5)
+
+
+def test_t5_compiles_in_bf16_and_stays_as_close_to_fp32_as_hfs_bf16_model():
+    """bf16 rounds each value to 8 significant bits (~0.03 at logits of ~5), so the bound here is
+    HF's own bf16 error against fp32, not 1e-5."""
+    ids, mask, dec = batch(2, 9, 7)
+    with torch.no_grad():
+        exact = reference()(input_ids=ids, attention_mask=mask, decoder_input_ids=dec).logits
+    hf = reference().to(torch.bfloat16)
+    module = tiec.load(EXAMPLE, SIZES, dtype="bf16").torch().eval()
+    module.load_state_dict(hf.state_dict(), strict=True)  # a bf16 checkpoint into bf16 parameters, no cast
+    with torch.no_grad():
+        theirs = hf(input_ids=ids, attention_mask=mask, decoder_input_ids=dec).logits
+        ours, _ = module(ids, mask, dec)
+    assert ours.dtype == torch.bfloat16
+    hf_error = (theirs.float() - exact).abs().max().item()
+    assert (ours.float() - exact).abs().max().item() <= 1.5 * hf_error
+    torch.testing.assert_close(ours.float(), theirs.float(), rtol=0.02, atol=0.1)
