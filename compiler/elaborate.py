@@ -268,7 +268,7 @@ class SubgraphElaborator(Relating, Listing, Binder):
                 carried_in.append((name, scope[name], inner))
                 scope[name] = inner
         self.loops.append((loop_id, stmt.shared, count.value))
-        self.open_lists(stmt.body, scope)
+        self.open_lists(stmt, scope)
         try:
             self.body(stmt.body, scope)
         finally:

@@ -90,9 +90,12 @@ class Listing:
         self.appending.setdefault(loop_id, []).append((name, replace(bound, run=child.name)))
         scope[name] = ref  # in the body, the list's name is this iteration's copy
 
-    def open_lists(self, stmts, scope: Scope) -> None:
+    def open_lists(self, repeat: ast.Repeat, scope: Scope) -> None:
         """Mark the lists a repeat's body appends to as growing, until it closes."""
-        for s in stmts:
+        for s in repeat.body:
+            if isinstance(s, ast.Append) and repeat.schedule is not None:
+                raise TieError("`+=` cannot append in a scheduled repeat: the schedule shares the copies the "
+                               "repeat declares", s.span, hint="drop the schedule, or declare a copy per iteration: layer = Kind(…)")
             if isinstance(s, ast.Append) and isinstance(scope.get(s.name), Items):
                 scope[s.name] = replace(scope[s.name], open=True)
 

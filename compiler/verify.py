@@ -57,6 +57,15 @@ def _subgraph(sub: ir.Subgraph) -> None:
     """Structured: each value defined once, before use (a loop's carried values at its start)."""
     defined = {i.name for i in sub.inputs}
     names = sub.instance_map
+    for inst in sub.instances:  # a list's children: `name.0 … name.{k-1}`, then at most one appended child
+        if inst.layer is None and inst.block is None:
+            indices = [n.rpartition(".")[2] for n in inst.items]
+            if any(n not in names or n.rpartition(".")[0] != inst.name for n in inst.items) \
+                    or indices != [str(i) for i in range(len(indices))] \
+                    or any(names[n].appended for n in inst.items[:-1]):
+                raise IRInvariantError(f"{sub.key}: list {inst.name!r} has children {list(inst.items)}")
+        if inst.appended and len(inst.loops) != 1:
+            raise IRInvariantError(f"{sub.key}: appended child {inst.name!r} is not in exactly one repeat")
 
     def walk(body) -> None:
         for item in body:

@@ -279,3 +279,60 @@ def test_a_chain_before_the_appending_repeat_runs_only_the_children_it_had():
         for i in (0, 1, 2):
             y = module.ds[i](y)
         torch.testing.assert_close(module(x), y)
+
+
+def test_a_share_written_in_the_appending_repeat_holds_for_every_copy(tmp_path):
+    spec = """
+    block L(d) {
+        in x: [B, d]
+        fc = Linear(d, d)
+        return relu(fc(x))
+    }
+    model M(n = 3, d = 4) {
+        in x: [B, d]
+        emb = Linear(d, d)
+        block = [L(d)]
+        x = block[0](emb(x))
+        repeat n {
+            block += L(d)
+            share block.fc.weight, emb.weight
+            x = block(x)
+        }
+        return x
+    }
+    """
+    program = tiec.loads(spec)
+    module = program.torch().eval()
+    assert all(module.block[i].fc.weight is module.emb.weight for i in (1, 2, 3))
+    assert module.block[0].fc.weight is not module.emb.weight
+    deeper = type(module)(n=5)
+    assert all(deeper.block[i].fc.weight is deeper.emb.weight for i in range(1, 6))
+    d = 4
+    assert program.stats()["models"]["M"]["unique_params"] == 2 * (d * d + d) + 3 * d  # emb, block.0, 3 biases
+    x = torch.randn(2, 4)
+    with torch.no_grad():
+        want = module.block[0](module.emb(x))
+        for i in (1, 2, 3):
+            want = torch.relu(nn.functional.linear(want, module.emb.weight, module.block[i].fc.bias))
+        torch.testing.assert_close(module(x), want)
+        path = tmp_path / "m.onnx"
+        program.onnx(path, weights=module)
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        np.testing.assert_allclose(session.run(None, {"x": x.numpy()})[0], want.numpy(), rtol=1e-3, atol=1e-5)
+    assert len([i for i in onnx.load(path).graph.initializer if tuple(i.dims) == (4, 4)]) == 2
+
+
+def test_verify_rejects_a_list_whose_children_are_not_numbered_in_order():
+    from dataclasses import replace
+
+    from tiec.compiler.ir import frozen
+    from tiec.compiler.verify import IRInvariantError, verify
+
+    program = tiec.loads(SPEC).ir
+    verify(program)
+    net = program.structure["Net"]
+    head = net.instance_map["head"]
+    shuffled = tuple(replace(i, items=tuple(reversed(i.items))) if i is head else i for i in net.instances)
+    broken = replace(program, structure=frozen({"Net": replace(net, instances=shuffled)}))
+    with pytest.raises(IRInvariantError, match="list 'head' has children"):
+        verify(broken)

@@ -18,6 +18,7 @@ from tiec.compiler.lower import loop_map, nodes_of
 from tiec.dsl.diagnostics import TieError
 
 from .emit_table import TORCH_EMIT, TORCH_LAYER, Call
+from .lists import list_length, list_rows, only_appends
 from .liveness import Liveness, Locals, inlined_literals
 from .naming import Namer, config_expr, literal
 from .penalty import init_lines, method_lines, penalty_lines, tie_attrs
@@ -181,11 +182,11 @@ class SubgraphClass:
                 if "." in inst.name:  # a list's child: its list builds it
                     continue
                 if inst.layer is None and inst.block is None:
-                    rows += self._list_rows(inst)
+                    rows += list_rows(self, inst)
                     continue
                 rows.append((*assign("self", inst.name, self._instance(inst)), ""))
             for lp in self.loops.values():
-                if self._only_appends(lp):
+                if only_appends(self.sub, lp):
                     continue
                 if lp.shared or not self._loop_instances(lp):
                     rows.append((f"self.{self.count_attr[lp.id]}", self._cfg(lp.count_src, lp.count),
@@ -230,11 +231,16 @@ class SubgraphClass:
         heads = list(dict.fromkeys(m.split(".")[0] for g in groups for m, _ in g))
         looped = [h for h in (i.name for i in self.sub.instances) if h in heads and self.sub.instance_map[h].loops
                   and self.sub.instance_map[h].loops[0] == lp.id]
+        runs = {i.name.rpartition(".")[0]: i.name.rpartition(".")[2] for i in self.sub.instances
+                if i.appended and i.loops[-1] == lp.id and i.name.rpartition(".")[0] in heads}  # list → first index
+        looped += list(runs)
         names = Namer({"self", *self.kw.mapping().values()})
         var = {h: names.fresh(h) for h in looped}
 
         def expr(path: str) -> str:
             head, _, rest = path.partition(".")
+            if head in runs:  # `block.1.fc.weight`: the appended copy this iteration adds
+                rest = rest.partition(".")[2]
             if head in var:  # the loop variable itself when the path is the copy (a transposed owner)
                 return chain(var[head], rest) if rest else var[head]
             return chain("self", path)
@@ -251,15 +257,10 @@ class SubgraphClass:
                     rows.append((expr(name), expr(canon), "shared: one tensor per copy"))
         if not looped:
             return aligned(rows)
-        its = [attr("self", h) for h in looped]
+        its = [f"{attr('self', h)}[{runs[h]}:]" if h in runs else attr("self", h) for h in looped]
         head = f"for {var[looped[0]]} in {its[0]}:" if len(looped) == 1 else \
             f"for {', '.join(var[h] for h in looped)} in zip({', '.join(its)}):"
         return [head, *("    " + x for x in aligned(rows))]
-
-    def _length(self, path: str) -> int:
-        """How many children the list at a local path has."""
-        owner, lst, _ = ir.resolve_path(self.sub, path, self.blocks)
-        return sum(owner.instance_map[n].appended or 1 for n in lst.items)
 
     def _count_of(self, name: str) -> int:
         return self.loops[self.sub.instance_map[name].loops[0]].count
@@ -288,31 +289,6 @@ class SubgraphClass:
             return f"nn.ModuleList([{', '.join(parts)}])"
 
         return nested(0, ctors)
-
-    def _list_rows(self, lst: ir.Instance) -> list[tuple[str, str, str]]:
-        """`self.ds = nn.Sequential(…)` (called as a chain) or `nn.ModuleList([…])`, then, for an
-        appended child, `self.ds.extend(Kind(…) for _ in range(count))`."""
-        written = [self.sub.instance_map[n] for n in lst.items if not self.sub.instance_map[n].appended]
-        ctors = [self._ctor(child, child.name) for child in written]
-        chained = any(n.op == "call" and n.attrs["instance"] == lst.name for n in nodes_of(self.sub.body))
-        value = f"nn.Sequential({', '.join(ctors)})" if chained else f"nn.ModuleList([{', '.join(ctors)}])"
-        rows = [(*assign("self", lst.name, value), "")]
-        for name in lst.items[len(written):]:
-            run = self.sub.instance_map[name]
-            from .plan import copies
-
-            paths = copies(self.sub, run)
-            ctor = self._ctor(run, paths[0])
-            if any(self._ctor(run, p) != ctor for p in paths[1:]):
-                raise TieError(f"the copies '{lst.name}' appends differ (shared or transposed one by one)", run.span,
-                               hint="share whole copies, or declare the children one by one")
-            count = self._cfg(self.loops[run.loops[-1]].count_src, run.appended)
-            rows.append((f"{attr('self', lst.name)}.extend({ctor} for _ in range({count}))", "", ""))
-        return rows
-
-    def _only_appends(self, lp: ir.Loop) -> bool:
-        """Whether a loop only appends children to lists: it computes nothing."""
-        return not nodes_of(lp.body) and any(i.appended and i.loops[-1] == lp.id for i in self.sub.instances)
 
     def _loop_instances(self, lp: ir.Loop) -> list[ir.Instance]:
         used = referenced(lp.body)
@@ -371,7 +347,7 @@ class SubgraphClass:
                 if item.name in inline:
                     continue
                 block.append(self._statement(item, names, local, scope, live))
-            elif isinstance(item, ir.Loop) and self._only_appends(item):
+            elif isinstance(item, ir.Loop) and only_appends(self.sub, item):
                 continue  # `repeat n { ds += Kind(…) }`: the constructor's `extend` is the whole loop
             elif isinstance(item, ir.Loop):
                 flush()
@@ -406,7 +382,7 @@ class SubgraphClass:
         at = live.pos[id(node)]
         if node.op == "call":
             callee = self.expr(node.attrs["instance"], scope)
-            if "children" in node.attrs and node.attrs["children"] < self._length(node.attrs["instance"]):
+            if "children" in node.attrs and node.attrs["children"] < list_length(self.sub, self.blocks, node.attrs["instance"]):
                 callee += f"[:{node.attrs['children']}]"  # written before the repeat that appends to it
             rhs = f"{callee}({', '.join(args)})"
             targets = ", ".join(names.define(v, at) for v in node.attrs["outputs"])
