@@ -1,7 +1,8 @@
 """Configuration values: the numbers that size layers, count repeats and set options.
 
-Rule: a config expression is integer/float arithmetic (`+ - * / //`, unary `-`) over literals,
-`true`/`false`, strings and the enclosing model's or block's parameters. Each value remembers a
+Rule: a config expression is integer/float arithmetic (`+ - * / //`, unary `-`) and the number
+functions `exp`, `log`, `sqrt`, `pow` over literals, `true`/`false`, strings and the enclosing
+model's or block's parameters. Each value remembers a
 Python rendering over the model's parameters (`4 * d`) and which model parameters it depends on,
 so emitted code can stay parameterised and the compiler knows what shapes the unrolled graph.
 Every number is finite: a literal, an override or a result that is inf, nan or beyond the largest
@@ -67,6 +68,56 @@ def _finite(value: Any, span: Span, what: str) -> Any:
     return value
 
 
+# Functions of numbers (`log(max_distance / 8)`, `pow(d, -0.5)`): Python's own, so a value is the
+# one a reference written in Python computes. name → (argument count, function).
+NUMBER_FUNCTIONS = {"exp": (1, math.exp), "log": (1, math.log), "sqrt": (1, math.sqrt), "pow": (2, math.pow)}
+
+
+def is_number_call(expr: ast.Expr) -> bool:
+    """Whether `expr` calls one of the number functions (which may also be tensor ops)."""
+    return isinstance(expr, ast.Call) and isinstance(expr.func, ast.Name) and expr.func.id in NUMBER_FUNCTIONS
+
+
+def is_config(expr: ast.Expr, env: Mapping[str, CVal]) -> bool:
+    """Whether `expr` is a configuration expression over `env`: literals, names in `env`, arithmetic
+    and number functions only. Decides whether `log(x)` is folded to a number or is the tensor op."""
+    if isinstance(expr, (ast.Num, ast.Str)):
+        return True
+    if isinstance(expr, ast.Name):
+        return expr.id in env or expr.id in ("true", "false")
+    if isinstance(expr, ast.Neg):
+        return is_config(expr.operand, env)
+    if isinstance(expr, ast.BinOp):
+        return expr.op in _PREC and all(is_config(n.right, env) for n in left_spine(expr)) \
+            and is_config(left_spine(expr)[-1].left, env)
+    if is_number_call(expr):
+        return all(is_config(a, env) for a in expr.args) and all(is_config(k.value, env) for k in expr.kwargs)
+    return False
+
+
+def apply_function(call: ast.Call, args: list[CVal]) -> CVal:
+    """`log(v)`, `pow(a, b)`, …: the function of numbers, with its Python source over parameters; a
+    value outside the function's domain or an infinite result is an error at the call."""
+    name = call.func.id
+    count, fn = NUMBER_FUNCTIONS[name]
+    if call.kwargs:
+        raise TieError(f"'{name}' of numbers takes its arguments by position", call.kwargs[0].span)
+    if len(args) != count:
+        raise TieError(f"'{name}' of numbers takes {count} argument(s), got {len(args)}", call.span)
+    values = [a.value for a in args]
+    if any(isinstance(v, (str, bool)) or not isinstance(v, (int, float)) for v in values):
+        raise TieError(f"'{name}' needs numbers here", call.span)
+    try:
+        value = fn(*values)
+    except OverflowError:
+        value = math.inf
+    except (ValueError, ZeroDivisionError):
+        shown = ", ".join(repr(v) for v in values)
+        raise TieError(f"{name}({shown}) is not a real number", call.span) from None
+    src = f"math.{name}({', '.join(a.src for a in args)})"
+    return CVal(_finite(value, call.span, f"'{name}' gives"), src, frozenset().union(*(a.deps for a in args)))
+
+
 def left_spine(expr: ast.BinOp) -> list[ast.BinOp]:
     """The binary operations down the left of `expr`, outermost first (`((a + b) + c)` → [+c, +b])."""
     spine = []
@@ -108,6 +159,8 @@ def evaluate(expr: ast.Expr, env: Mapping[str, CVal], what: str = "a configurati
                 raise TieError(f"expected {what}: a number or arithmetic over parameters", node.span)
             acc = combine(node.op, acc, evaluate(node.right, env, what), node.span)
         return acc
+    if is_number_call(expr):
+        return apply_function(expr, [evaluate(a, env, what) for a in expr.args])
     if isinstance(expr, ast.ListExpr):
         items = [evaluate(i, env, what) for i in expr.items]
         deps = frozenset().union(*(i.deps for i in items)) if items else frozenset()

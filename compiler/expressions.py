@@ -12,7 +12,7 @@ from tiec.dsl.diagnostics import Span, TieError, did_you_mean
 
 from . import ir
 from .catalog import BINARY_OPS, LAYERS, OP_SIGNATURES, PIECE_OPS, REQUIRED, Arg
-from .config import CVal, _arith, _wrap, coerce, combine, evaluate, left_spine
+from .config import CVal, _arith, _wrap, coerce, combine, evaluate, is_config, is_number_call, left_spine
 from .limits import MAX_PIECES
 from .refs import Copies, Instance, Items, module_path
 
@@ -190,6 +190,8 @@ class Binder:
                 raise TieError(f"'{func.id}' has {bound.count} copies; call one: {func.id}[0](x)", e.span)
             if isinstance(bound, Items):
                 return self.call_list(bound, e, scope)
+            if is_number_call(e) and is_config(e, scope.config):  # `log(max_distance / 8)`: a number, no node
+                return evaluate(e, scope.config)
             if func.id in OP_SIGNATURES:
                 return self.op_call(func.id, e, scope)
             if func.id in PIECE_OPS:

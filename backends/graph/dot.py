@@ -2,7 +2,8 @@
 
 Rule: each model's structured body is walked in execution order, as lowering walks it (a block
 call inlines the block's body, a repeat runs its body once per iteration), and every op it runs
-is one node: an input, a layer call, a function op, a parameter read, a literal, an output. An
+is one node: an input, a layer call, a function op, a parameter read, a literal, an output; a
+layer with parameters that nothing calls or reads is one node too, marked "not called". An
 edge joins the node that makes a value to each node that reads it. A model, each block call and
 each repeat is a cluster around its nodes.
 
@@ -129,6 +130,16 @@ class _Drawing:
         self.walk(sub.body, sub, env, {}, "", into, name)
         for out in sub.outputs:
             self.edges.append((env[out.value], self.node(into, "house", [out.name])))
+        self.uncalled(name, into)
+
+    def uncalled(self, name: str, into: list) -> None:
+        """A layer no op runs nor reads, such as T5's `shared`, whose one tensor the embeddings and
+        the head use under their own keys: a box of its own, marked so, coloured by its groups."""
+        for layer in self.program.models[name].layers:
+            slots = [(slot, ir.qualify(name, f"{layer.path}.{slot}" if slot else layer.path), False)
+                     for slot, _ in LAYERS[layer.kind].slots(layer.config)]
+            if slots and not any(param in self.first_use for _, param, _ in slots):
+                self.node(into, "box", [layer.path, _call_text(layer), "not called"], slots)
 
     def walk(self, body, sub: ir.Subgraph, env: dict, indices: dict, prefix: str, into: list, model: str) -> None:
         for item in body:

@@ -26,7 +26,7 @@ from .tree import MODULE_ATTRS
 
 # Each import is emitted only when the body uses it, so the file is lint-clean as emitted.
 _IMPORTS = [
-    (r"\bmath\.(inf|nan)\b", "import math"),
+    (r"\bmath\.(inf|nan|exp|log|sqrt|pow)\b", "import math"),
     (r"\btorch\.", "import torch"),
     (r"\bnn\.", "import torch.nn as nn"),
     (r"\bF\.", "import torch.nn.functional as F"),

@@ -141,7 +141,7 @@ def config_expr(
     if code is None or not used <= set(params):
         return fallback
     try:
-        got = eval(code, {"__builtins__": {}}, dict(params))
+        got = eval(code, {"__builtins__": {}, "int": int, "math": math}, dict(params))
     except Exception:  # noqa: BLE001 - any failure means: not an expression we can vouch for
         return fallback
     if not _same(got, value):
@@ -164,7 +164,24 @@ def _checked(src: str):
         tree = ast.parse(src, mode="eval")
     except (SyntaxError, RecursionError, MemoryError):
         return None, frozenset()
-    if any(isinstance(n, (ast.Call, ast.Attribute)) for n in ast.walk(tree)):
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call)]
+    if not all(_allowed_call(c) for c in calls) or \
+            sum(isinstance(n, ast.Attribute) for n in ast.walk(tree)) != sum(isinstance(c.func, ast.Attribute) for c in calls):
         return None, frozenset()
-    used = frozenset(n.id for n in ast.walk(tree) if isinstance(n, ast.Name))
+    functions = {id(n) for c in calls for n in ast.walk(c.func)}
+    used = frozenset(n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and id(n) not in functions)
     return compile(tree, "<config_src>", "eval"), used
+
+
+# The calls a config expression's source may hold: `int(…)` of an integer-valued float, and the
+# number functions of configuration expressions (compiler/config.py), which emitted code imports.
+_MATH = frozenset({"exp", "log", "sqrt", "pow"})
+
+
+def _allowed_call(call: ast.Call) -> bool:
+    f = call.func
+    if call.keywords:
+        return False
+    if isinstance(f, ast.Name):
+        return f.id == "int"
+    return isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) and f.value.id == "math" and f.attr in _MATH
