@@ -144,3 +144,15 @@ def _initializers(graph: onnx.GraphProto) -> list[onnx.TensorProto]:
             if attr.type == onnx.AttributeProto.GRAPH:
                 out += _initializers(attr.g)
     return out
+
+
+@pytest.mark.parametrize("kind", sorted(CASES))
+def test_a_fresh_rnn_starts_as_torch_does(kind):
+    torch.manual_seed(0)
+    ours = dict(tiec.load(EXAMPLES / f"{kind}.tie", SIZES).torch().named_parameters())
+    ref = dict(CASES[kind][0]().named_parameters())
+    bound = 1 / 10 ** 0.5  # U(-1/√hidden, 1/√hidden) for every tensor
+    for name, p in ref.items():
+        assert ours[name].shape == p.shape and ours[name].abs().max() <= bound
+    everything = torch.cat([p.detach().flatten() for p in ours.values()])
+    assert abs(everything.std().item() - bound / 3 ** 0.5) < 0.02
