@@ -212,8 +212,10 @@ class SubgraphElaborator(Relating, Binder):
         elif len(values) == len(stmt.names) and all(isinstance(v, str) for v in values):
             values = self.g.rename_pieces(values, stmt.names)  # chunk/split: each piece its own name
         if len(values) != len(stmt.names):
+            func = getattr(getattr(stmt.value, "func", None), "id", "")
             raise TieError(f"{len(stmt.names)} names for {len(values)} value(s)", stmt.span,
-                           hint="a block call gives one value per expression in its `return`")
+                           hint=f"{func} gives one value per piece" if func in ("chunk", "split")
+                           else "a block call gives one value per expression in its `return`")
         for name, value in zip(stmt.names, values):
             if isinstance(value, CVal):
                 raise TieError("only tensors can be unpacked", stmt.value.span)

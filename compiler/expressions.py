@@ -96,7 +96,7 @@ class Binder:
         if isinstance(v, CVal):
             raise TieError("expected a tensor here, got a number", e.span)
         if isinstance(v, tuple):
-            raise TieError(f"this block call returns {len(v)} values; a call needs one", e.span,
+            raise TieError(_several(e, len(v)), e.span,
                            hint=f"bind them first: {', '.join(f'v{i}' for i in range(len(v)))} = …")
         return v
 
@@ -140,9 +140,9 @@ class Binder:
         return acc
 
     def binop_step(self, e: ast.BinOp, a, b):
-        if isinstance(a, tuple) or isinstance(b, tuple):
-            n = len(a) if isinstance(a, tuple) else len(b)
-            raise TieError(f"this block call returns {n} values; a call needs one", e.span)
+        for side, v in ((e.left, a), (e.right, b)):  # `a` is a tuple only as the chain's first operand
+            if isinstance(v, tuple):
+                raise TieError(_several(side, len(v)), side.span)
         if isinstance(a, CVal) and isinstance(b, CVal):
             if e.op == "@":
                 raise TieError("'@' multiplies tensors, not numbers", e.span)
@@ -248,7 +248,7 @@ class Binder:
             elif arg.kind == "operand":  # a number literal becomes a `const` node, as in `x * 0.5`
                 v = self.operand(x, scope)
                 if isinstance(v, tuple):
-                    raise TieError(f"this block call returns {len(v)} values; a call needs one", x.span)
+                    raise TieError(_several(x, len(v)), x.span)
                 inputs.append(self.const(v, x.span) if isinstance(v, CVal) else v)
             elif arg.kind == "tensors":
                 if not isinstance(x, ast.ListExpr) or not x.items:
@@ -261,6 +261,10 @@ class Binder:
             elif isinstance(x, CVal):
                 attrs[arg.target] = x.value
             else:
+                if isinstance(x, ast.Name) and x.id in scope and x.id not in config:  # a tensor or a layer
+                    what = "a tensor" if isinstance(scope[x.id], str) else "a layer"
+                    raise TieError(f"{op}: '{arg.name}' takes a number, and '{x.id}' is {what}", x.span,
+                                   hint="write a number or arithmetic over parameters")
                 v = coerce(evaluate(x, config, f"'{arg.name}'"), arg.kind, x.span, arg.name, arg.minimum)
                 if arg.choices and v.value not in arg.choices:
                     raise TieError(f"{op}: '{arg.name}' must be one of {', '.join(map(repr, arg.choices))}", x.span)
@@ -294,6 +298,13 @@ class Binder:
                 shown = ", ".join(repr(c) for c in arg.choices if c)
                 raise TieError(f"{what}: '{arg.name}' must be one of {shown}", getattr(x, "span", call.span))
         return out
+
+
+def _several(e: ast.Expr, n: int) -> str:
+    """The error for a call giving several values where one is needed: a block's or a chunk's."""
+    if isinstance(e, ast.Call) and isinstance(e.func, ast.Name) and e.func.id in ("chunk", "split"):
+        return f"this {e.func.id} makes {n} pieces; an expression needs one"
+    return f"this block call returns {n} values; a call needs one"
 
 
 def bind_args(sig: tuple[Arg, ...], call: ast.Call, what: str) -> dict:

@@ -12,7 +12,7 @@ against both backends).
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from math import prod
 
@@ -27,11 +27,12 @@ INTEGERS = ("i32", "i64")
 
 
 class Ctx:
-    """What a rule may consult: the node, its graph, the input types, and inside a block the dims
+    """What a rule may consult: the node, its graph, the input types, the literals' values by
+    value name (`consts`), and inside a block the dims
     its declared input symbols stand for at this call (`symbols`: `N` → `B` for `in x: [N, L, D]`
     called on `[B, T, 8]`)."""
 
-    def __init__(self, graph: ir.Graph, node: ir.Node, ins: list[T], consts: set[str],
+    def __init__(self, graph: ir.Graph, node: ir.Node, ins: list[T], consts: Mapping[str, float],
                  symbols: dict[str, ir.Dim] | None = None):
         self.graph, self.node, self.ins, self.consts = graph, node, ins, consts
         self.symbols = symbols or {}
@@ -414,7 +415,7 @@ DTYPE_RULES: dict[str, Callable[[Ctx], None]] = {
 def infer(graph: ir.Graph) -> dict[str, T]:
     """Types of every value in one graph; raises TieError at the first mismatch."""
     types: dict[str, T] = {i.name: i.type for i in graph.inputs}
-    consts = {n.name for n in graph.nodes if n.op == "const"}
+    consts = {n.name: n.attrs["value"] for n in graph.nodes if n.op == "const"}
     checks: dict[str, list[ir.Check]] = {}
     for c in graph.checks:
         checks.setdefault(c.value, []).append(c)

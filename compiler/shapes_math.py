@@ -58,6 +58,10 @@ def _same_as_input(ctx: Ctx) -> T:
 def _pow(ctx: Ctx) -> T:
     x, e = ctx.ins
     dtype = operand_dtype(ctx, list(ctx.node.inputs), [x, e])
+    exponent = ctx.consts.get(ctx.node.inputs[1])
+    if dtype in INTEGERS and exponent is not None and exponent < 0:  # torch raises at run time
+        ctx.fail(f"pow of an {dtype} tensor to the negative power {exponent:g}: PyTorch refuses integers to "
+                 "negative integer powers", hint='cast it first: pow(cast(x, "f32"), -1)')
     return T(dtype, _shape_of(ctx, [x, e]))
 
 
