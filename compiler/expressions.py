@@ -225,13 +225,15 @@ class Binder:
         inputs, attrs = self.op_args(op, OP_SIGNATURES[op], e, scope)
         return self.g.add(op, op, tuple(inputs), attrs, e.span)
 
-    def pieces_call(self, op: str, e: ast.Call, scope: dict) -> tuple[str, ...]:
-        """`chunk`/`split`: one node per piece, each with its `index`, as a tuple to unpack."""
+    def pieces_call(self, op: str, e: ast.Call, scope: dict) -> str | tuple[str, ...]:
+        """`chunk`/`split`: one node per piece, each with its `index`, as a tuple to unpack; a single
+        piece (`split(x, [4])`) is one value, which a plain `y = …` binds (unpacking needs two names)."""
         inputs, attrs = self.op_args(op, PIECE_OPS[op], e, scope)
         count = attrs["chunks"] if op == "chunk" else len(attrs["sizes"])
         if not 1 <= count <= MAX_PIECES:
             raise TieError(f"{op} makes between 1 and {MAX_PIECES:,} pieces, not {count:,}", e.span)
-        return tuple(self.g.add(op, op, tuple(inputs), {**attrs, "index": i}, e.span) for i in range(count))
+        pieces = tuple(self.g.add(op, op, tuple(inputs), {**attrs, "index": i}, e.span) for i in range(count))
+        return pieces[0] if count == 1 else pieces
 
     def op_args(self, op: str, sig: tuple[Arg, ...], e: ast.Call, scope: dict) -> tuple[list[str], dict]:
         """A call's tensor inputs and attributes, bound to the op's signature and checked."""
@@ -263,8 +265,9 @@ class Binder:
             else:
                 if isinstance(x, ast.Name) and x.id in scope and x.id not in config:  # a tensor or a layer
                     what = "a tensor" if isinstance(scope[x.id], str) else "a layer"
-                    raise TieError(f"{op}: '{arg.name}' takes a number, and '{x.id}' is {what}", x.span,
-                                   hint="write a number or arithmetic over parameters")
+                    want = {"str": "a string", "bool": "true or false"}.get(arg.kind, "a number")
+                    raise TieError(f"{op}: '{arg.name}' takes {want}, and '{x.id}' is {what}", x.span,
+                                   hint="write a literal, or arithmetic over parameters")
                 v = coerce(evaluate(x, config, f"'{arg.name}'"), arg.kind, x.span, arg.name, arg.minimum)
                 if arg.choices and v.value not in arg.choices:
                     raise TieError(f"{op}: '{arg.name}' must be one of {', '.join(map(repr, arg.choices))}", x.span)

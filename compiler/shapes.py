@@ -91,6 +91,7 @@ def _elementwise(ctx: Ctx) -> T:
         dtype = tensor.dtype
         if dtype not in FLOATS and (literal.dtype in FLOATS or ctx.node.op == "div"):
             dtype = "f32"  # …except that a float literal, or true division, makes an integer tensor float
+        check_fits(ctx, ctx.consts[na if na in ctx.consts else nb], dtype)
         return T(dtype, tensor.shape)
     dtype = promote(a, b)
     dtype = "f32" if ctx.node.op == "div" and dtype not in FLOATS else dtype  # int / int is float division
@@ -98,6 +99,18 @@ def _elementwise(ctx: Ctx) -> T:
 
 
 _RANK = {"bool": 0, "i32": 1, "i64": 2, "f16": 3, "bf16": 3, "f32": 4, "f64": 5}
+INT_RANGE = {"i32": (-2 ** 31, 2 ** 31 - 1), "i64": (-2 ** 63, 2 ** 63 - 1)}
+
+
+def check_fits(ctx: Ctx, value, dtype: str, what: str = "the number") -> None:
+    """A number an op computes in an integer dtype must be representable in it: PyTorch raises on
+    one that is not, or wraps it silently (`i32 + 3000000000`), and onnxruntime cannot hold it."""
+    if dtype in INT_RANGE and not isinstance(value, (bool, str)) and value is not None:
+        lo, hi = INT_RANGE[dtype]
+        if not lo <= value <= hi:
+            shown = f"{value:,}" if isinstance(value, int) else f"{value:g}"
+            ctx.fail(f"{what} {shown} does not fit in {dtype} (from {lo:,} to {hi:,})",
+                     hint='cast the tensor to a float first: cast(x, "f32")')
 
 
 def promote(a: T, b: T) -> str:
