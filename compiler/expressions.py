@@ -164,10 +164,15 @@ class Binder:
 
     def param_ref(self, e: ast.Expr, scope: dict) -> str:
         ref = _as_ref(e)
+        index_hint = "a tensor is indexed by select(x, dim, i) or slice(x, dim, start, end)"
         if ref is None:
-            raise TieError("expected a parameter reference such as embed.weight or enc.weight.T", e.span)
+            raise TieError("expected a parameter reference such as embed.weight or enc.weight.T", e.span,
+                           hint=index_hint if isinstance(e, ast.Index) else None)
         head = scope.get(ref.parts[0]) if isinstance(ref.parts[0], str) else None
         if isinstance(head, str):
+            if isinstance(e, ast.Index):
+                raise TieError(f"'{ref.parts[0]}' is a tensor value; only layer copies are indexed with [i]", e.span,
+                               hint=index_hint)
             raise TieError(f"'{ref.parts[0]}' is a tensor value; attributes apply to layers", e.span,
                            hint="use transpose(x, 0, 1) to transpose a value")
         t = self.target(ref, scope)
