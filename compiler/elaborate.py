@@ -289,6 +289,9 @@ class SubgraphElaborator(Relating, Binder):
 
     # ------------------------------------------------------------------ declarations
     def declare(self, stmt: ast.Assign, kind: str, scope: Scope) -> Instance:
+        if reserved_member(stmt.name) and kind == "Parameter":  # an attribute, not a submodule, but as taken
+            raise TieError(f"parameter name '{stmt.name}' is an nn.Module attribute; PyTorch cannot hold a "
+                           "parameter by that name", stmt.name_span, hint=f"rename it, e.g. '{stmt.name.strip('_')}_param'")
         if reserved_member(stmt.name):
             raise TieError(f"layer name '{stmt.name}' is an nn.Module attribute; PyTorch cannot hold a submodule"
                            " by that name", stmt.name_span, hint=f"rename it, e.g. '{stmt.name.strip('_')}_layer'")
