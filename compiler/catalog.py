@@ -217,7 +217,7 @@ OP_SIGNATURES: dict[str, tuple[Arg, ...]] = {
 # `q, k, v = chunk(qkv, 3, dim=-1)`.
 PIECE_OPS: dict[str, tuple[Arg, ...]] = {
     "chunk": (_X, Arg("chunks", "int"), Arg("dim", "int", 0)),
-    "split": (_X, Arg("sizes", "ints"), Arg("dim", "int", 0)),
+    "split": (_X, Arg("sizes", "ints", minimum=1), Arg("dim", "int", 0)),
 }
 
 # Names a layer, block instance or (in a program of several models) a model cannot take: every

@@ -175,10 +175,11 @@ def coerce(v: CVal, kind: str, span: Span, name: str, minimum: int = 0) -> CVal:
     if kind == "ints":  # a list of integers (split sizes)
         if isinstance(val, int) and not isinstance(val, bool):
             val = (val,)
+        shown = f"[{', '.join(map(str, val))}]" if isinstance(val, tuple) else repr(val)  # as the spec writes it
         if not (isinstance(val, tuple) and val and all(isinstance(x, int) and not isinstance(x, bool) for x in val)):
-            raise TieError(f"'{name}' must be a list of integers such as [64, 64], got {val!r}", span)
+            raise TieError(f"'{name}' must be a list of integers such as [64, 64], got {shown}", span)
         if min(val) < minimum:
-            raise TieError(f"'{name}' must be at least {minimum}, got {val!r}", span)
+            raise TieError(f"'{name}' must be at least {minimum}, got {shown}", span)
         return CVal(val, v.src, v.deps)
     if kind in ("int", "opt_int"):
         if isinstance(val, float) and val.is_integer() and not isinstance(val, bool):

@@ -223,8 +223,10 @@ class SubgraphElaborator(Relating, Listing, Binder):
         elif len(values) == len(stmt.names) and all(isinstance(v, str) for v in values):
             values = self.g.rename_pieces(values, stmt.names)  # chunk/split: each piece its own name
         if len(values) != len(stmt.names):
+            func = getattr(getattr(stmt.value, "func", None), "id", "")
             raise TieError(f"{len(stmt.names)} names for {len(values)} value(s)", stmt.span,
-                           hint="a block call gives one value per expression in its `return`")
+                           hint=f"{func} gives one value per piece" if func in ("chunk", "split")
+                           else "a block call gives one value per expression in its `return`")
         for name, value in zip(stmt.names, values):
             if isinstance(value, CVal):
                 raise TieError("only tensors can be unpacked", stmt.value.span)
@@ -360,6 +362,9 @@ class SubgraphElaborator(Relating, Listing, Binder):
 
     # ------------------------------------------------------------------ declarations
     def declare(self, stmt: ast.Assign, kind: str, scope: Scope) -> Instance:
+        if reserved_member(stmt.name) and kind == "Parameter":  # an attribute, not a submodule, but as taken
+            raise TieError(f"parameter name '{stmt.name}' is an nn.Module attribute; PyTorch cannot hold a "
+                           "parameter by that name", stmt.name_span, hint=f"rename it, e.g. '{stmt.name.strip('_')}_param'")
         if reserved_member(stmt.name):
             raise TieError(f"layer name '{stmt.name}' is an nn.Module attribute; PyTorch cannot hold a submodule"
                            " by that name", stmt.name_span, hint=f"rename it, e.g. '{stmt.name.strip('_')}_layer'")

@@ -97,7 +97,7 @@ class Binder:
         if isinstance(v, CVal):
             raise TieError("expected a tensor here, got a number", e.span)
         if isinstance(v, tuple):
-            raise TieError(f"this block call returns {len(v)} values; a call needs one", e.span,
+            raise TieError(_several(e, len(v)), e.span,
                            hint=f"bind them first: {', '.join(f'v{i}' for i in range(len(v)))} = …")
         return v
 
@@ -141,9 +141,9 @@ class Binder:
         return acc
 
     def binop_step(self, e: ast.BinOp, a, b):
-        if isinstance(a, tuple) or isinstance(b, tuple):
-            n = len(a) if isinstance(a, tuple) else len(b)
-            raise TieError(f"this block call returns {n} values; a call needs one", e.span)
+        for side, v in ((e.left, a), (e.right, b)):  # `a` is a tuple only as the chain's first operand
+            if isinstance(v, tuple):
+                raise TieError(_several(side, len(v)), side.span)
         if isinstance(a, CVal) and isinstance(b, CVal):
             if e.op == "@":
                 raise TieError("'@' multiplies tensors, not numbers", e.span)
@@ -165,10 +165,15 @@ class Binder:
 
     def param_ref(self, e: ast.Expr, scope: dict) -> str:
         ref = _as_ref(e)
+        index_hint = "a tensor is indexed by select(x, dim, i) or slice(x, dim, start, end)"
         if ref is None:
-            raise TieError("expected a parameter reference such as embed.weight or enc.weight.T", e.span)
+            raise TieError("expected a parameter reference such as embed.weight or enc.weight.T", e.span,
+                           hint=index_hint if isinstance(e, ast.Index) else None)
         head = scope.get(ref.parts[0]) if isinstance(ref.parts[0], str) else None
         if isinstance(head, str):
+            if isinstance(e, ast.Index):
+                raise TieError(f"'{ref.parts[0]}' is a tensor value; only layer copies are indexed with [i]", e.span,
+                               hint=index_hint)
             raise TieError(f"'{ref.parts[0]}' is a tensor value; attributes apply to layers", e.span,
                            hint="use transpose(x, 0, 1) to transpose a value")
         t = self.target(ref, scope)
@@ -234,13 +239,15 @@ class Binder:
         inputs, attrs = self.op_args(op, OP_SIGNATURES[op], e, scope)
         return self.g.add(op, op, tuple(inputs), attrs, e.span)
 
-    def pieces_call(self, op: str, e: ast.Call, scope: dict) -> tuple[str, ...]:
-        """`chunk`/`split`: one node per piece, each with its `index`, as a tuple to unpack."""
+    def pieces_call(self, op: str, e: ast.Call, scope: dict) -> str | tuple[str, ...]:
+        """`chunk`/`split`: one node per piece, each with its `index`, as a tuple to unpack; a single
+        piece (`split(x, [4])`) is one value, which a plain `y = …` binds (unpacking needs two names)."""
         inputs, attrs = self.op_args(op, PIECE_OPS[op], e, scope)
         count = attrs["chunks"] if op == "chunk" else len(attrs["sizes"])
         if not 1 <= count <= MAX_PIECES:
             raise TieError(f"{op} makes between 1 and {MAX_PIECES:,} pieces, not {count:,}", e.span)
-        return tuple(self.g.add(op, op, tuple(inputs), {**attrs, "index": i}, e.span) for i in range(count))
+        pieces = tuple(self.g.add(op, op, tuple(inputs), {**attrs, "index": i}, e.span) for i in range(count))
+        return pieces[0] if count == 1 else pieces
 
     def op_args(self, op: str, sig: tuple[Arg, ...], e: ast.Call, scope: dict) -> tuple[list[str], dict]:
         """A call's tensor inputs and attributes, bound to the op's signature and checked."""
@@ -257,7 +264,7 @@ class Binder:
             elif arg.kind == "operand":  # a number literal becomes a `const` node, as in `x * 0.5`
                 v = self.operand(x, scope)
                 if isinstance(v, tuple):
-                    raise TieError(f"this block call returns {len(v)} values; a call needs one", x.span)
+                    raise TieError(_several(x, len(v)), x.span)
                 inputs.append(self.const(v, x.span) if isinstance(v, CVal) else v)
             elif arg.kind == "tensors":
                 if not isinstance(x, ast.ListExpr) or not x.items:
@@ -270,6 +277,11 @@ class Binder:
             elif isinstance(x, CVal):
                 attrs[arg.target] = x.value
             else:
+                if isinstance(x, ast.Name) and x.id in scope and x.id not in config:  # a tensor or a layer
+                    what = "a tensor" if isinstance(scope[x.id], str) else "a layer"
+                    want = {"str": "a string", "bool": "true or false"}.get(arg.kind, "a number")
+                    raise TieError(f"{op}: '{arg.name}' takes {want}, and '{x.id}' is {what}", x.span,
+                                   hint="write a literal, or arithmetic over parameters")
                 v = coerce(evaluate(x, config, f"'{arg.name}'"), arg.kind, x.span, arg.name, arg.minimum)
                 if arg.choices and v.value not in arg.choices:
                     raise TieError(f"{op}: '{arg.name}' must be one of {', '.join(map(repr, arg.choices))}", x.span)
@@ -303,6 +315,13 @@ class Binder:
                 shown = ", ".join(repr(c) for c in arg.choices if c)
                 raise TieError(f"{what}: '{arg.name}' must be one of {shown}", getattr(x, "span", call.span))
         return out
+
+
+def _several(e: ast.Expr, n: int) -> str:
+    """The error for a call giving several values where one is needed: a block's or a chunk's."""
+    if isinstance(e, ast.Call) and isinstance(e.func, ast.Name) and e.func.id in ("chunk", "split"):
+        return f"this {e.func.id} makes {n} pieces; an expression needs one"
+    return f"this block call returns {n} values; a call needs one"
 
 
 def bind_args(sig: tuple[Arg, ...], call: ast.Call, what: str) -> dict:

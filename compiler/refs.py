@@ -259,6 +259,11 @@ def resolve(ref: ast.Ref, scope: Mapping[str, object], index: ParamIndex, config
                            hint=f"name the parameter: {path}.weight.T")
         names = index.under[path]
         return Target({n[len(path) + 1:]: n for n in names}, False, ref.span, label)
+    bound = scope.get(ref.parts[start])
+    if isinstance(bound, Instance) and bound.path == path and not bound.kind.startswith("block:"):
+        raise TieError(f"{bound.kind} '{label}' has no parameters to share or tie", ref.span,
+                       notes=[(bound.span, f"'{label}' is declared here")],
+                       hint="without affine=true it keeps no weight or bias" if "Norm" in bound.kind else None)
     known = list(index.params) + list(index.under)
     raise TieError(f"'{label}' names no layer or parameter", ref.span,
                    hint=did_you_mean(path, known) or _slots_hint(path, index))

@@ -12,7 +12,7 @@ against both backends).
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from math import prod
 
@@ -27,11 +27,12 @@ INTEGERS = ("i32", "i64")
 
 
 class Ctx:
-    """What a rule may consult: the node, its graph, the input types, and inside a block the dims
+    """What a rule may consult: the node, its graph, the input types, the literals' values by
+    value name (`consts`), and inside a block the dims
     its declared input symbols stand for at this call (`symbols`: `N` → `B` for `in x: [N, L, D]`
     called on `[B, T, 8]`)."""
 
-    def __init__(self, graph: ir.Graph, node: ir.Node, ins: list[T], consts: set[str],
+    def __init__(self, graph: ir.Graph, node: ir.Node, ins: list[T], consts: Mapping[str, float],
                  symbols: dict[str, ir.Dim] | None = None):
         self.graph, self.node, self.ins, self.consts = graph, node, ins, consts
         self.symbols = symbols or {}
@@ -90,6 +91,7 @@ def _elementwise(ctx: Ctx) -> T:
         dtype = tensor.dtype
         if dtype not in FLOATS and (literal.dtype in FLOATS or ctx.node.op == "div"):
             dtype = "f32"  # …except that a float literal, or true division, makes an integer tensor float
+        check_fits(ctx, ctx.consts[na if na in ctx.consts else nb], dtype)
         return T(dtype, tensor.shape)
     dtype = promote(a, b)
     dtype = "f32" if ctx.node.op == "div" and dtype not in FLOATS else dtype  # int / int is float division
@@ -97,6 +99,18 @@ def _elementwise(ctx: Ctx) -> T:
 
 
 _RANK = {"bool": 0, "i32": 1, "i64": 2, "f16": 3, "bf16": 3, "f32": 4, "f64": 5}
+INT_RANGE = {"i32": (-2 ** 31, 2 ** 31 - 1), "i64": (-2 ** 63, 2 ** 63 - 1)}
+
+
+def check_fits(ctx: Ctx, value, dtype: str, what: str = "the number") -> None:
+    """A number an op computes in an integer dtype must be representable in it: PyTorch raises on
+    one that is not, or wraps it silently (`i32 + 3000000000`), and onnxruntime cannot hold it."""
+    if dtype in INT_RANGE and not isinstance(value, (bool, str)) and value is not None:
+        lo, hi = INT_RANGE[dtype]
+        if not lo <= value <= hi:
+            shown = f"{value:,}" if isinstance(value, int) else f"{value:g}"
+            ctx.fail(f"{what} {shown} does not fit in {dtype} (from {lo:,} to {hi:,})",
+                     hint='cast the tensor to a float first: cast(x, "f32")')
 
 
 def promote(a: T, b: T) -> str:
@@ -414,7 +428,7 @@ DTYPE_RULES: dict[str, Callable[[Ctx], None]] = {
 def infer(graph: ir.Graph) -> dict[str, T]:
     """Types of every value in one graph; raises TieError at the first mismatch."""
     types: dict[str, T] = {i.name: i.type for i in graph.inputs}
-    consts = {n.name for n in ir.walk_nodes(graph.nodes) if n.op == "const"}
+    consts = {n.name: n.attrs["value"] for n in ir.walk_nodes(graph.nodes) if n.op == "const"}
     checks: dict[str, list[ir.Check]] = {}
     for c in graph.checks:
         checks.setdefault(c.value, []).append(c)
@@ -424,7 +438,7 @@ def infer(graph: ir.Graph) -> dict[str, T]:
     return types
 
 
-def _infer_nodes(graph: ir.Graph, nodes, types: dict[str, T], consts: set[str], checks) -> None:
+def _infer_nodes(graph: ir.Graph, nodes, types: dict[str, T], consts: Mapping[str, float], checks) -> None:
     for node in nodes:
         if node.op == "scan":
             _infer_scan(graph, node, types, consts, checks)
@@ -435,7 +449,7 @@ def _infer_nodes(graph: ir.Graph, nodes, types: dict[str, T], consts: set[str], 
         _check(types[node.name], checks.pop(node.name, []))
 
 
-def _infer_scan(graph: ir.Graph, node: ir.Node, types: dict[str, T], consts: set[str], checks) -> None:
+def _infer_scan(graph: ir.Graph, node: ir.Node, types: dict[str, T], consts: Mapping[str, float], checks) -> None:
     a = node.attrs
     source = types[node.inputs[0]]
     dim = scan_dim(source, a["dim"], node.span)

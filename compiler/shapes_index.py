@@ -27,6 +27,10 @@ def _slice(ctx: Ctx) -> T:
     size = x.shape[d]
     if isinstance(size, int):
         n = len(range(size)[slice(start, end, step)])
+        if n == 0:  # Python's clamping would give a 0-size dim, which no layer or size rule takes
+            text = f"{start}:{'' if end is None else end}{'' if step == 1 else f':{step}'}"
+            ctx.fail(f"slice [{text}] of dim {d} (size {size}) is empty",
+                     hint=f"start and end index a dim of size {size}: 0 … {size - 1}, or negative from the end")
     elif (start, end, step) == (0, None, 1):
         n = size
     else:  # how much of a runtime length a slice keeps is known at run time only
@@ -46,7 +50,10 @@ def _select(ctx: Ctx) -> T:
 
 def _unsqueeze(ctx: Ctx) -> T:
     x = ctx.ins[0]
-    d = _axis(ctx, len(x.shape), extra=1)
+    rank, dim = len(x.shape), ctx.node.attrs["dim"]
+    if not -rank - 1 <= dim <= rank:  # the new dim may stand at any of rank + 1 places
+        ctx.fail(f"unsqueeze: dim {dim} is out of range for a {rank}-D input (from {-rank - 1} to {rank})")
+    d = _axis(ctx, rank, extra=1)
     return T(x.dtype, x.shape[:d] + (1,) + x.shape[d:])
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from . import ir
-from .shapes import FLOATS, INTEGERS, Ctx, _f32_in_onnxruntime, _floats, _takes, broadcast, promote, same
+from .shapes import FLOATS, INTEGERS, Ctx, _f32_in_onnxruntime, _floats, _takes, broadcast, check_fits, promote, same
 
 T = ir.TensorType
 NUMBERS = FLOATS + INTEGERS
@@ -35,7 +35,11 @@ def operand_dtype(ctx: Ctx, names: list[str], types: list[T]) -> str:
             ctx.fail(f"{ctx.node.op}: dtypes differ ({dtype} and {t.dtype})", hint="cast one: cast(x, \"f32\")")
         dtype = promote(T(dtype, (1,)), T(t.dtype, (1,)))
     floats_lit = any(t.dtype in FLOATS for n, t in zip(names, types) if n in ctx.consts)
-    return "f32" if floats_lit and dtype not in FLOATS else dtype
+    dtype = "f32" if floats_lit and dtype not in FLOATS else dtype
+    for n in names:
+        if n in ctx.consts:
+            check_fits(ctx, ctx.consts[n], dtype)
+    return dtype
 
 
 def _shape_of(ctx: Ctx, types: list[T]) -> tuple:
@@ -58,6 +62,10 @@ def _same_as_input(ctx: Ctx) -> T:
 def _pow(ctx: Ctx) -> T:
     x, e = ctx.ins
     dtype = operand_dtype(ctx, list(ctx.node.inputs), [x, e])
+    exponent = ctx.consts.get(ctx.node.inputs[1])
+    if dtype in INTEGERS and exponent is not None and exponent < 0:  # torch raises at run time
+        ctx.fail(f"pow of an {dtype} tensor to the negative power {exponent:g}: PyTorch refuses integers to "
+                 "negative integer powers", hint='cast it first: pow(cast(x, "f32"), -1)')
     return T(dtype, _shape_of(ctx, [x, e]))
 
 
@@ -74,6 +82,8 @@ def _clamp(ctx: Ctx) -> T:
         ctx.fail(f"clamp: min {low:g} is above max {high:g}")
     if x.dtype in INTEGERS and any(v is not None and v != int(v) for v in (low, high)):
         ctx.fail(f"clamp of an {x.dtype} tensor takes whole-number bounds", hint="cast it first: cast(x, \"f32\")")
+    for name, v in (("min", low), ("max", high)):
+        check_fits(ctx, v, x.dtype, f"clamp's {name}")
     return x
 
 
@@ -99,6 +109,7 @@ def _masked_fill(ctx: Ctx) -> T:
     value = ctx.node.attrs["value"]
     if x.dtype in INTEGERS and value != int(value):
         ctx.fail(f"masked_fill of an {x.dtype} tensor takes a whole-number value", hint="cast it first: cast(x, \"f32\")")
+    check_fits(ctx, value, x.dtype, "masked_fill's value")
     return x
 
 

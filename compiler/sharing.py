@@ -69,6 +69,13 @@ def run(program: ir.ProgramIR) -> ir.ProgramIR:
                 req = next(iter(g.edges[m, nb]["request"] for nb in g.adj[m]))
                 where = req.b_span if m == req.b else req.span  # the reference naming the misfit
                 view = f"{m}.T" if orient[m] else m
+                if _shape(p, orient[m]) == canon.shape:  # one tensor has one dtype: never cast to make it fit
+                    group_errors.append(TieError(
+                        f"cannot share '{view}' ({p.dtype}) with '{root}' ({canon.dtype}): dtypes differ", where,
+                        notes=[(p.span, f"'{m}' is declared here as {p.dtype}"),
+                               (canon.span, f"'{root}' is declared here as {canon.dtype}")],
+                        hint=f'declare both with one dtype: dtype="{canon.dtype}"'))
+                    continue
                 group_errors.append(TieError(
                     f"cannot share '{view}' {list(_shape(p, orient[m]))} with '{root}' {list(canon.shape)}: "
                     "shapes differ", where,

@@ -84,7 +84,7 @@ class _Checker:
         self.memo: dict[tuple, tuple[ir.TensorType, ...]] = {}
         self.local: dict[str, dict[str, ir.TensorType]] = {}
         self.views: dict[str, _View] = {}
-        self.consts: dict[str, set[str]] = {}
+        self.consts: dict[str, dict[str, float]] = {}
 
     def subgraph(self, sub: ir.Subgraph, ins: tuple[ir.TensorType, ...]) -> tuple[ir.TensorType, ...]:
         key = (sub.key, ins)
@@ -94,7 +94,7 @@ class _Checker:
         self.symbols = _bind_symbols(sub, ins)
         if sub.key not in self.views:
             self.views[sub.key] = _View(sub, self.blocks)
-            self.consts[sub.key] = {n.name for n in nodes_of(sub.body) if n.op == "const"}
+            self.consts[sub.key] = {n.name: n.attrs["value"] for n in nodes_of(sub.body) if n.op == "const"}
         self.walk(sub.body, sub, types)
         out = tuple(types[o.value] for o in sub.outputs)
         self.memo[key] = out
@@ -114,6 +114,7 @@ class _Checker:
                 args = tuple(types[v] for v in item.inputs)
                 for value, inp, span in zip(args, child.inputs, item.attrs["arg_spans"]):
                     shapes._check(value, [ir.Check("", inp.type, span, inp.span)])
+                _agree(child, args, item.attrs["arg_spans"])
                 outer = self.symbols
                 for name, t in zip(item.attrs["outputs"], self.subgraph(child, args)):
                     types[name] = t
@@ -207,6 +208,24 @@ def _bind_symbols(sub: ir.Subgraph, ins: tuple[ir.TensorType, ...]) -> dict[str,
             if isinstance(d, str):
                 out.setdefault(d, a)
     return out
+
+
+def _agree(sub: ir.Subgraph, ins: tuple[ir.TensorType, ...], spans) -> None:
+    """A symbol of the block's inputs stands for one size at a call: `in a: [N, D]` and
+    `in b: [N, D]` cannot take `[B, 4]` and `[B, 5]`, whatever the body does with them."""
+    seen: dict[str, tuple[int, ir.Input]] = {}
+    for declared, actual, span in zip(sub.inputs, ins, spans):
+        for d, a in zip(declared.type.shape, actual.shape):
+            if not (isinstance(d, str) and isinstance(a, int)):
+                continue
+            if d in seen and seen[d][0] != a:
+                size, first = seen[d]
+                raise TieError(f"symbol '{d}' stands for {size} in '{first.name}' "
+                               f"but {a} in '{declared.name}' at this call", span,
+                               notes=[(first.span, f"'{first.name}' declares '{d}' here")]
+                               + ([(declared.span, f"and '{declared.name}' here")] if first is not declared else []),
+                               hint="pass values whose sizes agree, or give the block a symbol per size")
+            seen.setdefault(d, (a, declared))
 
 
 def run(program: ir.ProgramIR) -> ir.ProgramIR:

@@ -65,6 +65,7 @@ SMALL = {  # the large examples at a size that keeps the test quick; their shari
     "hf_gpt2": {"vocab": 500, "n_positions": 32, "d": 64, "heads": 2, "layers": 2},
     "hf_bert": {"vocab": 500, "n_positions": 32, "d": 64, "heads": 2, "layers": 2, "ffn": 128},
     "llama": {"vocab": 500, "d": 64, "n_layers": 2, "heads": 4, "kv": 2, "ffn": 128},
+    "hf_albert": {"vocab": 500, "n_positions": 32, "e": 16, "d": 64, "heads": 2, "layers": 2, "intermediate": 128},
 }
 
 

@@ -156,6 +156,15 @@ class GraphBuilder:
         self.origins.append(self.blame)
         return outs[0] if n == 1 else outs
 
+    def node_via_f32(self, dtype: str | None, op_type: str, inputs: Sequence[str | None], **attrs: Any) -> str:
+        """`node(op_type, inputs)`; in bf16, which opset 18's Conv, ConvTranspose, AveragePool,
+        GlobalAveragePool, Sin and Cos do not take, the inputs are cast to f32 and the result back
+        to bf16 once, as PyTorch's CPU kernels compute bf16 in f32 and round the result."""
+        if dtype != "bf16":
+            return self.node(op_type, inputs, **attrs)
+        wide = [self.node("Cast", [v], to=ONNX_DTYPES["f32"]) if v else v for v in inputs]
+        return self.node("Cast", [self.node(op_type, wide, **attrs)], to=ONNX_DTYPES["bf16"])
+
     def cached(self, key: Hashable, make: Callable[[], Any]) -> Any:
         """`make()` once per key: a subgraph every user shares (never renamed afterwards). Made in a
         scan body, it is shared within that body only: the nodes it made live there."""

@@ -268,7 +268,7 @@ def _conv2d(b: GraphBuilder, node: Node) -> str:
         p = [0, 0] if pad == "valid" else _pair(pad)
         attrs = {"pads": p + p}
     args = [_x(b, node), b.weight(f"{layer}.weight"), _slot(b, layer)]
-    return b.node("Conv", args, kernel_shape=k, strides=s, **attrs)
+    return b.node_via_f32(b.dtype(node.inputs[0]), "Conv", args, kernel_shape=k, strides=s, **attrs)
 
 
 def _embedding(b: GraphBuilder, node: Node) -> str:

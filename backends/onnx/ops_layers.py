@@ -44,7 +44,7 @@ def _conv_transpose2d(b: GraphBuilder, node: Node) -> str:
     cfg = b.graph.layer(layer).config
     ph, pw = cfg["padding"]
     args = [b.value(node.inputs[0]), b.weight(f"{layer}.weight"), _slot(b, layer, "bias")]
-    return b.node("ConvTranspose", args, kernel_shape=list(cfg["kernel_size"]), strides=list(cfg["stride"]),
+    return b.node_via_f32(b.dtype(node.inputs[0]), "ConvTranspose", args, kernel_shape=list(cfg["kernel_size"]), strides=list(cfg["stride"]),
                   pads=[ph, pw, ph, pw], output_padding=list(cfg["output_padding"]))
 
 
@@ -52,9 +52,9 @@ def _adaptive_avg_pool2d(b: GraphBuilder, node: Node) -> str:
     x = node.inputs[0]
     h, w = node.attrs["output_size"]
     if (h, w) == (1, 1):
-        return b.node("GlobalAveragePool", [b.value(x)])
+        return b.node_via_f32(b.dtype(x), "GlobalAveragePool", [b.value(x)])
     kernel = [int(b.shape(x)[2]) // h, int(b.shape(x)[3]) // w]  # the checker made h, w divide H, W
-    return b.node("AveragePool", [b.value(x)], kernel_shape=kernel, strides=kernel)
+    return b.node_via_f32(b.dtype(x), "AveragePool", [b.value(x)], kernel_shape=kernel, strides=kernel)
 
 
 def _rotary_embedding(b: GraphBuilder, node: Node) -> str:

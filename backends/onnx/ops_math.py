@@ -53,6 +53,11 @@ def _unary(op_type: str) -> Rule:
     return lambda b, node: b.node(op_type, [b.value(node.inputs[0])])
 
 
+def _unary_via_f32(op_type: str) -> Rule:
+    """An ONNX op without a bf16 form: bf16 computes in f32, rounded once."""
+    return lambda b, node: b.node_via_f32(b.dtype(node.inputs[0]), op_type, [b.value(node.inputs[0])])
+
+
 def _rsqrt(b: GraphBuilder, node: Node) -> str:
     return b.node("Reciprocal", [b.node("Sqrt", [b.value(node.inputs[0])])])
 
@@ -96,8 +101,8 @@ MATH_EMIT: Mapping[str, Rule] = {
     "log": _unary("Log"),  # ln x
     "sqrt": _unary("Sqrt"),  # √x
     "rsqrt": _rsqrt,  # 1 / √x
-    "sin": _unary("Sin"),  # sin x
-    "cos": _unary("Cos"),  # cos x
+    "sin": _unary_via_f32("Sin"),  # sin x
+    "cos": _unary_via_f32("Cos"),  # cos x
     "erf": _unary("Erf"),  # (2/√π) ∫₀ˣ e^(−t²) dt
     "abs": _unary("Abs"),  # |x|
     "pow": _elementwise("Pow"),  # xᵉ
