@@ -21,7 +21,7 @@ if str(HERE) not in sys.path:
 
 from common import RESULTS, Figure, failure, print_table, write_json
 
-BENCHMARKS = ("memory", "onnx_size", "onnx_tools", "ort_memory", "onnx_quantize", "dedup", "export_memory", "export_time", "tie_penalty", "tie_kinds", "compile_scaling", "structure", "forward", "llama", "gru", "compile_cold")
+BENCHMARKS = ("memory", "onnx_size", "onnx_tools", "ort_memory", "onnx_quantize", "dedup", "export_memory", "export_time", "tie_penalty", "tie_kinds", "compile_scaling", "structure", "forward", "llama", "gru", "examples", "compile_cold")
 
 
 def run_one(name: str, quick: bool, out: Path) -> list[Figure]:
