@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-import references  # noqa: F401  (puts the repository on the path, for the tests' references)
+import tiec
 import torch
 
-import tiec
+import references  # noqa: F401  (puts the repository on the path, for the tests' references)
 from common import Figure
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
