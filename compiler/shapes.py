@@ -13,10 +13,9 @@ against both backends).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import replace
 from math import prod
 
-from tiec.dsl.diagnostics import TieError, raise_all
+from tiec.dsl.diagnostics import TieError
 
 from . import ir
 from .catalog import LAYERS
@@ -425,94 +424,13 @@ DTYPE_RULES: dict[str, Callable[[Ctx], None]] = {
 }  # every other op (param, const, flatten, reshape, transpose, concat, positions, Dropout) takes any dtype
 
 
-def infer(graph: ir.Graph) -> dict[str, T]:
-    """Types of every value in one graph; raises TieError at the first mismatch."""
-    types: dict[str, T] = {i.name: i.type for i in graph.inputs}
-    consts = {n.name: n.attrs["value"] for n in ir.walk_nodes(graph.nodes) if n.op == "const"}
-    checks: dict[str, list[ir.Check]] = {}
-    for c in graph.checks:
-        checks.setdefault(c.value, []).append(c)
-    for name in list(types):
-        _check(types[name], checks.pop(name, []))
-    _infer_nodes(graph, graph.nodes, types, consts, checks)
-    return types
-
-
-def _infer_nodes(graph: ir.Graph, nodes, types: dict[str, T], consts: Mapping[str, float], checks) -> None:
-    for node in nodes:
-        if node.op == "scan":
-            _infer_scan(graph, node, types, consts, checks)
-            continue
-        ctx = Ctx(graph, node, [types[i] for i in node.inputs], consts)
-        DTYPE_RULES.get(node.op, _any)(ctx)
-        types[node.name] = SHAPE_RULES[node.op](ctx)
-        _check(types[node.name], checks.pop(node.name, []))
-
-
-def _infer_scan(graph: ir.Graph, node: ir.Node, types: dict[str, T], consts: Mapping[str, float], checks) -> None:
-    a = node.attrs
-    source = types[node.inputs[0]]
-    dim = scan_dim(source, a["dim"], node.span)
-    types[a["slice"]] = T(source.dtype, source.shape[:dim] + source.shape[dim + 1:])
-    for state, initial in zip(a["state"], node.inputs[1:]):
-        types[state] = types[initial]
-    _infer_nodes(graph, a["body"], types, consts, checks)
-    finals = [types[s] for s in a["state"]]
-    for state, result in zip(a["state"], a["results"]):
-        check_carried(state, types[state], types[result], node.span)
-    stacked = [stacked_type(types[v], source.shape[dim], dim, node.span) for v in a["stacked"]]
-    for name, t in zip(a["outputs"], finals + stacked):
-        types[name] = t
-
-
-def _check(actual: T, checks: list[ir.Check]) -> None:
-    for c in checks:
-        want = c.type
-        ok = actual.dtype == want.dtype and len(actual.shape) == len(want.shape) and all(
-            same(a, b) for a, b in zip(actual.shape, want.shape))
-        if not ok:
-            raise TieError(f"this block input must be {want}, but {actual} is passed", c.span,
-                           notes=[(c.declared, "the block declares the input here")])
-
-
-def reshape_targets(graph: ir.Graph) -> ir.Graph:
-    """Write reshape targets in ONNX semantics: a symbol standing where the input has it → 0."""
-    if not any(n.op == "reshape" for n in ir.walk_nodes(graph.nodes)):
-        return graph
-    return replace(graph, nodes=_onnx_reshapes(graph.nodes))
-
-
-def _onnx_reshapes(nodes) -> tuple[ir.Node, ...]:
-    out = []
-    for n in nodes:
-        if n.op == "reshape":
-            n = replace(n, attrs=ir.frozen({**n.attrs, "shape": tuple(0 if isinstance(d, str) else d
-                                                                      for d in n.attrs["shape"])}))
-        elif n.op == "scan":
-            n = replace(n, attrs=ir.frozen({**n.attrs, "body": _onnx_reshapes(n.attrs["body"])}))
-        out.append(n)
-    return tuple(out)
-
-
-def run(program: ir.ProgramIR) -> ir.ProgramIR:
-    types, errors, models = {}, [], {}
-    for name, graph in program.models.items():
-        try:
-            types[name] = ir.frozen(infer(graph))
-            models[name] = reshape_targets(graph)
-        except TieError as e:
-            errors.append(e)
-    raise_all(errors)
-    return replace(program, models=ir.frozen(models), types=ir.frozen(types))
-
-
 # The rules of the elementwise math, comparison, selection, cast, attention and indexing ops, and of
 # the later layers, live beside this module.
 from .shapes_attention import ATTENTION_DTYPES, ATTENTION_SHAPES  # last: they build on the helpers above
+from .shapes_flat import check_declared, infer, reshape_targets, run  # noqa: F401  (the flat pass, re-exported)
 from .shapes_index import INDEX_DTYPES, INDEX_SHAPES
 from .shapes_layers import LAYER_DTYPES, LAYER_SHAPES
 from .shapes_math import MATH_DTYPES, MATH_SHAPES
-from .shapes_scan import check_carried, scan_dim, stacked_type
 
 for _rules in (MATH_SHAPES, ATTENTION_SHAPES, INDEX_SHAPES, LAYER_SHAPES):
     SHAPE_RULES.update(_rules)

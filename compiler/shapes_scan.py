@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from tiec.dsl.diagnostics import TieError
 
+from . import shapes
 from .ir import Dim
 from .ir import TensorType as T
-from .shapes import same
 
 
 def scan_dim(source: T, dim: int, span) -> int:
@@ -19,7 +19,7 @@ def scan_dim(source: T, dim: int, span) -> int:
 def check_carried(name: str, before: T, after: T, span) -> None:
     """A value carried from step to step keeps its type: one step's body stands for every step."""
     if before.dtype != after.dtype or len(before.shape) != len(after.shape) or not all(
-            same(a, b) for a, b in zip(before.shape, after.shape)):
+            shapes.same(a, b) for a, b in zip(before.shape, after.shape)):
         raise TieError(f"'{name}' is {before} before a step and {after} after it; a value carried across the "
                        "steps of a repeat over a tensor must keep its type", span)
 

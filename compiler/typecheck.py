@@ -17,6 +17,7 @@ from tiec.dsl.diagnostics import TieError, raise_all
 from . import ir, shapes
 from .catalog import LAYERS, check_table
 from .lower import instance_block, nodes_of
+from .shapes_scan import check_carried, scan_dim, stacked_type
 
 check_table("SHAPE_RULES", shapes.SHAPE_RULES)
 
@@ -113,7 +114,7 @@ class _Checker:
                 child = self.blocks[instance_block(sub, item.attrs["instance"], self.blocks)]
                 args = tuple(types[v] for v in item.inputs)
                 for value, inp, span in zip(args, child.inputs, item.attrs["arg_spans"]):
-                    shapes._check(value, [ir.Check("", inp.type, span, inp.span)])
+                    shapes.check_declared(value, [ir.Check("", inp.type, span, inp.span)])
                 _agree(child, args, item.attrs["arg_spans"])
                 outer = self.symbols
                 for name, t in zip(item.attrs["outputs"], self.subgraph(child, args)):
@@ -145,7 +146,7 @@ class _Checker:
                         break
                     continue
                 block = self.blocks[child.block]
-                shapes._check(t, [ir.Check("", block.inputs[0].type, node.attrs["arg_spans"][0], block.inputs[0].span)])
+                shapes.check_declared(t, [ir.Check("", block.inputs[0].type, node.attrs["arg_spans"][0], block.inputs[0].span)])
                 outer = self.symbols
                 t = self.subgraph(block, (t,))[0]
                 self.symbols = outer
@@ -181,16 +182,16 @@ class _Checker:
         """One step stands for all: the carried values must come out of it with the types they went in with."""
         over = loop.over
         source = types[over.source]
-        dim = shapes.scan_dim(source, over.dim, loop.span)
+        dim = scan_dim(source, over.dim, loop.span)
         types[over.slice] = ir.TensorType(source.dtype, source.shape[:dim] + source.shape[dim + 1:])
         for outer, inner, _ in loop.carried:
             types[inner] = types[outer]
         self.walk(loop.body, sub, types)
         for _, inner, result in loop.carried:
-            shapes.check_carried(_user_name(inner), types[inner], types[result], loop.span)
+            check_carried(_user_name(inner), types[inner], types[result], loop.span)
             types[result] = types[inner]
         for after, value in over.stacked:
-            types[after] = shapes.stacked_type(types[value], source.shape[dim], dim, loop.span)
+            types[after] = stacked_type(types[value], source.shape[dim], dim, loop.span)
 
 
 def _user_name(value: str) -> str:
