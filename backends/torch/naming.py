@@ -185,3 +185,28 @@ def _allowed_call(call: ast.Call) -> bool:
     if isinstance(f, ast.Name):
         return f.id == "int"
     return isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) and f.value.id == "math" and f.attr in _MATH
+
+
+def attr(base: str, name: str) -> str:
+    """`base.name`, `base[3]` for a list index, or getattr for a name Python cannot spell."""
+    if name.isdigit():
+        return f"{base}[{name}]"
+    if name.isidentifier() and not keyword.iskeyword(name):
+        return f"{base}.{name}"
+    return f"getattr({base}, {literal(name)})"
+
+
+def chain(base: str, path: str) -> str:
+    """`base` followed by a dotted module path; the empty path (a free parameter's owner at the
+    top of a module) is `base` itself."""
+    if not path:
+        return base
+    for part in path.split("."):
+        base = attr(base, part)
+    return base
+
+
+def assign(target_base: str, name: str, value: str) -> tuple[str, str]:
+    if name.isidentifier() and not keyword.iskeyword(name):
+        return f"{target_base}.{name}", value
+    return f"setattr({target_base}, {literal(name)}, {value})", ""
