@@ -8,8 +8,8 @@ from dataclasses import replace
 
 from tiec.dsl.diagnostics import TieError, raise_all
 
-from . import ir
-from .shapes import DTYPE_RULES, SHAPE_RULES, Ctx, T, _any, same
+from . import ir, shapes
+from .shapes import Ctx, T, _any, same
 from .shapes_scan import check_carried, scan_dim, stacked_type
 
 
@@ -32,8 +32,8 @@ def _infer_nodes(graph: ir.Graph, nodes, types: dict[str, T], consts: Mapping[st
             _infer_scan(graph, node, types, consts, checks)
             continue
         ctx = Ctx(graph, node, [types[i] for i in node.inputs], consts)
-        DTYPE_RULES.get(node.op, _any)(ctx)
-        types[node.name] = SHAPE_RULES[node.op](ctx)
+        shapes.DTYPE_RULES.get(node.op, _any)(ctx)  # read at call time: tests swap the table
+        types[node.name] = shapes.SHAPE_RULES[node.op](ctx)
         check_declared(types[node.name], checks.pop(node.name, []))
 
 
