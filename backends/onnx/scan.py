@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from onnx import helper
 from tiec.compiler import ir
-from tiec.compiler.shapes import scan_dim
+from tiec.compiler.shapes_scan import scan_dim
 
 from .builder import GraphBuilder, value_info
 

@@ -5,6 +5,8 @@ each step's values appended to a list stacked after it), every value of one call
 line, and each local reused once its value is dead (`liveness`)."""
 from __future__ import annotations
 
+import ast as pyast
+
 from tiec.compiler import ir
 from tiec.compiler.catalog import LAYERS
 from tiec.compiler.lower import nodes_of
@@ -30,6 +32,8 @@ class ForwardWriter:
                                                   for v in n.attrs.get("outputs", (n.name,))]
         py = Namer(reserved | set(loop_vars.values())).claim(values)
         live = Liveness(sub.body, outputs, inline)
+        # a hand-built graph names every value itself: each keeps its line
+        self._inlinable = {} if self.legacy is not None else _single_use(sub, outputs, inline, pieces_of=_piece_runs)
         names = Locals(live, py, [i.name for i in sub.inputs])
         args = ", ".join(["self", *(names[i.name] for i in sub.inputs)])
         ins = ", ".join(f"{names[i.name]}: {i.type}" for i in sub.inputs)
@@ -63,21 +67,43 @@ class ForwardWriter:
             lines.extend(f"{code.ljust(width)}  # {c}" if c else code for code, c in block)
             block.clear()
 
+        pending: dict[str, tuple[ir.Node, str]] = {}  # single-use temporaries, to be written into their use
+
         def local(v: str) -> str:
-            return inline[v] if v in inline else names[v]
+            return inline[v] if v in inline else f"\0{v}\0" if v in pending else names[v]
+
+        def place(code: str) -> str:
+            """Write each pending temporary into `code`: in place when it appears once; where a row
+            reads its operand twice (`x.reshape(x.shape[0], …)`), bound to a local first."""
+            for v in [v for v in pending if f"\0{v}\0" in code]:
+                node, rhs = pending.pop(v)
+                mark = f"\0{v}\0"
+                if code.count(mark) > 1:
+                    block.append(self._bind(node, rhs, names, live))
+                    rhs = names[v]
+                code = code.replace(mark, rhs)
+            return code
 
         pieces = _piece_runs(body)
         for at, item in enumerate(body):
             if isinstance(item, ir.Node):
                 if item.name in inline or pieces.get(at) == 0:
                     continue
+                if at in self._inlinable.get(id(body), ()):
+                    rhs = place(self._statement(item, names, local, scope, live, define=False)[0])
+                    if _primary(rhs):
+                        pending[item.name] = (item, rhs)
+                    else:
+                        block.append(self._bind(item, rhs, names, live))
+                    continue
                 if pieces.get(at):  # every value of one call, in order: one unpacking line
                     run = body[at:at + pieces[at]]
-                    rhs = self._statement(item, names, local, scope, live)[0].split(" = ", 1)[1].rsplit("[", 1)[0]
+                    rhs = place(self._statement(item, names, local, scope, live, define=False)[0]).rsplit("[", 1)[0]
                     targets = ", ".join(names.define(n.name, live.pos[id(n)]) for n in run)
                     block.append((f"{targets} = {rhs}", ""))
                     continue
-                block.append(self._statement(item, names, local, scope, live))
+                code, comment = self._statement(item, names, local, scope, live)
+                block.append((place(code), comment))
             elif isinstance(item, ir.Loop) and only_appends(self.sub, item):
                 continue  # `repeat n { ds += Kind(…) }`: the constructor's `extend` is the whole loop
             elif isinstance(item, ir.Loop):
@@ -124,7 +150,9 @@ class ForwardWriter:
             return f"for {targets[0]} in {iters[0]}:"
         return f"for {', '.join(targets)} in zip({', '.join(iters)}):"
 
-    def _statement(self, node: ir.Node, names: Locals, local, scope, live: Liveness) -> tuple[str, str]:
+    def _statement(self, node: ir.Node, names: Locals, local, scope, live: Liveness,
+                   define: bool = True) -> tuple[str, str]:
+        """`target = rhs` and its shape comment; with `define` False, the bare rhs (no local is bound)."""
         args = tuple(local(v) for v in node.inputs)
         at = live.pos[id(node)]
         if node.op == "call":
@@ -143,7 +171,11 @@ class ForwardWriter:
         else:
             call = Call(args, node.attrs, types=tuple(self.types.get(v) for v in node.inputs))
         rhs = TORCH_EMIT[node.op](call)
-        target = names.define(node.name, at)
+        return self._bind(node, rhs, names, live) if define else (rhs, "")
+
+    def _bind(self, node: ir.Node, rhs: str, names: Locals, live: Liveness) -> tuple[str, str]:
+        """`local = rhs` for a node's value, and its shape as the line's comment."""
+        target = names.define(node.name, live.pos[id(node)])
         t = self.types.get(node.name)
         shape = "" if t is None else f"[{', '.join(map(str, t.shape))}]"
         return f"{target} = {rhs}", shape if t is None or t.dtype == "f32" else f"{t.dtype}{shape}"
@@ -173,3 +205,70 @@ class _Scope:
     def __init__(self, loops: set[int] | None = None, vars: dict | None = None):
         self.loops = loops or set()
         self.vars = vars or {}
+
+
+# Nodes that draw random numbers or update state: a temporary is never moved across one, so the
+# draws and updates happen in the order the spec wrote them.
+_ORDERED = frozenset({"Dropout", "SelfAttention", "BatchNorm1d", "BatchNorm2d"})
+_MAX_INLINE = 48  # characters of an expression written into its use, so lines stay readable
+
+
+def _single_use(sub: ir.Subgraph, outputs: list[str], literals, pieces_of) -> dict[int, set[int]]:
+    """id(body) → positions of the nodes whose value is a temporary used once, by a later node of
+    the same body with nothing ordered between them: written into that use (`F.silu(self.fc(x))`),
+    as a person writes it, and freed as soon as it is read rather than held to the end of forward.
+    A value the user named, an output, a value a loop carries, steps through or stacks, and a
+    call's values keep their own line."""
+    uses: dict[str, int] = {}
+    for n in nodes_of(sub.body):
+        for v in n.inputs:
+            uses[v] = uses.get(v, 0) + 1
+    kept = set(outputs) | set(_loop_values(sub.body))
+    out: dict[int, set[int]] = {}
+
+    def walk(body) -> None:
+        pieces = pieces_of(body)
+        for at, item in enumerate(body):
+            if isinstance(item, ir.Loop):
+                walk(item.body)
+                continue
+            if not isinstance(item, ir.Node) or item.op in ("call", "const") or item.op in _ORDERED \
+                    or at in pieces or "index" in item.attrs or item.name in literals:
+                continue
+            v = item.name
+            if v in kept or uses.get(v) != 1 or sub.naming.get(v, (None, None))[1] is not None:
+                continue
+            user = next((j for j in range(at + 1, len(body)) if isinstance(body[j], ir.Node)
+                         and v in body[j].inputs), None)
+            if user is None or user in pieces and pieces[user] == 0:
+                continue
+            between = body[at + 1:user]
+            if any(isinstance(x, ir.Loop) or isinstance(x, ir.Node) and x.op in _ORDERED for x in between):
+                continue
+            out.setdefault(id(body), set()).add(at)
+
+    walk(sub.body)
+    return out
+
+
+def _loop_values(body) -> list[str]:
+    out = []
+    for item in body:
+        if isinstance(item, ir.Loop):
+            out += [v for c in item.carried for v in (c[0], c[2])] + list(item.exports)
+            if item.over is not None:
+                out += [item.over.source] + [v for _, v in item.over.stacked]
+            out += _loop_values(item.body)
+    return out
+
+
+def _primary(expr: str) -> bool:
+    """Whether `expr` is a call, attribute, subscript or name: it stands as an operand anywhere
+    without parentheses."""
+    if len(expr) > _MAX_INLINE:
+        return False
+    try:
+        node = pyast.parse(expr, mode="eval").body
+    except SyntaxError:
+        return False
+    return isinstance(node, (pyast.Call, pyast.Attribute, pyast.Subscript, pyast.Name))
