@@ -60,7 +60,7 @@ def test_math_ops_match_hand_written_torch_and_onnxruntime(tmp_path):
 def test_emitted_source_writes_operators_and_literals_as_a_person_would():
     source = tiec.loads(MATH).python()
     assert "gt = x > 0" in source
-    assert "torch.where(logical_and, a, 0.0)" in source
+    assert "torch.where(torch.logical_and(gt, torch.logical_not(m)), a, 0.0)" in source
     assert "b.masked_fill(m, -1000000000)" in source
     assert "torch.clamp(i, min=0, max=3)" in source
     assert "lt.to(torch.float32)" in source
