@@ -3,7 +3,6 @@ are Python's `math` results, sizes built from them follow a parameter through th
 constructor, the same names on tensors stay ops, and domain errors are located."""
 from __future__ import annotations
 
-import importlib.util
 import math
 
 import numpy as np
@@ -13,6 +12,7 @@ import torch
 from tiec.dsl.diagnostics import TieError
 
 import tiec
+from tests.emitted import load_emitted
 
 SPEC = """
 model M(d = 16, max_distance = 20) {
@@ -25,12 +25,7 @@ model M(d = 16, max_distance = 20) {
 
 
 def _emitted(program, tmp_path):
-    path = tmp_path / "emitted.py"
-    path.write_text(program.python())
-    spec = importlib.util.spec_from_file_location("emitted", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_emitted(program.python(), tmp_path, "emitted")
 
 
 def test_number_functions_fold_to_pythons_values_and_tensor_calls_stay_ops(tmp_path):

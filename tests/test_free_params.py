@@ -4,8 +4,6 @@
 strict state-dict loads both ways, outputs, onnxruntime, one initializer per tensor, and counts."""
 from __future__ import annotations
 
-import importlib.util
-
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -15,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import tiec
+from tests.emitted import load_emitted
 from tiec import cli
 
 # BERT's head: the decoder is the word embeddings read transposed, then a free bias; ALBERT's: a
@@ -91,12 +90,7 @@ class ReferenceHeads(nn.Module):
 
 
 def _emitted(program, tmp_path):
-    path = tmp_path / "emitted.py"
-    path.write_text(program.python())
-    spec = importlib.util.spec_from_file_location("emitted", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_emitted(program.python(), tmp_path, "emitted")
 
 
 def _randomized(module: nn.Module) -> nn.Module:

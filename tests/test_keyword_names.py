@@ -3,8 +3,6 @@
 in the live module, the emitted file and ONNX alike; a keyword still cannot start what it starts."""
 from __future__ import annotations
 
-import importlib.util
-
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -13,6 +11,7 @@ import torch
 from torch import nn
 
 import tiec
+from tests.emitted import load_emitted
 from tiec import cli
 
 # Llama's top-level `model` and T5's `block`/`layer`, plus every other word the grammar reserves.
@@ -82,12 +81,7 @@ class ReferenceLlama(nn.Module):
 
 
 def _emitted(program, tmp_path):
-    path = tmp_path / "emitted.py"
-    path.write_text(program.python())
-    spec = importlib.util.spec_from_file_location("emitted", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_emitted(program.python(), tmp_path, "emitted")
 
 
 def test_keyword_instances_keep_their_keys_and_match_a_reference(tmp_path):

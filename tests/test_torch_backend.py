@@ -7,7 +7,6 @@ reference computation, one tensor per share group through deepcopy/.to/save/load
 from __future__ import annotations
 
 import copy
-import importlib.util
 import io
 from dataclasses import replace
 
@@ -18,6 +17,7 @@ from tiec.backends.torch import build_module, generate_source
 from tiec.compiler.ir import frozen
 from torch import nn
 
+from tests.emitted import load_emitted
 from tests.torch_ir import L, N, T, ae_ir, graph, lin, lm_ir, mlp_ir, program, unique_numel
 
 
@@ -138,15 +138,6 @@ def test_repeat_copies_shares_and_nesting_give_hand_written_keys():
         h = blk["up"](h)
     torch.testing.assert_close(o2, ref.fc[1](ref.fc[0](ref.shared["up"](ref.shared["up"](h)))))
     assert "nn.ModuleList([nn.Linear(4, 4) for _ in range(2)])" in generate_source(prog, "Deep")
-
-
-def load_emitted(src, tmp_path, name):
-    path = tmp_path / f"{name}.py"
-    path.write_text(src)
-    spec = importlib.util.spec_from_file_location(f"emitted_{name}", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.mark.parametrize("make, model, args", [
