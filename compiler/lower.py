@@ -186,17 +186,17 @@ class _Computer:
         over = loop.over
         initials = [env[outer] for outer, _, _ in loop.carried]
         outer_nodes, self.g.nodes = self.g.nodes, []
-        env[over.slice] = self.g.fresh(_base(sub, over.slice))
+        env[over.slice] = self.g.fresh(base_name(sub, over.slice))
         state = []
         for _, inner, _ in loop.carried:
-            env[inner] = self.g.fresh(_base(sub, inner))
+            env[inner] = self.g.fresh(base_name(sub, inner))
             state.append(env[inner])
         self.walk(loop.body, sub, env, indices, prefix)
         body, self.g.nodes = tuple(self.g.nodes), outer_nodes
         results = tuple(env[result] for _, _, result in loop.carried)
         stacked = tuple(env[value] for _, value in over.stacked)
-        finals = [self.g.fresh(_base(sub, result)) for _, _, result in loop.carried]
-        afters = [self.g.fresh(_base(sub, after)) for after, _ in over.stacked]
+        finals = [self.g.fresh(base_name(sub, result)) for _, _, result in loop.carried]
+        afters = [self.g.fresh(base_name(sub, after)) for after, _ in over.stacked]
         outputs = tuple(finals + afters)
         if not outputs:  # nothing after the loop reads it
             return
@@ -209,7 +209,7 @@ class _Computer:
             env[after] = value
 
 
-def _base(sub: ir.Subgraph, value: str) -> str:
+def base_name(sub: ir.Subgraph, value: str) -> str:
     """The name a structured value's flat copies are made from (`h_3` → `h`)."""
     named = sub.naming.get(value)
     if named is not None:

@@ -16,7 +16,7 @@ from tiec.dsl.diagnostics import TieError, raise_all
 
 from . import ir, shapes
 from .catalog import LAYERS, check_table
-from .lower import instance_block, nodes_of
+from .lower import base_name, instance_block, nodes_of
 from .shapes_scan import check_carried, scan_dim, stacked_type
 
 check_table("SHAPE_RULES", shapes.SHAPE_RULES)
@@ -188,16 +188,10 @@ class _Checker:
             types[inner] = types[outer]
         self.walk(loop.body, sub, types)
         for _, inner, result in loop.carried:
-            check_carried(_user_name(inner), types[inner], types[result], loop.span)
+            check_carried(base_name(sub, inner), types[inner], types[result], loop.span)
             types[result] = types[inner]
         for after, value in over.stacked:
             types[after] = stacked_type(types[value], source.shape[dim], dim, loop.span)
-
-
-def _user_name(value: str) -> str:
-    """The name a carried value was written as (`h_2` → `h`)."""
-    head, _, tail = value.rpartition("_")
-    return head if tail.isdigit() and head else value
 
 
 def _bind_symbols(sub: ir.Subgraph, ins: tuple[ir.TensorType, ...]) -> dict[str, ir.Dim]:

@@ -33,7 +33,7 @@ class ForwardWriter:
         py = Namer(reserved | set(loop_vars.values())).claim(values)
         live = Liveness(sub.body, outputs, inline)
         # a hand-built graph names every value itself: each keeps its line
-        self._inlinable = {} if self.legacy is not None else _single_use(sub, outputs, inline, pieces_of=_piece_runs)
+        self._inlinable = {} if self.legacy is not None else _single_use(sub, outputs, inline)
         names = Locals(live, py, [i.name for i in sub.inputs])
         args = ", ".join(["self", *(names[i.name] for i in sub.inputs)])
         ins = ", ".join(f"{names[i.name]}: {i.type}" for i in sub.inputs)
@@ -213,7 +213,7 @@ _ORDERED = frozenset({"Dropout", "SelfAttention", "BatchNorm1d", "BatchNorm2d"})
 _MAX_INLINE = 48  # characters of an expression written into its use, so lines stay readable
 
 
-def _single_use(sub: ir.Subgraph, outputs: list[str], literals, pieces_of) -> dict[int, set[int]]:
+def _single_use(sub: ir.Subgraph, outputs: list[str], literals) -> dict[int, set[int]]:
     """id(body) → positions of the nodes whose value is a temporary used once, by a later node of
     the same body with nothing ordered between them: written into that use (`F.silu(self.fc(x))`),
     as a person writes it, and freed as soon as it is read rather than held to the end of forward.
@@ -227,7 +227,7 @@ def _single_use(sub: ir.Subgraph, outputs: list[str], literals, pieces_of) -> di
     out: dict[int, set[int]] = {}
 
     def walk(body) -> None:
-        pieces = pieces_of(body)
+        pieces = _piece_runs(body)
         for at, item in enumerate(body):
             if isinstance(item, ir.Loop):
                 walk(item.body)
