@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import pickle
+import threading
 from pathlib import Path
 
 import pytest
@@ -212,3 +213,59 @@ def test_regions_under_inductor_turn_buffer_reuse_off(monkeypatch):
 def test_bad_rest_is_refused():
     with pytest.raises(ValueError, match="rest must be"):
         tc.compile(nn.Linear(2, 2), rest="lazy")
+
+
+def _clear_probe_caches(cpu_vec_isa) -> None:
+    cpu_vec_isa.valid_vec_isa_list.cache_clear()
+    cpu_vec_isa.VecISA._VecISA__bool__impl.cache_clear()
+    for isa in cpu_vec_isa.supported_vec_isa_list:  # the sets with a check of their own (AMX, VNNI)
+        getattr(type(isa).__bool__, "cache_clear", lambda: None)()
+
+
+def test_cpu_probe_checks_each_instruction_set_on_its_own_thread(monkeypatch):
+    """Every set the CPU reports is checked at once, on its own thread, by inductor's own check;
+    inductor's list afterwards is built from those answers without compiling anything again."""
+    cpu_vec_isa = pytest.importorskip("torch._inductor.cpu_vec_isa")
+    flags = cpu_vec_isa.x86_isa_checker()
+    if not flags:
+        pytest.skip("the background probe is for x86 CPUs")
+    expected = [isa for isa in cpu_vec_isa.supported_vec_isa_list if all(f in flags for f in str(isa).split())]
+    together = threading.Barrier(len(expected), timeout=30)  # breaks unless the sets are checked at once
+    calls: dict[str, list[str]] = {}
+
+    def check_build(isa, code):
+        thread = threading.current_thread().name
+        if thread not in calls:
+            calls[thread] = []
+            together.wait()
+        calls[thread].append(str(isa))
+        return str(isa) != str(expected[-1])  # the last set fails: inductor's list must leave it out
+
+    monkeypatch.setattr(cpu_vec_isa.VecISA, "check_build", check_build)
+    monkeypatch.setattr(tc, "_probe_threads", [])
+    _clear_probe_caches(cpu_vec_isa)
+    try:
+        threads = tc.probe_cpu_in_background()
+        assert [t.name for t in threads] == [f"tiec-isa-probe-{isa}" for isa in expected]
+        for thread in threads:
+            thread.join(timeout=60)
+        assert set(calls) == {t.name for t in threads}
+        assert all(set(sets) == {name.removeprefix("tiec-isa-probe-")} for name, sets in calls.items())
+        assert tc.probe_cpu_in_background() == [], "once per process"
+        checks = sum(map(len, calls.values()))
+        assert cpu_vec_isa.valid_vec_isa_list() == expected[:-1]
+        assert sum(map(len, calls.values())) == checks, "inductor reused the threads' answers"
+    finally:  # the real answers, computed again when next asked
+        _clear_probe_caches(cpu_vec_isa)
+
+
+def test_cpu_probe_starts_only_for_inductor_on_cpu(monkeypatch):
+    started = []
+    monkeypatch.setattr(tc, "probe_cpu_in_background", lambda: started.append(True) or [])
+    monkeypatch.setattr(nn.Module, "compile", lambda self, **kwargs: None)
+    tc.compile(gpt(2), backend="aot_eager")
+    tc.compile(gpt(2), rest="eager", backend="eager")
+    assert started == []
+    tc.compile(gpt(2))
+    tc.compile(gpt(2), rest="eager")
+    assert started == [True, True]

@@ -28,6 +28,9 @@ although the region had returned that input as a tensor saved for backward: with
 two GPT-2 blocks, a LayerNorm and a head, gradients came out wrong, some by half their size,
 while the loss was right.
 
+With inductor on a CPU model, `compile` also starts inductor's one-time probe of the CPU's vector
+instruction sets in the background (`probe_cpu_in_background`); see there.
+
 A *block class* is a user-defined module class (not one of `torch`'s) with its own `forward`,
 other than the root's class, that
 
@@ -48,7 +51,10 @@ outside `torch.compile`), so other instances of those classes also compile as re
 """
 from __future__ import annotations
 
+import os
+import platform
 import sys
+import threading
 import types
 from collections.abc import Iterable
 from typing import Literal
@@ -62,6 +68,9 @@ _REGION = "__marked_compile_region_fn__"  # set by torch on a nested_compile_reg
 _MIN_REUSE_ENTRIES = 64  # torch's default of 8 raises once a class has more than 8 configurations
 # Wrong gradients otherwise (see the module docstring); the benchmark checks them on every run.
 NO_BUFFER_REUSE = {"allow_buffer_reuse": False}
+# The probe's compilers yield the CPU to the compile itself, but not so far that a busy machine
+# starves them while inductor waits for their answer (19 would: about 1/70 of a nice-0 share).
+PROBE_NICENESS = 5
 
 
 def _own_forward(cls: type) -> bool:
@@ -121,6 +130,69 @@ def _mark_region(cls: type, instances: int) -> None:
             cls.forward, max_reuse_entries=max(_MIN_REUSE_ENTRIES, instances))
 
 
+def _probe_one(isa) -> None:
+    try:  # Linux: the niceness is this thread's, and the compiler it starts inherits it
+        me = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, me, min(19, os.getpriority(os.PRIO_PROCESS, me) + PROBE_NICENESS))
+    except (AttributeError, OSError):
+        pass
+    try:
+        bool(isa)  # inductor's own check, cached per instruction set
+    except Exception:  # noqa: BLE001, S110 - inductor asks again on its own thread and reports it there
+        pass
+
+
+_probe_lock = threading.Lock()
+_probe_threads: list[threading.Thread] = []
+
+
+def probe_cpu_in_background() -> list[threading.Thread]:
+    """Start inductor's one-time probe of the CPU's vector instruction sets, one thread per set.
+
+    Inductor's first CPU kernel asks which vector instruction sets work (`valid_vec_isa_list`).
+    For each set the CPU reports (four on a recent x86: AMX, AVX512-VNNI, AVX512, AVX2) it compiles
+    a small C++ file against ATen's vector headers and loads it in a fresh process, one set after
+    the other, in the middle of the first compile. With an empty cache that is about 4 s a set on
+    a 2-core machine, some 17 s of a 50 s cold start, paid by any model. Here each set is checked
+    on its own thread from the moment `compile` is called, while dynamo and AOT autograd trace:
+    the threads wait on the C++ compiler, not on the interpreter, and run it a little nicer
+    (`PROBE_NICENESS`) so that it takes the cores the trace leaves idle before the trace's.
+
+    The threads call exactly what inductor calls (`bool(isa)`, cached per set), so the answer is
+    inductor's own. If inductor asks before a thread is done, the file lock it takes per set makes
+    it wait for that build instead of starting another. Started once per process; a no-op off
+    x86, with `cpp.vec_isa_ok` set, once inductor has its answer, or where this torch lays the
+    probe out differently (inductor then probes as usual).
+
+    Returns:
+        the threads started by this call (empty when there was nothing to start).
+    """
+    if platform.machine() not in ("x86_64", "AMD64") or sys.platform not in ("linux", "win32"):
+        return []
+    try:
+        from torch._inductor import config as inductor_config
+        from torch._inductor import cpu_vec_isa
+        if inductor_config.cpp.vec_isa_ok is not None or cpu_vec_isa.valid_vec_isa_list.cache_info().currsize:
+            return []
+        flags = cpu_vec_isa.x86_isa_checker()
+        isas = [isa for isa in cpu_vec_isa.supported_vec_isa_list if all(f in flags for f in str(isa).split())]
+    except (ImportError, AttributeError):
+        return []
+    with _probe_lock:
+        if _probe_threads:
+            return []
+        _probe_threads.extend(threading.Thread(target=_probe_one, args=(isa,), name=f"tiec-isa-probe-{isa}",
+                                               daemon=True) for isa in isas)
+        for thread in _probe_threads:
+            thread.start()
+        return list(_probe_threads)
+
+
+def _runs_on_cpu(module: nn.Module) -> bool:
+    tensors = [*module.parameters(), *module.buffers()]
+    return not tensors or any(t.device.type == "cpu" for t in tensors)
+
+
 def compile(module: nn.Module, *, rest: Literal["compiled", "eager"] = "compiled",
             blocks: Iterable[type | str] = (), **torch_compile_kwargs) -> nn.Module:
     """Compile `module` in place so that each block class is traced and code-generated once.
@@ -142,6 +214,8 @@ def compile(module: nn.Module, *, rest: Literal["compiled", "eager"] = "compiled
     """
     if rest not in ("compiled", "eager"):
         raise ValueError(f"rest must be 'compiled' or 'eager', not {rest!r}")
+    if torch_compile_kwargs.get("backend", "inductor") == "inductor" and _runs_on_cpu(module):
+        probe_cpu_in_background()
     found = block_classes(module, blocks)
     if rest == "eager" and found:
         for subs in found.values():
