@@ -222,39 +222,48 @@ def _clear_probe_caches(cpu_vec_isa) -> None:
         getattr(type(isa).__bool__, "cache_clear", lambda: None)()
 
 
-def test_cpu_probe_checks_each_instruction_set_on_its_own_thread(monkeypatch):
-    """Every set the CPU reports is checked at once, on its own thread, by inductor's own check;
-    inductor's list afterwards is built from those answers without compiling anything again."""
+@pytest.mark.parametrize("cores", [2, 64])
+def test_cpu_probe_checks_the_sets_from_the_end_of_inductors_list(monkeypatch, cores):
+    """One thread per core but one, at most one per set, taking the sets from the end of the
+    list inductor walks from the front; inductor's list afterwards is built from the threads'
+    answers without compiling anything again."""
     cpu_vec_isa = pytest.importorskip("torch._inductor.cpu_vec_isa")
     flags = cpu_vec_isa.x86_isa_checker()
     if not flags:
         pytest.skip("the background probe is for x86 CPUs")
     expected = [isa for isa in cpu_vec_isa.supported_vec_isa_list if all(f in flags for f in str(isa).split())]
-    together = threading.Barrier(len(expected), timeout=30)  # breaks unless the sets are checked at once
-    calls: dict[str, list[str]] = {}
+    threads_wanted = min(len(expected), cores - 1)
+    together = threading.Barrier(threads_wanted, timeout=30)  # breaks unless the threads run at once
+    first_set: dict[str, str] = {}
+    checked: list[str] = []
 
     def check_build(isa, code):
         thread = threading.current_thread().name
-        if thread not in calls:
-            calls[thread] = []
+        if thread not in first_set:
+            first_set[thread] = str(isa)
             together.wait()
-        calls[thread].append(str(isa))
+        checked.append(str(isa))
         return str(isa) != str(expected[-1])  # the last set fails: inductor's list must leave it out
 
     monkeypatch.setattr(cpu_vec_isa.VecISA, "check_build", check_build)
     monkeypatch.setattr(tc, "_probe_threads", [])
+    monkeypatch.setattr(tc.os, "cpu_count", lambda: cores)
     _clear_probe_caches(cpu_vec_isa)
     try:
         threads = tc.probe_cpu_in_background()
-        assert [t.name for t in threads] == [f"tiec-isa-probe-{isa}" for isa in expected]
+        assert len(threads) == threads_wanted
         for thread in threads:
             thread.join(timeout=60)
-        assert set(calls) == {t.name for t in threads}
-        assert all(set(sets) == {name.removeprefix("tiec-isa-probe-")} for name, sets in calls.items())
+        assert not any(t.is_alive() for t in threads)
+        wanted_first = {str(isa) for isa in expected[::-1][:threads_wanted]}
+        assert set(first_set.values()) == wanted_first, "each thread starts from the end of the list"
+        if threads_wanted == 1:  # one thread: the whole list, back to front, each set once
+            assert list(dict.fromkeys(checked)) == [str(isa) for isa in expected[::-1]]
+        assert set(checked) == {str(isa) for isa in expected}
         assert tc.probe_cpu_in_background() == [], "once per process"
-        checks = sum(map(len, calls.values()))
+        builds = len(checked)
         assert cpu_vec_isa.valid_vec_isa_list() == expected[:-1]
-        assert sum(map(len, calls.values())) == checks, "inductor reused the threads' answers"
+        assert len(checked) == builds, "inductor reused the threads' answers"
     finally:  # the real answers, computed again when next asked
         _clear_probe_caches(cpu_vec_isa)
 

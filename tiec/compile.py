@@ -68,9 +68,6 @@ _REGION = "__marked_compile_region_fn__"  # set by torch on a nested_compile_reg
 _MIN_REUSE_ENTRIES = 64  # torch's default of 8 raises once a class has more than 8 configurations
 # Wrong gradients otherwise (see the module docstring); the benchmark checks them on every run.
 NO_BUFFER_REUSE = {"allow_buffer_reuse": False}
-# The probe's compilers yield the CPU to the compile itself, but not so far that a busy machine
-# starves them while inductor waits for their answer (19 would: about 1/70 of a nice-0 share).
-PROBE_NICENESS = 5
 
 
 def _own_forward(cls: type) -> bool:
@@ -130,16 +127,17 @@ def _mark_region(cls: type, instances: int) -> None:
             cls.forward, max_reuse_entries=max(_MIN_REUSE_ENTRIES, instances))
 
 
-def _probe_one(isa) -> None:
-    try:  # Linux: the niceness is this thread's, and the compiler it starts inherits it
-        me = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, me, min(19, os.getpriority(os.PRIO_PROCESS, me) + PROBE_NICENESS))
-    except (AttributeError, OSError):
-        pass
-    try:
-        bool(isa)  # inductor's own check, cached per instruction set
-    except Exception:  # noqa: BLE001, S110 - inductor asks again on its own thread and reports it there
-        pass
+def _probe_from_the_end(sets: list) -> None:
+    """Check instruction sets, taking each from the end of `sets` (shared by the probe threads)."""
+    while True:
+        with _probe_lock:
+            if not sets:
+                return
+            isa = sets.pop()
+        try:
+            bool(isa)  # inductor's own check, cached per instruction set
+        except Exception:  # noqa: BLE001, S110 - inductor asks again on its own thread and reports it there
+            pass
 
 
 _probe_lock = threading.Lock()
@@ -147,20 +145,23 @@ _probe_threads: list[threading.Thread] = []
 
 
 def probe_cpu_in_background() -> list[threading.Thread]:
-    """Start inductor's one-time probe of the CPU's vector instruction sets, one thread per set.
+    """Start inductor's one-time probe of the CPU's vector instruction sets on background threads.
 
     Inductor's first CPU kernel asks which vector instruction sets work (`valid_vec_isa_list`).
     For each set the CPU reports (four on a recent x86: AMX, AVX512-VNNI, AVX512, AVX2) it compiles
-    a small C++ file against ATen's vector headers and loads it in a fresh process, one set after
-    the other, in the middle of the first compile. With an empty cache that is about 4 s a set on
-    a 2-core machine, some 17 s of a 50 s cold start, paid by any model. Here each set is checked
-    on its own thread from the moment `compile` is called, while dynamo and AOT autograd trace:
-    the threads wait on the C++ compiler, not on the interpreter, and run it a little nicer
-    (`PROBE_NICENESS`) so that it takes the cores the trace leaves idle before the trace's.
+    small C++ files against ATen's vector headers and loads them in a fresh process, one set after
+    the other, in the middle of the first compile. With an empty cache that took 17 s on a 2-core
+    machine, a third of GPT-2's whole-model cold start, paid by any model.
+
+    Here the sets are checked from the moment `compile` is called, while dynamo and AOT autograd
+    trace; the threads wait on the C++ compiler, not on the interpreter. There is one thread per
+    core but one (at most one per set), so the trace keeps a core of its own. The threads take the
+    sets from the end of inductor's list, and inductor, when it asks, goes through the list from
+    the front: whatever is left when it asks is checked from both ends at once.
 
     The threads call exactly what inductor calls (`bool(isa)`, cached per set), so the answer is
-    inductor's own. If inductor asks before a thread is done, the file lock it takes per set makes
-    it wait for that build instead of starting another. Started once per process; a no-op off
+    inductor's own. If inductor reaches a set a thread is building, the file lock it takes per set
+    makes it wait for that build instead of starting another. Started once per process; a no-op off
     x86, with `cpp.vec_isa_ok` set, once inductor has its answer, or where this torch lays the
     probe out differently (inductor then probes as usual).
 
@@ -175,14 +176,15 @@ def probe_cpu_in_background() -> list[threading.Thread]:
         if inductor_config.cpp.vec_isa_ok is not None or cpu_vec_isa.valid_vec_isa_list.cache_info().currsize:
             return []
         flags = cpu_vec_isa.x86_isa_checker()
-        isas = [isa for isa in cpu_vec_isa.supported_vec_isa_list if all(f in flags for f in str(isa).split())]
+        sets = [isa for isa in cpu_vec_isa.supported_vec_isa_list if all(f in flags for f in str(isa).split())]
     except (ImportError, AttributeError):
         return []
     with _probe_lock:
-        if _probe_threads:
+        if _probe_threads or not sets:
             return []
-        _probe_threads.extend(threading.Thread(target=_probe_one, args=(isa,), name=f"tiec-isa-probe-{isa}",
-                                               daemon=True) for isa in isas)
+        count = max(1, min(len(sets), (os.cpu_count() or 2) - 1))
+        _probe_threads.extend(threading.Thread(target=_probe_from_the_end, args=(sets,), daemon=True,
+                                               name=f"tiec-isa-probe-{i}") for i in range(count))
         for thread in _probe_threads:
             thread.start()
         return list(_probe_threads)
