@@ -247,7 +247,7 @@ def test_cpu_probe_checks_the_sets_from_the_end_of_inductors_list(monkeypatch, c
 
     monkeypatch.setattr(cpu_vec_isa.VecISA, "check_build", check_build)
     monkeypatch.setattr(tc, "_probe_threads", [])
-    monkeypatch.setattr(tc.os, "cpu_count", lambda: cores)
+    monkeypatch.setattr(tc, "_cores", lambda: cores)
     _clear_probe_caches(cpu_vec_isa)
     try:
         threads = tc.probe_cpu_in_background()

@@ -140,6 +140,11 @@ def _probe_from_the_end(sets: list) -> None:
             pass
 
 
+def _cores() -> int:
+    """The cores this process may run on (a container's or `taskset`'s share, not the machine's)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 _probe_lock = threading.Lock()
 _probe_threads: list[threading.Thread] = []
 
@@ -182,7 +187,7 @@ def probe_cpu_in_background() -> list[threading.Thread]:
     with _probe_lock:
         if _probe_threads or not sets:
             return []
-        count = max(1, min(len(sets), (os.cpu_count() or 2) - 1))
+        count = max(1, min(len(sets), _cores() - 1))
         _probe_threads.extend(threading.Thread(target=_probe_from_the_end, args=(sets,), daemon=True,
                                                name=f"tiec-isa-probe-{i}") for i in range(count))
         for thread in _probe_threads:
