@@ -221,7 +221,8 @@ def compile(module: nn.Module, *, rest: Literal["compiled", "eager"] = "compiled
     """
     if rest not in ("compiled", "eager"):
         raise ValueError(f"rest must be 'compiled' or 'eager', not {rest!r}")
-    if torch_compile_kwargs.get("backend", "inductor") == "inductor" and _runs_on_cpu(module):
+    inductor = torch_compile_kwargs.get("backend", "inductor") == "inductor"
+    if inductor and _runs_on_cpu(module):
         probe_cpu_in_background()
     found = block_classes(module, blocks)
     if rest == "eager" and found:
@@ -231,7 +232,7 @@ def compile(module: nn.Module, *, rest: Literal["compiled", "eager"] = "compiled
         return module
     for cls, subs in found.items():
         _mark_region(cls, len(subs))
-    if found and torch_compile_kwargs.get("backend", "inductor") == "inductor":
+    if found and inductor:
         options = {**NO_BUFFER_REUSE, **torch_compile_kwargs.get("options", {})}
         torch_compile_kwargs = {**torch_compile_kwargs, "options": options}
     module.compile(**torch_compile_kwargs)
