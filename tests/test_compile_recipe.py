@@ -107,7 +107,7 @@ def test_regions_trace_each_block_once_and_keep_numerics(make):
     eager = copy.deepcopy(module)
     keys = list(module.state_dict())
     rec = Recorder()
-    assert tc.compile(module, backend=rec) is module
+    assert tc.compile(module, rest="compiled", backend=rec) is module
     check_same_as_eager(eager, module)
     assert list(module.state_dict()) == keys
     assert module.lm_head.weight is module.wte.weight
@@ -121,11 +121,51 @@ def test_eager_rest_compiles_one_graph_per_block_class(make):
     module = make(3)
     eager = copy.deepcopy(module)
     rec = Recorder()
-    tc.compile(module, rest="eager", backend=rec)
+    assert tc.compile(module, backend=rec) is module  # rest="eager" is the default
     check_same_as_eager(eager, module)
     assert module.lm_head.weight is module.wte.weight
     assert len(rec.graphs) == 1 and counters["stats"]["unique_graphs"] == 1, "three blocks, one graph, no recompile"
     assert rec.region_calls() == (0, 0)
+
+
+def test_eager_rest_gives_a_tied_lookup_a_sparse_gradient_and_keeps_grad_dense():
+    module = emitted(2, d=24)
+    eager = copy.deepcopy(module)
+    tc.compile(module, backend="aot_eager")
+    assert type(module.wte) is tc.SparseGradEmbedding, "wte.weight is lm_head.weight"
+    assert type(module.wpe) is nn.Embedding, "an untied lookup keeps its dense gradient"
+    tokens = torch.randint(0, VOCAB, (2, T))
+    assert module.wte(tokens).grad_fn._saved_sparse and not eager.wte(tokens).grad_fn._saved_sparse
+    check_same_as_eager(eager, module)  # the head's dense gradient plus the lookup's rows
+    assert module.wte.weight.grad.layout == torch.strided
+    for m in (module, eager):  # the lookup's gradient alone: still dense, still the same
+        m.zero_grad(set_to_none=True)
+        (m.wte(tokens) ** 2).sum().backward()
+    assert module.wte.weight.grad.layout == torch.strided
+    torch.testing.assert_close(module.wte.weight.grad, eager.wte.weight.grad)
+    assert module.wte.weight is module.lm_head.weight
+    assert list(module.state_dict()) == list(eager.state_dict())
+
+
+class TiedInside(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb, self.head = nn.Embedding(VOCAB, D), nn.Linear(D, VOCAB, bias=False)
+        self.head.weight = self.emb.weight
+
+    def forward(self, tokens):
+        return self.head(self.emb(tokens))
+
+
+def test_only_an_eager_rest_changes_lookups():
+    regions = tc.compile(emitted(2, d=24), rest="compiled", backend="aot_eager")
+    frozen = gpt(2)
+    frozen.wte.weight.requires_grad_(False)
+    tc.compile(frozen, backend="aot_eager")
+    blocks = nn.Sequential(TiedInside(), TiedInside())  # the tie is compiled with each block
+    tc.compile(blocks, backend="aot_eager")
+    lookups = [regions.wte, frozen.wte, blocks[0].emb, blocks[1].emb]
+    assert [type(m) for m in lookups] == [nn.Embedding] * 4
 
 
 def test_a_shared_repeat_is_one_region_called_in_a_loop():
@@ -135,18 +175,21 @@ def test_a_shared_repeat_is_one_region_called_in_a_loop():
     assert [(cls.__name__, len(subs)) for cls, subs in tc.block_classes(module).items()] == [("EncoderLayer", 1)]
     eager = copy.deepcopy(module)
     rec = Recorder()
-    tiec.compile(module, backend=rec)  # the module is callable once imported
+    tiec.compile(module, rest="compiled", backend=rec)  # the module is callable once imported
     tokens = torch.randint(0, VOCAB, (2, T))
     module(tokens).sum().backward()
     assert rec.region_calls() == (3, 1)
     torch.testing.assert_close(module(tokens), eager(tokens), rtol=1e-3, atol=1e-5)
 
 
-def test_compiled_modules_still_pickle_and_copy():
-    module = tc.compile(emitted(2, d=8), backend="aot_eager")
+@pytest.mark.parametrize("rest", ["eager", "compiled"])
+def test_compiled_modules_still_pickle_and_copy(rest):
+    module = tc.compile(emitted(2, d=8), rest=rest, backend="aot_eager")
     for clone in (pickle.loads(pickle.dumps(module)), copy.deepcopy(module)):
         assert clone.lm_head.weight is clone.wte.weight
         assert list(clone.state_dict()) == list(module.state_dict())
+        assert type(clone.wte) is nn.Embedding, "uncompiled, as before"
+        torch.testing.assert_close(clone.wte.weight, module.wte.weight)
 
 
 class Leaf(nn.Module):
@@ -201,10 +244,10 @@ def test_block_classes_are_found_generically():
 def test_regions_under_inductor_turn_buffer_reuse_off(monkeypatch):
     seen = []
     monkeypatch.setattr(nn.Module, "compile", lambda self, **kwargs: seen.append(kwargs))
-    tc.compile(gpt(2))
-    tc.compile(gpt(2), options={"allow_buffer_reuse": True, "max_autotune": False})
-    tc.compile(gpt(2), backend="aot_eager")
-    tc.compile(nn.Linear(2, 2))  # no regions: plain torch.compile
+    tc.compile(gpt(2), rest="compiled")
+    tc.compile(gpt(2), rest="compiled", options={"allow_buffer_reuse": True, "max_autotune": False})
+    tc.compile(gpt(2), rest="compiled", backend="aot_eager")
+    tc.compile(nn.Linear(2, 2))  # no blocks: plain torch.compile
     assert seen == [{"options": {"allow_buffer_reuse": False}},
                     {"options": {"allow_buffer_reuse": True, "max_autotune": False}},
                     {"backend": "aot_eager"}, {}]
@@ -272,9 +315,9 @@ def test_cpu_probe_starts_only_for_inductor_on_cpu(monkeypatch):
     started = []
     monkeypatch.setattr(tc, "probe_cpu_in_background", lambda: started.append(True) or [])
     monkeypatch.setattr(nn.Module, "compile", lambda self, **kwargs: None)
-    tc.compile(gpt(2), backend="aot_eager")
-    tc.compile(gpt(2), rest="eager", backend="eager")
+    tc.compile(gpt(2), rest="compiled", backend="aot_eager")
+    tc.compile(gpt(2), backend="eager")
     assert started == []
+    tc.compile(gpt(2), rest="compiled")
     tc.compile(gpt(2))
-    tc.compile(gpt(2), rest="eager")
     assert started == [True, True]

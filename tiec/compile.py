@@ -5,21 +5,23 @@ or one shared instance called in a loop). `torch.compile(model)` inlines every c
 AOT autograd and inductor each redo the block's work N times and cold start grows with depth.
 This module finds the block classes of any `nn.Module` tree and offers two recipes:
 
-- `rest="compiled"` (the default): each block class's `forward` becomes a
-  `torch.compiler.nested_compile_region` and the whole module is compiled in place
-  (`module.compile()`). Dynamo traces the block once and stamps the graph out for the other
-  calls, inductor generates the block's kernels once, and the embeddings and head stay in the one
-  graph with the blocks' calls, so a step runs as fast as under whole-model compile. That matters
-  for GPT-2's `lm_head.weight is wte.weight`: compiled, the two gradients of the shared matrix are
-  summed inside the backward; eagerly a step pays a dense fill and a dense add of it.
-- `rest="eager"`: each block instance is compiled in place (`block.compile()`). Instances of one
-  class share one graph without recompiling (dynamo passes a module's parameters as graph inputs,
-  so the guards that pass for one instance pass for the others), and the rest runs eagerly. The
-  cheapest cold start, paid for at every step by the eager rest.
+- `rest="eager"` (the default): each block instance is compiled in place (`block.compile()`).
+  Instances of one class share one graph without recompiling (dynamo passes a module's parameters
+  as graph inputs, so the guards that pass for one instance pass for the others), and the rest
+  runs eagerly. The cheapest cold start. An eager embedding whose weight another module also reads
+  (GPT-2's `lm_head.weight is wte.weight`) becomes a `SparseGradEmbedding`: its lookup gives
+  autograd a sparse gradient, which is added into the head's dense one in place. A plain eager
+  lookup would fill a dense matrix and add it to the head's at every step; compiled whole, the sum
+  is formed inside the backward. `.grad` stays dense either way.
+- `rest="compiled"`: each block class's `forward` becomes a `torch.compiler.nested_compile_region`
+  and the whole module is compiled in place (`module.compile()`). Dynamo traces the block once and
+  stamps the graph out for the other calls, inductor generates the block's kernels once, and the
+  embeddings and head stay in one graph with the blocks' calls. For a rest with much work of its
+  own to fuse; its cold start pays torch's work per call of a region.
 
-The default is the recipe that costs nothing per step: a training run takes many more steps than
-it takes compiles. benchmarks/compile_cold.py measures both against whole-model compile of a
-hand-written GPT-2, each in a fresh process with fresh caches.
+The default costs no more per step than whole-model compile on GPT-2 and starts far sooner;
+benchmarks/compile_cold.py measures both recipes against whole-model compile of a hand-written
+GPT-2, each in a fresh process with fresh caches.
 
 With inductor, the regions recipe turns off inductor's wrapper-level buffer reuse
 (`allow_buffer_reuse`, for this compile only; a caller's `options=` wins). In torch 2.13 on CPU,
@@ -44,8 +46,9 @@ wrapper holding repeated blocks (an `Encoder` with a `ModuleList`) is compiled t
 
 Everything happens in place: the same module comes back, with the same state-dict keys, the same
 parameter objects (shared parameters stay shared), and it pickles and deep-copies as before
-(uncompiled). With `rest="compiled"` each block class's `forward` is wrapped on the class (a no-op
-outside `torch.compile`), so other instances of those classes also compile as regions.
+(uncompiled, a `SparseGradEmbedding` as a plain `nn.Embedding`). With `rest="compiled"` each
+block class's `forward` is wrapped on the class (a no-op outside `torch.compile`), so other
+instances of those classes also compile as regions.
 
 `import tiec.compile` makes the module callable: `tiec.compile(model)` is `compile(model)`.
 """
@@ -60,6 +63,7 @@ from collections.abc import Iterable
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 MARKER = "__tiec_block__"
@@ -195,21 +199,71 @@ def probe_cpu_in_background() -> list[threading.Thread]:
         return list(_probe_threads)
 
 
+class SparseGradEmbedding(nn.Embedding):
+    """An `nn.Embedding` whose lookup hands autograd a sparse gradient: the rows it read.
+
+    `compile(rest="eager")` gives this class to an eager embedding whose weight another module also
+    reads, like GPT-2's `lm_head.weight is wte.weight`. Autograd then adds the rows into the head's
+    dense gradient in place. A plain lookup fills a dense zero matrix, scatters into it, and the two
+    dense gradients are then added: for GPT-2 that is a fill and an add of 50,257 × 768 floats,
+    110 ms of a 0.9 s CPU step. The weight's `.grad` stays dense (`_dense_grad`), and the values are
+    the same. Pickled or copied, the module is a plain `nn.Embedding` again, as before `compile`.
+    """
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return F.embedding(input, self.weight, self.padding_idx, self.max_norm, self.norm_type,
+                           self.scale_grad_by_freq, sparse=True)
+
+    def __reduce_ex__(self, protocol):
+        _, _, *state = super().__reduce_ex__(max(protocol, 2))
+        return (_plain_embedding, (), *state)
+
+
+def _plain_embedding() -> nn.Embedding:
+    """An empty `nn.Embedding` for pickle and `copy` to fill with a `SparseGradEmbedding`'s state."""
+    return nn.Embedding.__new__(nn.Embedding)
+
+
+def _dense_grad(weight: torch.Tensor) -> None:
+    """After accumulation: a gradient that only the sparse lookup gave is made dense, so that
+    `.grad` has the layout it has without `compile` (optimizers such as AdamW refuse sparse ones)."""
+    if weight.grad is not None and weight.grad.is_sparse:
+        weight.grad = weight.grad.to_dense()
+
+
+def _tied_lookups(module: nn.Module, found: dict[type, list[nn.Module]]) -> list[nn.Embedding]:
+    """The `nn.Embedding`s outside every block whose weight another module also holds."""
+    in_blocks = {id(inner) for subs in found.values() for sub in subs for inner in sub.modules()}
+    holders: dict[int, set[int]] = {}
+    for sub in module.modules():
+        for param in sub.parameters(recurse=False):
+            holders.setdefault(id(param), set()).add(id(sub))
+    return [sub for sub in module.modules()
+            if type(sub) is nn.Embedding and not sub.sparse and id(sub) not in in_blocks
+            and sub.weight.requires_grad and len(holders[id(sub.weight)]) > 1]
+
+
+def _sparse_tied_lookups(module: nn.Module, found: dict[type, list[nn.Module]]) -> None:
+    for lookup in _tied_lookups(module, found):
+        lookup.__class__ = SparseGradEmbedding
+        lookup.weight.register_post_accumulate_grad_hook(_dense_grad)
+
+
 def _runs_on_cpu(module: nn.Module) -> bool:
     tensors = [*module.parameters(), *module.buffers()]
     return not tensors or any(t.device.type == "cpu" for t in tensors)
 
 
-def compile(module: nn.Module, *, rest: Literal["compiled", "eager"] = "compiled",
+def compile(module: nn.Module, *, rest: Literal["eager", "compiled"] = "eager",
             blocks: Iterable[type | str] = (), **torch_compile_kwargs) -> nn.Module:
     """Compile `module` in place so that each block class is traced and code-generated once.
 
     Args:
         module: any `nn.Module` (a tiec module or a hand-written one).
-        rest: "compiled": block classes become nested compile regions and the whole module is
-            compiled (steady-state speed of whole-model compile); "eager": only the blocks are
-            compiled, one graph per class, the rest runs eagerly (cheapest cold start). With no
-            block classes in the tree, both compile the whole module.
+        rest: "eager": only the blocks are compiled, one graph per class, and the rest runs
+            eagerly, a tied embedding with a sparse-gradient lookup (cheapest cold start);
+            "compiled": block classes become nested compile regions and the whole module is
+            compiled. With no block classes in the tree, both compile the whole module.
         blocks: classes or class names to treat as blocks although they occur once.
         **torch_compile_kwargs: passed to `torch.compile` (`backend=`, `mode=`, `dynamic=`, ...).
 
@@ -220,7 +274,7 @@ def compile(module: nn.Module, *, rest: Literal["compiled", "eager"] = "compiled
         ValueError: `rest` is neither "compiled" nor "eager".
     """
     if rest not in ("compiled", "eager"):
-        raise ValueError(f"rest must be 'compiled' or 'eager', not {rest!r}")
+        raise ValueError(f"rest must be 'eager' or 'compiled', not {rest!r}")
     inductor = torch_compile_kwargs.get("backend", "inductor") == "inductor"
     if inductor and _runs_on_cpu(module):
         probe_cpu_in_background()
@@ -229,6 +283,7 @@ def compile(module: nn.Module, *, rest: Literal["compiled", "eager"] = "compiled
         for subs in found.values():
             for sub in subs:
                 sub.compile(**torch_compile_kwargs)
+        _sparse_tied_lookups(module, found)
         return module
     for cls, subs in found.items():
         _mark_region(cls, len(subs))
