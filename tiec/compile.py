@@ -10,18 +10,20 @@ This module finds the block classes of any `nn.Module` tree and offers two recip
   as graph inputs, so the guards that pass for one instance pass for the others), and the rest
   runs eagerly. The cheapest cold start. An eager embedding whose weight another module also reads
   (GPT-2's `lm_head.weight is wte.weight`) becomes a `SparseGradEmbedding`: its lookup gives
-  autograd a sparse gradient, which is added into the head's dense one in place. A plain eager
-  lookup would fill a dense matrix and add it to the head's at every step; compiled whole, the sum
-  is formed inside the backward. `.grad` stays dense either way.
+  autograd a sparse gradient, the rows it read, where a plain eager lookup would fill a dense
+  matrix at every step to add to the head's gradient. `.grad` stays dense.
 - `rest="compiled"`: each block class's `forward` becomes a `torch.compiler.nested_compile_region`
   and the whole module is compiled in place (`module.compile()`). Dynamo traces the block once and
   stamps the graph out for the other calls, inductor generates the block's kernels once, and the
   embeddings and head stay in one graph with the blocks' calls. For a rest with much work of its
   own to fuse; its cold start pays torch's work per call of a region.
 
-The default costs no more per step than whole-model compile on GPT-2 and starts far sooner;
-benchmarks/compile_cold.py measures both recipes against whole-model compile of a hand-written
-GPT-2, each in a fresh process with fresh caches.
+The default is the recipe that starts soonest at about the step time of whole-model compile. On
+GPT-2 its cold start took 0.39 of whole-model compile's, and its step 0.95–1.08 of that compile's
+over seven processes; the eager head's weight gradient, a fresh matrix and a copy where the compiled
+backward adds into one buffer, is most of the difference. benchmarks/compile_cold.py measures both
+recipes against whole-model compile of a hand-written GPT-2, each in a fresh process with fresh
+caches.
 
 With inductor, the regions recipe turns off inductor's wrapper-level buffer reuse
 (`allow_buffer_reuse`, for this compile only; a caller's `options=` wins). In torch 2.13 on CPU,
@@ -203,11 +205,13 @@ class SparseGradEmbedding(nn.Embedding):
     """An `nn.Embedding` whose lookup hands autograd a sparse gradient: the rows it read.
 
     `compile(rest="eager")` gives this class to an eager embedding whose weight another module also
-    reads, like GPT-2's `lm_head.weight is wte.weight`. Autograd then adds the rows into the head's
-    dense gradient in place. A plain lookup fills a dense zero matrix, scatters into it, and the two
-    dense gradients are then added: for GPT-2 that is a fill and an add of 50,257 × 768 floats,
-    110 ms of a 0.9 s CPU step. The weight's `.grad` stays dense (`_dense_grad`), and the values are
-    the same. Pickled or copied, the module is a plain `nn.Embedding` again, as before `compile`.
+    reads, like GPT-2's `lm_head.weight is wte.weight`. A plain lookup fills a dense zero matrix and
+    scatters into it, and autograd then adds that to the head's dense gradient. Sparse, there is no
+    matrix to fill: autograd adds the rows to a copy of the head's gradient (it copies rather than
+    adds in place when the sparse gradient comes second). For GPT-2's 50,257 × 768 weight that took
+    a step from 0.955 s to 0.902 s on a 2-core CPU. The weight's `.grad` stays dense (`_dense_grad`)
+    and holds the same values. Pickled or copied, the module is a plain `nn.Embedding` again, as
+    before `compile`.
     """
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
