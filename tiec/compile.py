@@ -248,6 +248,7 @@ def _tied_lookups(module: nn.Module, found: dict[type, list[nn.Module]]) -> list
 
 
 def _sparse_tied_lookups(module: nn.Module, found: dict[type, list[nn.Module]]) -> None:
+    """Make each tied lookup of the eager rest a `SparseGradEmbedding`, its weight's `.grad` dense."""
     for lookup in _tied_lookups(module, found):
         lookup.__class__ = SparseGradEmbedding
         lookup.weight.register_post_accumulate_grad_hook(_dense_grad)
