@@ -19,11 +19,11 @@ This module finds the block classes of any `nn.Module` tree and offers two recip
   own to fuse; its cold start pays torch's work per call of a region.
 
 The default is the recipe that starts soonest at about the step time of whole-model compile. On
-GPT-2 its cold start took 0.39 of whole-model compile's, and its step 0.95–1.08 of that compile's
-over seven processes; the eager head's weight gradient, a fresh matrix and a copy where the compiled
-backward adds into one buffer, is most of the difference. benchmarks/compile_cold.py measures both
-recipes against whole-model compile of a hand-written GPT-2, each in a fresh process with fresh
-caches.
+GPT-2 its cold start took 0.37–0.39 of whole-model compile's, and its step 0.95–1.08 of that
+compile's over eight processes. Most of the difference is the eager head's weight gradient: a
+fresh matrix and a copy, where the compiled backward adds into one buffer.
+benchmarks/compile_cold.py measures both recipes against whole-model compile of a hand-written
+GPT-2, each in a fresh process with fresh caches.
 
 With inductor, the regions recipe turns off inductor's wrapper-level buffer reuse
 (`allow_buffer_reuse`, for this compile only; a caller's `options=` wins). In torch 2.13 on CPU,
