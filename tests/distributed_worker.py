@@ -1,7 +1,8 @@
 """One rank of the distributed tests: `python -m tests.distributed_worker RANK WORLD PORT OUT`.
 
-For each case and each wrapper (FSDP2 through `tiec.distributed.fully_shard`, and DDP with its
-default, `find_unused_parameters` and `static_graph` settings) it trains 3 SGD steps on this
+For each case and each wrapper (FSDP2 through `tiec.distributed.fully_shard`, DDP with its
+default, `find_unused_parameters` and `static_graph` settings, and for ALBERT and GPT-2 DDP over
+the module after `tiec.compile`) it trains 3 SGD steps on this
 rank's half of a fixed batch, and, without any process group, the same module on the whole batch.
 It saves, in `OUT/rank<RANK>.pt`, per run: the parameters gathered to full tensors, the largest
 difference from the single-process run, whether each share group is still one tensor, the FSDP
@@ -24,6 +25,7 @@ from tiec.compiler import ir
 from torch import nn
 
 import tiec
+import tiec.compile
 from tiec.api import Program
 from tiec.distributed import Models, fully_shard
 
@@ -155,6 +157,12 @@ CASES: dict[str, Case] = {
                    {"Nested": _randn(4)}),
 }
 KINDS = ("fsdp", "ddp", "ddp_find_unused", "ddp_static_graph")
+# also trained under DDP with their blocks compiled by `tiec.compile` (aot_eager: no C++ compiler)
+COMPILED = ("albert", "gpt2")
+
+
+def kinds(name: str) -> tuple[str, ...]:
+    return KINDS + (("ddp_compiled",) if name in COMPILED else ())
 
 
 def _loss(out: dict, targets: dict) -> torch.Tensor:
@@ -215,14 +223,18 @@ def _distributed(kind: str, case: Case, program: Program, local: list[dict]) -> 
                         "fsdp_root": isinstance(root, FSDPModule)}
     from torch.nn.parallel import DistributedDataParallel
 
+    report = {}
+    if kind == "ddp_compiled":
+        tiec.compile(module, backend="aot_eager")
+        report["tied_rest"] = sorted(n for n, m in module.named_modules() if type(m).__module__ == "tiec.tied_rest")
     root = Models(module) if case.model is None else module
     options = {"ddp_find_unused": {"find_unused_parameters": True}, "ddp_static_graph": {"static_graph": True}}
     ddp = DistributedDataParallel(root, **options.get(kind, {}))
     _train(case, ddp, root.tie_penalty, *local, ddp.parameters())
-    return module, {}
+    return module, report
 
 
-def run(case: Case, rank: int, world: int) -> dict[str, dict]:
+def run(case_name: str, case: Case, rank: int, world: int) -> dict[str, dict]:
     """Every kind of run of `case`, by kind."""
     program = case.load()
     g = torch.Generator().manual_seed(1234)
@@ -235,7 +247,7 @@ def run(case: Case, rank: int, world: int) -> dict[str, dict]:
            reference.parameters())
     want = reference.state_dict()
     results = {}
-    for kind in KINDS:
+    for kind in kinds(case_name):
         try:
             module, out = _distributed(kind, case, program, local)
             state = {k: _full(v).detach().clone() for k, v in module.state_dict().items()}
@@ -259,7 +271,7 @@ def main(rank: int, world: int, port: int, folder: str) -> None:
     results = {}
     try:
         for name, case in CASES.items():
-            for kind, out in run(case, rank, world).items():
+            for kind, out in run(name, case, rank, world).items():
                 results[name, kind] = out
     finally:
         torch.save(results, os.path.join(folder, f"rank{rank}.pt"))

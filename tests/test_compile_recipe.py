@@ -17,6 +17,7 @@ from torch._dynamo.utils import counters
 
 import tiec
 import tiec.compile as tc
+from tiec import tied_rest
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 VOCAB, D, HEADS, T = 50, 16, 2, 8
@@ -147,6 +148,49 @@ def test_eager_rest_gives_a_tied_lookup_a_sparse_gradient_and_keeps_grad_dense()
     assert list(module.state_dict()) == list(eager.state_dict())
 
 
+def test_eager_rest_adds_the_lookups_rows_into_the_heads_gradient_in_place():
+    module = emitted(2, d=24)
+    eager = copy.deepcopy(module)
+    tc.compile(module, backend="aot_eager")
+    assert type(module.lm_head) is tc.FreshGradLinear and type(eager.lm_head) is nn.Linear
+    gen = torch.Generator().manual_seed(2)
+    tokens, targets = (torch.randint(0, VOCAB, (2, T), generator=gen) for _ in range(2))
+    made = []  # the addresses of the weight gradients the head's backward computed
+    for _ in range(2):
+        module.zero_grad(set_to_none=True)
+        logits = module(tokens)
+        logits.grad_fn.register_hook(lambda grads_in, grads_out: made.append(grads_in[1].data_ptr()))
+        loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+        (grad,) = torch.autograd.grad(loss, [module.wte.weight], retain_graph=True)
+        assert grad.data_ptr() == made[-1], "the rows were added into the head's matrix, not into a copy"
+        loss.backward()
+        assert module.wte.weight.grad.data_ptr() == made[-1]
+    eager.zero_grad(set_to_none=True)
+    F.cross_entropy(eager(tokens).flatten(0, 1), targets.flatten()).backward()
+    torch.testing.assert_close(grad, eager.wte.weight.grad, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(module.wte.weight.grad, eager.wte.weight.grad, rtol=1e-5, atol=1e-7)
+
+
+def test_a_tied_head_without_its_lookups_alias_is_a_plain_linear():
+    module = tc.compile(emitted(2, d=24), backend="aot_eager")
+    hidden = torch.randn(2, T, 24, requires_grad=True)
+    module.wte(torch.zeros(2, T, dtype=torch.long))
+    want = F.linear(hidden, module.wte.weight)
+    with torch.no_grad():  # a lookup without grad leaves no alias
+        module.wte(torch.zeros(2, T, dtype=torch.long))
+    assert module.lm_head(hidden).grad_fn.name() == want.grad_fn.name()
+    module.wte(torch.zeros(2, T, dtype=torch.long))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert module.lm_head(hidden).dtype == torch.bfloat16, "autocast still casts"
+    untied = nn.Parameter(module.wte.weight.detach().clone())
+    module.lm_head.weight = untied  # the alias is of a weight the head no longer holds
+    out = module.lm_head(hidden)
+    assert out.grad_fn.name() == want.grad_fn.name()
+    out.sum().backward()
+    assert untied.grad is not None and module.wte.weight.grad is None
+    torch.testing.assert_close(out, want)
+
+
 class TiedInside(nn.Module):
     def __init__(self):
         super().__init__()
@@ -166,6 +210,8 @@ def test_only_an_eager_rest_changes_lookups():
     tc.compile(blocks, backend="aot_eager")
     lookups = [regions.wte, frozen.wte, blocks[0].emb, blocks[1].emb]
     assert [type(m) for m in lookups] == [nn.Embedding] * 4
+    heads = [regions.lm_head, frozen.lm_head, blocks[0].head, blocks[1].head]
+    assert [type(m) for m in heads] == [nn.Linear] * 4
 
 
 def test_a_shared_repeat_is_one_region_called_in_a_loop():
@@ -188,7 +234,8 @@ def test_compiled_modules_still_pickle_and_copy(rest):
     for clone in (pickle.loads(pickle.dumps(module)), copy.deepcopy(module)):
         assert clone.lm_head.weight is clone.wte.weight
         assert list(clone.state_dict()) == list(module.state_dict())
-        assert type(clone.wte) is nn.Embedding, "uncompiled, as before"
+        assert type(clone.wte) is nn.Embedding and type(clone.lm_head) is nn.Linear, "uncompiled, as before"
+        assert not any(tied_rest.SLOT in vars(m) for m in clone.modules())
         torch.testing.assert_close(clone.wte.weight, module.wte.weight)
 
 

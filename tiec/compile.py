@@ -65,8 +65,12 @@ from collections.abc import Iterable
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from tiec.tied_rest import FreshGradLinear, SparseGradEmbedding, tie_the_eager_rest
+
+__all__ = ["FreshGradLinear", "SparseGradEmbedding", "block_classes", "compile", "probe_cpu_in_background",
+           "summary"]
 
 MARKER = "__tiec_block__"
 CONTAINERS = (nn.ModuleList, nn.ModuleDict, nn.Sequential)
@@ -201,59 +205,6 @@ def probe_cpu_in_background() -> list[threading.Thread]:
         return list(_probe_threads)
 
 
-class SparseGradEmbedding(nn.Embedding):
-    """An `nn.Embedding` whose lookup hands autograd a sparse gradient: the rows it read.
-
-    `compile(rest="eager")` gives this class to an eager embedding whose weight another module also
-    reads, like GPT-2's `lm_head.weight is wte.weight`. A plain lookup fills a dense zero matrix and
-    scatters into it, and autograd then adds that to the head's dense gradient. Sparse, there is no
-    matrix to fill: autograd adds the rows to a copy of the head's gradient (it copies rather than
-    adds in place when the sparse gradient comes second). For GPT-2's 50,257 × 768 weight that took
-    a step from 0.955 s to 0.902 s on a 2-core CPU. The weight's `.grad` stays dense (`_dense_grad`)
-    and holds the same values. Pickled or copied, the module is a plain `nn.Embedding` again, as
-    before `compile`.
-    """
-
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return F.embedding(input, self.weight, self.padding_idx, self.max_norm, self.norm_type,
-                           self.scale_grad_by_freq, sparse=True)
-
-    def __reduce_ex__(self, protocol):
-        _, _, *state = super().__reduce_ex__(max(protocol, 2))
-        return (_plain_embedding, (), *state)
-
-
-def _plain_embedding() -> nn.Embedding:
-    """An empty `nn.Embedding` for pickle and `copy` to fill with a `SparseGradEmbedding`'s state."""
-    return nn.Embedding.__new__(nn.Embedding)
-
-
-def _dense_grad(weight: torch.Tensor) -> None:
-    """After accumulation: a gradient that only the sparse lookup gave is made dense, so that
-    `.grad` has the layout it has without `compile` (optimizers such as AdamW refuse sparse ones)."""
-    if weight.grad is not None and weight.grad.is_sparse:
-        weight.grad = weight.grad.to_dense()
-
-
-def _tied_lookups(module: nn.Module, found: dict[type, list[nn.Module]]) -> list[nn.Embedding]:
-    """The `nn.Embedding`s outside every block whose weight another module also holds."""
-    in_blocks = {id(inner) for subs in found.values() for sub in subs for inner in sub.modules()}
-    holders: dict[int, set[int]] = {}
-    for sub in module.modules():
-        for param in sub.parameters(recurse=False):
-            holders.setdefault(id(param), set()).add(id(sub))
-    return [sub for sub in module.modules()
-            if type(sub) is nn.Embedding and not sub.sparse and id(sub) not in in_blocks
-            and sub.weight.requires_grad and len(holders[id(sub.weight)]) > 1]
-
-
-def _sparse_tied_lookups(module: nn.Module, found: dict[type, list[nn.Module]]) -> None:
-    """Make each tied lookup of the eager rest a `SparseGradEmbedding`, its weight's `.grad` dense."""
-    for lookup in _tied_lookups(module, found):
-        lookup.__class__ = SparseGradEmbedding
-        lookup.weight.register_post_accumulate_grad_hook(_dense_grad)
-
-
 def _runs_on_cpu(module: nn.Module) -> bool:
     tensors = [*module.parameters(), *module.buffers()]
     return not tensors or any(t.device.type == "cpu" for t in tensors)
@@ -288,7 +239,8 @@ def compile(module: nn.Module, *, rest: Literal["eager", "compiled"] = "eager",
         for subs in found.values():
             for sub in subs:
                 sub.compile(**torch_compile_kwargs)
-        _sparse_tied_lookups(module, found)
+        in_blocks = {id(inner) for subs in found.values() for sub in subs for inner in sub.modules()}
+        tie_the_eager_rest(module, in_blocks)
         return module
     for cls, subs in found.items():
         _mark_region(cls, len(subs))
