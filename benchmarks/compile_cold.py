@@ -5,7 +5,7 @@ GPT-2-small's layout (12 layers, d 768, 12 heads, vocabulary 50257, context 1024
 
     whole                 torch.compile(reference): the baseline, the hand-written GPT-2
     tiec                  tiec.compile(tiec's module), the default rest="eager": blocks only, one
-                          graph per class, the tied embedding with a sparse-gradient lookup
+                          graph per class, the tied embedding and head of tiec/tied_rest.py
     tiec regions          tiec.compile(tiec's module, rest="compiled"): block forwards as nested
                           compile regions in one whole-model graph
     whole emitted         torch.compile(tiec's module)

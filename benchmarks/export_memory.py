@@ -2,7 +2,10 @@
 
 The model is the GPT-2 layout of examples/gpt2_small.tie at d 1600, 25 heads, 15 layers (2.17 GB of
 unique parameters; 2 layers with --quick), which is past protobuf's 2 GiB, so the export writes
-external data, streamed. Each figure is one fresh process (`ru_maxrss` of that process alone):
+external data, streamed. Each figure is one fresh process, its peak RSS read as `VmHWM` (the
+high-water mark of its own address space). Not `ru_maxrss`: Linux carries that over an exec from
+the address space the child was forked from, so a child of a process that had grown (`run.py`
+after the other memory benchmarks) reported the parent's 6 GiB as its own.
 - "tiec export": `tiec export` with fresh weights, as a user runs it (goal ≤ 1.5× unique bytes);
 - "build module" (the baseline): the same process up to building the module, which has to hold
   every weight once; the gap between the two is what the export itself costs.
@@ -32,7 +35,12 @@ else:
     program = tiec.load(spec, {k: int(v) for k, v in (s.split("=") for s in sets[1::2])})
     module = program.torch()
     code = 0
-print(json.dumps({"code": code, "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+try:
+    with open("/proc/self/status") as status:
+        peak = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
+except (OSError, StopIteration):  # not Linux: ru_maxrss, in bytes on macOS and kB elsewhere
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+print(json.dumps({"code": code, "peak": peak}))
 """
 
 

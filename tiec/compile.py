@@ -9,19 +9,19 @@ This module finds the block classes of any `nn.Module` tree and offers two recip
   Instances of one class share one graph without recompiling (dynamo passes a module's parameters
   as graph inputs, so the guards that pass for one instance pass for the others), and the rest
   runs eagerly. The cheapest cold start. An eager embedding whose weight another module also reads
-  (GPT-2's `lm_head.weight is wte.weight`) becomes a `SparseGradEmbedding`: its lookup gives
-  autograd a sparse gradient, the rows it read, where a plain eager lookup would fill a dense
-  matrix at every step to add to the head's gradient. `.grad` stays dense.
+  (GPT-2's `lm_head.weight is wte.weight`) becomes a `SparseGradEmbedding`, and an eager
+  `nn.Linear` head holding it a `FreshGradLinear`: autograd then adds the rows the lookup read
+  into the head's weight gradient in place, where plain modules would fill a dense matrix at
+  every step and add it to a copy of the head's (tiec/tied_rest.py). `.grad` stays dense.
 - `rest="compiled"`: each block class's `forward` becomes a `torch.compiler.nested_compile_region`
   and the whole module is compiled in place (`module.compile()`). Dynamo traces the block once and
   stamps the graph out for the other calls, inductor generates the block's kernels once, and the
   embeddings and head stay in one graph with the blocks' calls. For a rest with much work of its
   own to fuse; its cold start pays torch's work per call of a region.
 
-The default is the recipe that starts soonest at about the step time of whole-model compile. On
-GPT-2 its cold start took 0.37–0.39 of whole-model compile's, and its step 0.95–1.08 of that
-compile's over eight processes. Most of the difference is the eager head's weight gradient: a
-fresh matrix and a copy, where the compiled backward adds into one buffer.
+The default is the recipe that starts soonest, at the step time of whole-model compile. On GPT-2
+its cold start took 0.38 of whole-model compile's, and its step 0.94 and 0.98 of that compile's in
+two processes.
 benchmarks/compile_cold.py measures both recipes against whole-model compile of a hand-written
 GPT-2, each in a fresh process with fresh caches.
 
@@ -48,9 +48,9 @@ wrapper holding repeated blocks (an `Encoder` with a `ModuleList`) is compiled t
 
 Everything happens in place: the same module comes back, with the same state-dict keys, the same
 parameter objects (shared parameters stay shared), and it pickles and deep-copies as before
-(uncompiled, a `SparseGradEmbedding` as a plain `nn.Embedding`). With `rest="compiled"` each
-block class's `forward` is wrapped on the class (a no-op outside `torch.compile`), so other
-instances of those classes also compile as regions.
+(uncompiled: the tied lookup and head as a plain `nn.Embedding` and `nn.Linear`). With
+`rest="compiled"` each block class's `forward` is wrapped on the class (a no-op outside
+`torch.compile`), so other instances of those classes also compile as regions.
 
 `import tiec.compile` makes the module callable: `tiec.compile(model)` is `compile(model)`.
 """
@@ -217,7 +217,8 @@ def compile(module: nn.Module, *, rest: Literal["eager", "compiled"] = "eager",
     Args:
         module: any `nn.Module` (a tiec module or a hand-written one).
         rest: "eager": only the blocks are compiled, one graph per class, and the rest runs
-            eagerly, a tied embedding with a sparse-gradient lookup (cheapest cold start);
+            eagerly, a tied embedding and head adding their gradients in place (cheapest
+            cold start);
             "compiled": block classes become nested compile regions and the whole module is
             compiled. With no block classes in the tree, both compile the whole module.
         blocks: classes or class names to treat as blocks although they occur once.
